@@ -1,0 +1,369 @@
+"""The ``simsearch`` command: parses options, calls the library, renders with rich.
+
+The only module that prints or exits. Library modules (and so torch and faiss) are imported inside the
+commands, so ``simsearch --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from simsearch import __version__
+from simsearch.errors import SimsearchError
+
+if TYPE_CHECKING:
+    from simsearch.indexing import IndexReport
+    from simsearch.search import QueryResult
+
+app = typer.Typer(
+    name="simsearch",
+    help="Offline image similarity search: train encoders on your images, index them with FAISS, query by example.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+HOME_HELP = "Folder that holds named collections."
+NAME_HELP = "Collection name (under --home), or a path to a collection folder."
+
+
+def _home_option() -> Any:
+    return typer.Option(Path("indexes"), "--home", envvar="SIMSEARCH_HOME", help=HOME_HELP, show_default=True)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Turn library errors into one ``Error:`` line and the error's exit code; Ctrl-C into exit 130."""
+    try:
+        yield
+    except SimsearchError as exc:
+        err.print(f"Error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("Interrupted: work committed so far is kept; run the same command again to resume.", markup=False)
+        raise typer.Exit(130) from None
+
+
+class _RichProgress:
+    """Renders the library's progress callbacks as rich bars on stderr (nothing when stderr is no terminal)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, task: str, done: int, total: int | None, note: str = "") -> None:
+        if task not in self.tasks:
+            self.tasks[task] = self.bar.add_task(task, total=total, note=note)
+        self.bar.update(self.tasks[task], completed=done, total=total, note=note)
+
+    def __enter__(self) -> _RichProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"simsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Offline image similarity search.
+
+    Two commands take a folder of images to answers:
+
+        simsearch index ./images
+
+        simsearch query img.png -k 9
+    """
+
+
+def _train_config(family: str, dim: int, size: str, epochs: int, max_seconds: float, seed: int, device: str) -> Any:
+    from simsearch.train import TrainConfig
+
+    return TrainConfig(
+        family=family, dim=dim, size=size, epochs=epochs, max_seconds=max_seconds, seed=seed, device=device
+    )
+
+
+@app.command()
+def index(
+    images: Path = typer.Argument(..., help="Folder of images (searched recursively; labels are sub-folder names)."),
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    home: Path = _home_option(),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="A model folder from 'simsearch train', or a family to fit here: autoencoder, pca, pixels. "
+        "Default: the collection's own encoder, or a new autoencoder.",
+    ),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Re-embed everything (needed to change the encoder)."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable file instead of skipping it."),
+    wait: bool = typer.Option(False, "--wait", help="If another process is writing to the collection, wait for it."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Decoding threads (0: one per core, at most 8)."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images embedded per batch."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    dim: int = typer.Option(64, "--dim", min=1, help="Embedding size when training a new encoder."),
+    size: str = typer.Option("auto", "--size", help="Encoder input size HxW when training, or auto."),
+    epochs: int = typer.Option(40, "--epochs", min=1, help="Most training epochs for a new encoder."),
+    max_seconds: float = typer.Option(300.0, "--max-seconds", min=1, help="Time limit for training a new encoder."),
+    seed: int = typer.Option(0, "--seed", help="Seed for training and sampling."),
+) -> None:
+    """Index a folder of images into a collection; re-runs only embed new or changed files.
+
+    Example: simsearch index ./images --name photos
+    """
+    from simsearch.collection import Collection, resolve_path
+    from simsearch.indexing import IndexConfig, index_folder
+
+    with _errors():
+        collection = Collection(resolve_path(name, home))
+        config = IndexConfig(
+            model=model,
+            rebuild=rebuild,
+            strict=strict,
+            wait=wait,
+            workers=workers,
+            batch_size=batch_size,
+            device=device,
+            train=_train_config("autoencoder", dim, size, epochs, max_seconds, seed, device),
+        )
+        with _RichProgress() as progress:
+            report = index_folder(images, collection, config, progress)
+        _render_index_report(report)
+
+
+def _render_index_report(report: IndexReport) -> None:
+    if report.trained:
+        t = report.training
+        out.print(
+            f"Trained a {report.encoder_family} encoder on {t.get('images', '?')} images "
+            f"({t.get('epochs_run', 0)} epochs, best validation loss {t.get('best_val_loss') or 0:.4f}, on {t.get('device')})."
+        )
+    if report.embedded == 0 and not report.removed:
+        out.print(f"Nothing to embed: all {report.unchanged} images are unchanged.")
+    table = Table(title=f"Collection {report.collection}", show_header=False, title_justify="left")
+    for key, value in (
+        ("found", report.found),
+        ("added", report.added),
+        ("updated", report.updated),
+        ("removed", report.removed),
+        ("unchanged", report.unchanged),
+        ("skipped", len(report.skipped)),
+        ("images in collection", report.count),
+        ("encoder", f"{report.encoder_family} {report.encoder_fingerprint[:12]} on {report.device}"),
+        ("time", f"{report.seconds:.1f} s"),
+    ):
+        table.add_row(key, str(value))
+    out.print(table)
+    if report.skipped:
+        skipped = Table("skipped file", "reason", title="Skipped (not indexed)", title_justify="left")
+        for s in report.skipped[:20]:
+            skipped.add_row(s.rel, s.reason)
+        out.print(skipped)
+        if len(report.skipped) > 20:
+            out.print(f"… and {len(report.skipped) - 20} more: see 'simsearch info --skipped'.")
+
+
+@app.command()
+def query(
+    images: list[Path] = typer.Argument(..., help="One or more query images."),
+    k: int = typer.Option(9, "-k", min=1, help="Number of neighbours."),
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    home: Path = _home_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Search on the GPU when FAISS sees one."),
+    device: str = typer.Option("auto", "--device", help="Where to run the encoder: auto, cpu or cuda."),
+) -> None:
+    """Find the k nearest indexed images of each query image, and the label their votes give.
+
+    Example: simsearch query img.png -k 9
+    """
+    from simsearch.collection import Collection, resolve_path
+    from simsearch.errors import ImageError
+    from simsearch.search import Searcher
+
+    with _errors():
+        for path in images:
+            if not path.is_file():
+                raise ImageError(f"{path}: no such image file — check the path")
+        searcher = Searcher(Collection(resolve_path(name, home)), use_gpu=gpu, device=device)
+        results = searcher.query_files(images, k)
+        if as_json:
+            out.print_json(json.dumps([r.to_json() for r in results]))
+            return
+        for result in results:
+            _render_result(result)
+
+
+def _render_result(result: QueryResult) -> None:
+    if result.vote is not None:
+        caption = f"vote: {result.vote} ({round(result.vote_share * len(result.neighbours))}/{len(result.neighbours)})"
+    else:
+        caption = "vote: none (no labelled neighbours)"
+    table = Table("rank", "distance", "path", "label", title=f"{result.query} — {caption}", title_justify="left")
+    for n in result.neighbours:
+        table.add_row(str(n.rank), f"{n.distance:.4f}", n.path, n.label or "")
+    out.print(table)
+
+
+@app.command()
+def info(
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    home: Path = _home_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+    skipped: bool = typer.Option(False, "--skipped", help="List the files that could not be indexed."),
+) -> None:
+    """Describe a collection: size, encoder, index type, sources, skipped files.
+
+    Example: simsearch info --name photos
+    """
+    from simsearch.collection import Collection, resolve_path
+
+    with _errors():
+        collection = Collection(resolve_path(name, home))
+        snapshot = collection.load()
+        manifest = snapshot.manifest
+        skipped_rows = snapshot.skipped.to_pylist()
+        if as_json:
+            out.print_json(json.dumps({**manifest, "path": str(collection.path), "skipped": len(skipped_rows)}))
+            return
+        table = Table(title=f"Collection {collection.path}", show_header=False, title_justify="left")
+        enc = manifest["encoder"]
+        for key, value in (
+            ("images", manifest["count"]),
+            ("dimensions", manifest["dim"]),
+            ("metric", manifest["metric"]),
+            ("encoder", f"{enc.get('family')} {enc['fingerprint'][:12]}"),
+            ("index", manifest.get("index", {}).get("type", "?")),
+            ("sources", "\n".join(manifest.get("roots", []))),
+            ("generation", manifest["generation"]),
+            ("updated", manifest.get("updated", "")),
+            ("skipped files", len(skipped_rows)),
+        ):
+            table.add_row(key, str(value))
+        out.print(table)
+        if skipped and skipped_rows:
+            listing = Table("root", "path", "reason", title="Skipped", title_justify="left")
+            for row in skipped_rows:
+                listing.add_row(row["root"], row["path"], row["reason"])
+            out.print(listing)
+
+
+@app.command()
+def train(
+    images: Path = typer.Argument(..., help="Folder of images to train on."),
+    family: str = typer.Option("autoencoder", "--family", "-f", help="autoencoder, pca or pixels."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Model folder to write (default: models/<folder name>)."
+    ),
+    dim: int = typer.Option(64, "--dim", min=1, help="Embedding size."),
+    size: str = typer.Option("auto", "--size", help="Input size HxW, or auto (from the images, never upscaled)."),
+    epochs: int = typer.Option(40, "--epochs", min=1, help="Most epochs."),
+    max_seconds: float = typer.Option(1800.0, "--max-seconds", min=1, help="Time limit for training."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Train an encoder on a folder of images and save it as a model folder.
+
+    Example: simsearch train ./images --family autoencoder --out models/mine
+    """
+    from simsearch.train import train_on_folder
+
+    with _errors():
+        config = _train_config(family, dim, size, epochs, max_seconds, seed, device)
+        target = out_dir or Path("models") / (images.resolve().name or "model")
+        with _RichProgress() as progress:
+            encoder = train_on_folder(images, config, progress)
+        fingerprint = encoder.save(target)
+        t = encoder.training
+        out.print(
+            f"Saved {encoder.family} encoder {fingerprint[:12]} (d={encoder.dim}, input "
+            f"{encoder.preprocess.channels}×{encoder.preprocess.size[0]}×{encoder.preprocess.size[1]}) to {target}"
+            + (
+                f" after {t['epochs_run']} epochs, best validation loss {t['best_val_loss']:.4f}."
+                if t.get("epochs_run")
+                else "."
+            )
+        )
+        out.print(f"Use it with: simsearch index {images} --model {target}")
+
+
+@app.command()
+def demo(
+    folder: Path = typer.Option(Path("simsearch-demo"), "--dir", help="Where to export the sample images."),
+    home: Path = _home_option(),
+    k: int = typer.Option(9, "-k", min=1, help="Neighbours per query."),
+    max_seconds: float = typer.Option(120.0, "--max-seconds", min=1, help="Time limit for training the encoder."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+) -> None:
+    """Run the whole flow on scikit-learn's digits: export, index, query, and score held-out images.
+
+    Example: simsearch demo
+    """
+    from simsearch.demo import run_demo
+    from simsearch.indexing import IndexConfig
+
+    with _errors():
+        config = IndexConfig(device=device, train=_train_config("autoencoder", 64, "auto", 40, max_seconds, 0, device))
+        out.print(
+            f"Exporting scikit-learn's digits to {folder}/ and indexing them (collections 'demo', 'demo-pixels')…"
+        )
+        with _RichProgress() as progress:
+            report = run_demo(folder, home, k, config, progress)
+        for example in report.examples:
+            _render_result(example)
+        table = Table(
+            "encoder",
+            "held-out vote accuracy",
+            "images indexed",
+            title=f"Held-out queries: {report.n_queries}, k={k}",
+            title_justify="left",
+        )
+        for family, accuracy in report.accuracy.items():
+            table.add_row(family, f"{accuracy:.3f}", str(report.reports[family].count))
+        out.print(table)
+        out.print(f"Try: simsearch query {report.queries_dir}/3/*.png --name demo --home {home} -k 5")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `simsearch query … | head`
+        sys.stderr.close()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

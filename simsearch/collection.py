@@ -1,0 +1,357 @@
+"""A collection folder: manifest, generation files, Parquet metadata, FAISS vectors, atomic commit, writer lock.
+
+Layout of ``indexes/<name>/``::
+
+    manifest.json             names the current generation's files; replaced atomically on commit
+    encoder/                  the model folder used (weights.safetensors + encoder.json)
+    vectors-<gen>.faiss       CPU FAISS index (IndexIDMap2); ids equal the metadata ``id`` column
+    meta-<gen>.parquet        one row per image, with its embedding
+    skipped-<gen>.parquet     files that could not be indexed, with the reason
+    .lock                     held by the one process allowed to write
+
+A commit writes the new generation's files, fsyncs them, then renames a new ``manifest.json`` over the old
+one. A reader that read the manifest sees one consistent generation; a crash at any moment leaves the
+previous generation intact. Older generations are removed after the commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from simsearch import __version__
+from simsearch.encoder import Encoder
+from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound
+
+FORMAT = "simsearch.collection/1"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+GENERATION_FILE = re.compile(r"^(vectors|meta|skipped)-(\d+)\.(faiss|parquet)$")
+
+
+def meta_schema(dim: int) -> pa.Schema:
+    """The columns of ``meta-<gen>.parquet``."""
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("root", pa.string(), nullable=False),
+            pa.field("label", pa.string(), nullable=True),
+            pa.field("sha256", pa.string(), nullable=False),
+            pa.field("bytes", pa.int64(), nullable=False),
+            pa.field("mtime", pa.float64(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+
+
+SKIPPED_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("root", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+
+def meta_table(rows: Mapping[str, Sequence[Any] | np.ndarray], embeddings: np.ndarray, dim: int) -> pa.Table:
+    """Build a metadata table from column lists and ``embeddings`` (n, dim) float32."""
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1, dim)
+    schema = meta_schema(dim)
+    columns = [pa.array(rows[f.name], type=f.type) for f in schema if f.name != "embedding"]
+    columns.append(pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), dim))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def embeddings_of(table: pa.Table) -> np.ndarray:
+    """The ``embedding`` column as (n, dim) float32."""
+    column = table.column("embedding").combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
+def resolve_path(name: str, home: Path) -> Path:
+    """A collection name (``faces``) lives under ``home``; anything with a slash is a path of its own."""
+    if "/" in name or os.sep in name:
+        return Path(name)
+    if not NAME_PATTERN.match(name):
+        raise CollectionError(
+            f"'{name}' is not a valid collection name — use letters, digits, '.', '_' and '-', or a path"
+        )
+    return Path(home) / name
+
+
+@dataclass
+class Snapshot:
+    """One consistent generation of a collection, fully loaded."""
+
+    path: Path
+    manifest: dict[str, Any]
+    meta: pa.Table
+    skipped: pa.Table
+    index: Any  # faiss index on the CPU
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.manifest["metric"])
+
+    @property
+    def encoder_dir(self) -> Path:
+        return self.path / self.manifest["files"]["encoder"]
+
+
+class Collection:
+    """An index folder. Reading needs no lock; writing happens inside ``with collection.lock():``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Collection({str(self.path)!r})"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.exists():
+            raise CollectionNotFound(
+                f"no collection at '{self.path}' — build it first with 'simsearch index IMAGES"
+                + (f" --name {self.path.name}'" if self.path.name != "default" else "'")
+            )
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CollectionError(
+                f"{self.manifest_path}: unreadable ({exc}) — rebuild with 'simsearch index IMAGES --rebuild'"
+            ) from None
+        problems = _manifest_problems(manifest)
+        if problems:
+            raise CollectionError(f"{self.manifest_path}: {problems} — rebuild with 'simsearch index IMAGES --rebuild'")
+        return manifest
+
+    def load(self, attempts: int = 5) -> Snapshot:
+        """Load the current generation. If a concurrent commit removes its files mid-read, read again."""
+        for attempt in range(attempts):
+            manifest = self.read_manifest()
+            try:
+                return self._load_generation(manifest)
+            except FileNotFoundError as exc:
+                if self.read_manifest().get("generation") == manifest.get("generation") or attempt + 1 == attempts:
+                    raise CollectionError(
+                        f"{self.path}: the manifest names '{Path(exc.filename or '?').name}', which is missing — "
+                        "rebuild with 'simsearch index IMAGES --rebuild'"
+                    ) from None
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    def _load_generation(self, manifest: dict[str, Any]) -> Snapshot:
+        from simsearch import vectors
+
+        files = manifest["files"]
+        meta_path, vectors_path = self.path / files["meta"], self.path / files["vectors"]
+        try:
+            meta = pq.read_table(meta_path)
+            skipped = pq.read_table(self.path / files["skipped"])
+            data = vectors_path.read_bytes()
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowException) as exc:
+            raise CollectionError(
+                f"{self.path}: a generation file is unreadable ({exc}) — rebuild with --rebuild"
+            ) from None
+        try:
+            index = vectors.deserialize(data)
+        except RuntimeError:
+            raise CollectionError(
+                f"{vectors_path}: not a valid FAISS index (damaged?) — rebuild with 'simsearch index IMAGES --rebuild'"
+            ) from None
+        if index.ntotal != meta.num_rows or index.d != int(manifest["dim"]):
+            raise CollectionError(
+                f"{self.path}: vectors ({index.ntotal}×{index.d}) do not match the metadata "
+                f"({meta.num_rows} rows, d={manifest['dim']}) — rebuild with --rebuild"
+            )
+        return Snapshot(self.path, manifest, meta, skipped, index)
+
+    def load_encoder(self, manifest: dict[str, Any] | None = None, device: str = "cpu") -> Encoder:
+        manifest = manifest or self.read_manifest()
+        encoder = Encoder.load(self.path / manifest["files"]["encoder"], device=device)
+        if encoder.fingerprint != manifest["encoder"]["fingerprint"]:
+            raise CollectionError(
+                f"{self.path}: its encoder folder does not match the manifest's fingerprint — rebuild with --rebuild"
+            )
+        return encoder
+
+    @contextlib.contextmanager
+    def lock(self, wait: bool = False) -> Iterator[None]:
+        """Hold the writer lock. Without ``wait``, a held lock raises ``CollectionLocked`` at once."""
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK, "a+")  # noqa: SIM115 - held for the whole block
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise CollectionLocked(
+                    f"another simsearch process is writing to '{self.path}' — wait for it to finish, "
+                    "or pass --wait to queue behind it"
+                ) from None
+            yield
+        finally:
+            handle.close()
+            if created and not self.exists():
+                shutil.rmtree(self.path, ignore_errors=True)
+
+    def commit(
+        self,
+        meta: pa.Table,
+        skipped: pa.Table,
+        index: Any,
+        encoder: Encoder,
+        previous: dict[str, Any] | None,
+        roots: list[str],
+        index_info: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write a new generation and switch the manifest to it. Call inside ``lock()``.
+
+        ``encoder`` is written into the collection when it is new (no ``previous`` manifest, or a different
+        fingerprint). Returns the new manifest.
+        """
+        from simsearch import vectors
+
+        if index.ntotal != meta.num_rows:
+            raise AssertionError(f"index has {index.ntotal} vectors, metadata {meta.num_rows} rows")
+        generation = int(previous["generation"]) + 1 if previous else 1
+        gen = f"{generation:06d}"
+        files = {
+            "vectors": f"vectors-{gen}.faiss",
+            "meta": f"meta-{gen}.parquet",
+            "skipped": f"skipped-{gen}.parquet",
+            "encoder": previous["files"]["encoder"] if previous else "encoder",
+        }
+        fingerprint = encoder.fingerprint
+        self.path.mkdir(parents=True, exist_ok=True)
+        if previous is None or previous["encoder"]["fingerprint"] != fingerprint:
+            files["encoder"] = "encoder" if previous is None else f"encoder-{gen}"
+            self._write_dir(files["encoder"], encoder.write_into)
+        self._write_file(files["meta"], lambda p: pq.write_table(meta, p, compression="zstd"))
+        self._write_file(files["skipped"], lambda p: pq.write_table(skipped, p, compression="zstd"))
+        self._write_file(files["vectors"], lambda p: p.write_bytes(vectors.serialize(index)))
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        ids = meta.column("id").to_numpy()
+        manifest = {
+            "format": FORMAT,
+            "generation": generation,
+            "count": meta.num_rows,
+            "dim": encoder.dim,
+            "metric": encoder.metric,
+            "encoder": {"fingerprint": fingerprint, "family": encoder.family},
+            "index": index_info or {"type": "flat", "exact": True, "factory": "IDMap2,Flat"},
+            "next_id": max(int(ids.max()) + 1 if len(ids) else 0, int(previous.get("next_id", 0)) if previous else 0),
+            "roots": roots,
+            "created": previous["created"] if previous else now,
+            "updated": now,
+            "simsearch_version": __version__,
+            "files": files,
+        }
+        self._write_file(MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
+        self._remove_stale(files)
+        return manifest
+
+    def _write_file(self, name: str, write: Any) -> None:
+        """Write to a temporary name, fsync, rename into place, fsync the folder."""
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / name)
+            _fsync_dir(self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _write_dir(self, name: str, write: Any) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.path))
+        try:
+            write(tmp)
+            _fsync_dir(tmp)
+            if (self.path / name).exists():
+                shutil.rmtree(self.path / name)
+            tmp.rename(self.path / name)
+            _fsync_dir(self.path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _remove_stale(self, files: dict[str, str]) -> None:
+        """Remove older generations' files, superseded encoder folders, and leftovers of crashed writes."""
+        keep = set(files.values()) | {MANIFEST, LOCK}
+        for entry in self.path.iterdir():
+            name = entry.name
+            if name in keep:
+                continue
+            stale = (
+                GENERATION_FILE.match(name)
+                or (name.startswith("encoder") and entry.is_dir())
+                or (name.startswith(".") and name.endswith(".tmp"))
+            )
+            if stale:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _manifest_problems(manifest: Any) -> str:
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    if manifest.get("format") != FORMAT:
+        return f"format is {manifest.get('format')!r}, expected {FORMAT!r}"
+    required = {"generation": int, "count": int, "dim": int, "metric": str, "encoder": dict, "files": dict}
+    for key, kind in required.items():
+        if not isinstance(manifest.get(key), kind):
+            return f"'{key}' is missing or not a {kind.__name__}"
+    files = manifest["files"]
+    for key in ("vectors", "meta", "skipped", "encoder"):
+        name = files.get(key)
+        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+            return f"files.{key} is missing or not a plain file name"
+    if not isinstance(manifest["encoder"].get("fingerprint"), str):
+        return "encoder.fingerprint is missing"
+    return ""

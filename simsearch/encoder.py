@@ -1,0 +1,215 @@
+"""An Encoder: a model that maps preprocessed images to embeddings, and its on-disk model folder.
+
+A model folder holds ``weights.safetensors`` (tensors only: loading can never run code) and ``encoder.json``
+(everything needed to rebuild the module and preprocess images, plus provenance). The fingerprint names the
+exact model: a hash of the architecture, preprocessing, metric and weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from simsearch import __version__
+from simsearch.errors import ModelError, UsageError
+from simsearch.images import Preprocess
+from simsearch.models import FAMILIES, build_module
+
+FORMAT = "simsearch.encoder/1"
+WEIGHTS = "weights.safetensors"
+CONFIG = "encoder.json"
+HISTORY = "history.jsonl"
+METRICS = ("l2", "cosine")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when torch sees a GPU, else CPU; ``cuda`` without a GPU is a usage error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU — use --device auto or cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"unknown device {device!r} — use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def _canonical(data: object) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass
+class Encoder:
+    """A ready-to-use encoder: ``embed(images (n, C, H, W) float32) → (n, dim) float32``."""
+
+    family: str
+    arch: dict[str, Any]
+    preprocess: Preprocess
+    module: nn.Module
+    metric: str = "l2"
+    threshold: dict[str, Any] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ModelError(f"unknown metric {self.metric!r}; expected one of {', '.join(METRICS)}")
+        self.module.eval()
+
+    @property
+    def dim(self) -> int:
+        return int(self.arch["dim"])
+
+    def to(self, device: torch.device | str) -> Encoder:
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.module.to(self.device)
+        return self
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the architecture, preprocessing, metric and weights: equal fingerprints, equal embeddings."""
+        digest = hashlib.sha256(_canonical(self.identity()))
+        for name, tensor in sorted(self.state_tensors().items()):
+            digest.update(name.encode())
+            digest.update(str(tensor.dtype).encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.numpy().tobytes())
+        return digest.hexdigest()
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "arch": self.arch,
+            "dim": self.dim,
+            "metric": self.metric,
+            "preprocess": self.preprocess.to_json(),
+        }
+
+    @torch.inference_mode()
+    def embed(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Embed preprocessed images: ``images`` (n, C, H, W) float32 → (n, dim) float32."""
+        expected = (self.preprocess.channels, *self.preprocess.size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ModelError(f"encoder expects images of shape (n, {expected}), got {images.shape}")
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(self.device)
+            out[start : start + len(batch)] = self.module(batch).float().cpu().numpy()
+        return out
+
+    def save(self, folder: Path) -> str:
+        """Write the model folder atomically (a crash leaves either the old folder or the new one)."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            self.write_into(tmp)
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+                folder.rename(old)
+                tmp.rename(folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.fingerprint
+
+    def write_into(self, folder: Path) -> None:
+        """Write ``weights.safetensors`` and ``encoder.json`` into an existing folder, fsynced."""
+        weights = folder / WEIGHTS
+        save_file(self.state_tensors(), str(weights), metadata={"format": FORMAT})
+        weights_sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+        config = {
+            "format": FORMAT,
+            **self.identity(),
+            "fingerprint": self.fingerprint,
+            "weights_sha256": weights_sha,
+            "threshold": self.threshold,
+            "training": {"simsearch_version": __version__, **self.training},
+        }
+        (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        written = [weights, folder / CONFIG]
+        if self.history:
+            (folder / HISTORY).write_text("".join(json.dumps(h) + "\n" for h in self.history))
+            written.append(folder / HISTORY)
+        for path in written:
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+    @classmethod
+    def load(cls, folder: Path, device: str | torch.device = "cpu") -> Encoder:
+        """Load and verify a model folder; any inconsistency is a ``ModelError`` naming the file and the fix."""
+        folder = Path(folder)
+        config_path, weights_path = folder / CONFIG, folder / WEIGHTS
+        if not config_path.is_file():
+            raise ModelError(
+                f"no {CONFIG} in '{folder}' — pass a model folder made by 'simsearch train', "
+                "or one of: " + ", ".join(FAMILIES)
+            )
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{config_path}: not valid JSON ({exc}) — re-train the model") from None
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise ModelError(f"{config_path}: not a simsearch encoder (format must be {FORMAT!r})")
+        try:
+            family = str(config["family"])
+            arch = dict(config["arch"])
+            metric = str(config.get("metric", "l2"))
+            preprocess = Preprocess.from_json(config["preprocess"])
+            dim = int(config["dim"])
+            weights_sha = str(config["weights_sha256"])
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            raise ModelError(f"{config_path}: missing or malformed field ({exc}) — re-train the model") from None
+        if family not in FAMILIES:
+            raise ModelError(f"{config_path}: unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        if int(arch.get("dim", -1)) != dim:
+            raise ModelError(f"{config_path}: 'dim' is {dim} but the architecture says {arch.get('dim')}")
+        if not weights_path.is_file():
+            raise ModelError(f"{weights_path}: missing — the model folder is incomplete; re-train or re-copy it")
+        data = weights_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != weights_sha:
+            raise ModelError(
+                f"{weights_path}: its sha256 does not match {CONFIG} — the weights were changed or damaged; "
+                "re-train or re-copy the model folder"
+            )
+        try:
+            module = build_module(family, arch)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{config_path}: cannot build the {family} architecture ({exc})") from None
+        try:
+            state = load_file(str(weights_path))
+            module.load_state_dict(state, strict=True)
+        except (SafetensorError, RuntimeError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{weights_path}: tensors do not fit the {family} architecture ({first})") from None
+        encoder = cls(family, arch, preprocess, module, metric, config.get("threshold"), config.get("training") or {})
+        probe = encoder.embed(np.zeros((1, preprocess.channels, *preprocess.size), dtype=np.float32))
+        if probe.shape != (1, dim):
+            raise ModelError(f"{config_path}: 'dim' is {dim} but the model produces {probe.shape[1]}")
+        stored = config.get("fingerprint")
+        if stored is not None and stored != encoder.fingerprint:
+            raise ModelError(f"{config_path}: fingerprint does not match the weights — re-train the model")
+        return encoder.to(device)
+
+
+def is_model_folder(path: Path) -> bool:
+    return (Path(path) / CONFIG).is_file()

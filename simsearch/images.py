@@ -1,0 +1,415 @@
+"""Find image files, read and validate them, and turn them into tensors. The only module that imports Pillow.
+
+Files are recognised by their content (magic bytes), not by their extension: ``scan.dat`` holding a PNG is an
+image, ``notes.png`` holding text is not. Every failure comes back as a reason (``Skipped``) or an
+``ImageError``; nothing here crashes on a bad file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from simsearch.errors import ImageError
+
+# Refuse images whose header declares more pixels than this before decoding a single one (decompression bombs).
+MAX_PIXELS = 64_000_000
+# A file this large is not decoded at all.
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+# Extensions that announce an image: a file with one of these that is not an image is *skipped with a reason*;
+# any other non-image file (README.txt, .json) is simply not an image and is ignored.
+IMAGE_SUFFIXES = frozenset(
+    [
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".pgm",
+        ".ppm",
+        ".pbm",
+        ".pnm",
+        ".bmp",
+        ".dib",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+    ]
+)
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Name the image format that ``head`` (the first 16 or more bytes of a file) starts with, or None."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n#":
+        return "PNM"
+    if head.startswith(b"BM") and len(head) >= 14:
+        return "BMP"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+@dataclass(frozen=True)
+class ImageFileEntry:
+    """An image file found under ``root``. ``rel`` is its POSIX path relative to the root, as stored."""
+
+    path: Path
+    rel: str
+    label: str | None
+    bytes: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that could not be used, and why."""
+
+    rel: str
+    reason: str
+
+
+def display_name(rel_path: str) -> str:
+    """A printable, UTF-8-safe form of a path (undecodable bytes in file names become escapes)."""
+    return os.fsencode(rel_path).decode("utf-8", "backslashreplace")
+
+
+def label_of(rel: str) -> str | None:
+    """The label of an image: its parent folder relative to the root (``s12/3.pgm`` → ``s12``), or None."""
+    parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+    return parent or None
+
+
+def find_images(root: Path) -> tuple[list[ImageFileEntry], list[Skipped]]:
+    """Walk ``root`` recursively (not following symlinked folders) and return its image files, sorted by path,
+    and the files that announce themselves as images but are not (empty, text named ``.png``, unreadable).
+
+    Hidden files and folders (``.git``, ``.DS_Store``) are ignored.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise ImageError(f"folder '{root}' does not exist — check the path")
+    if not root.is_dir():
+        raise ImageError(f"'{root}' is not a folder — pass the folder that holds your images")
+    found: list[ImageFileEntry] = []
+    skipped: list[Skipped] = []
+
+    def on_error(err: OSError) -> None:
+        where = Path(err.filename) if err.filename else root
+        rel = display_name(os.path.relpath(where, root)).replace(os.sep, "/")
+        skipped.append(Skipped(rel, f"folder could not be read: {err.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath, name)
+            rel = display_name(os.path.relpath(path, root)).replace(os.sep, "/")
+            announced = path.suffix.lower() in IMAGE_SUFFIXES
+            try:
+                st = path.stat()
+                if not path.is_file():
+                    continue
+                with open(path, "rb") as f:
+                    head = f.read(16)
+            except OSError as exc:
+                if announced or not isinstance(exc, FileNotFoundError):
+                    skipped.append(Skipped(rel, f"could not be read: {exc.strerror or exc}"))
+                continue
+            if sniff_format(head) is not None:
+                found.append(ImageFileEntry(path, rel, label_of(rel), st.st_size, st.st_mtime))
+            elif announced:
+                reason = "empty file" if st.st_size == 0 else "not an image: its content is no known image format"
+                skipped.append(Skipped(rel, reason))
+    return found, skipped
+
+
+def decode_image(data: bytes, name: str = "image") -> Image.Image:
+    """Decode ``data`` into an RGB, RGBA-composited, or greyscale Pillow image, fully loaded.
+
+    Applies the EXIF orientation, takes the first frame of animations, refuses decompression bombs before
+    allocating them, and raises ``ImageError`` with the reason for anything else that goes wrong.
+    """
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img: Image.Image = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ImageError(f"{name}: image has no pixels ({w}×{h})")
+            if w * h > MAX_PIXELS:
+                raise ImageError(
+                    f"{name}: {w}×{h} pixels is over the limit of {MAX_PIXELS:,} (possible decompression bomb)"
+                )
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return _normalise_mode(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image Pillow can decode") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
+        raise ImageError(f"{name}: could not be decoded ({exc or type(exc).__name__})") from None
+
+
+def _normalise_mode(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to ``L`` (grey) or ``RGB``; transparency is composited onto white."""
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode in ("1",):
+        return img.convert("L")
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if (mode.startswith("I") and arr.max(initial=0) > 255) else 255.0
+        if mode == "F" and arr.max(initial=0) <= 1.0:
+            top = 1.0
+        return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if mode in ("LA", "La", "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes an encoder input: ``(channels, H, W)`` float32 ``(x/255 [inverted] - mean) / std``.
+
+    ``resize`` is ``letterbox``: scale to fit inside H×W keeping the aspect ratio, pad the rest with the
+    median colour of the image's border.
+    """
+
+    size: tuple[int, int]
+    channels: int = 1
+    invert: bool = False
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    resize: str = "letterbox"
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"size must be (H, W) with positive sides, not {self.size}")
+        if self.resize != "letterbox":
+            raise ValueError(f"unknown resize mode {self.resize!r}")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "size": list(self.size),
+            "channels": self.channels,
+            "resize": self.resize,
+            "invert": self.invert,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Preprocess:
+        size = data["size"]
+        mean = data.get("mean", [0.0])
+        std = data.get("std", [1.0])
+        assert isinstance(size, list) and isinstance(mean, list) and isinstance(std, list)
+        return cls(
+            size=(int(size[0]), int(size[1])),
+            channels=int(data["channels"]),  # type: ignore[call-overload]
+            invert=bool(data.get("invert", False)),
+            mean=tuple(float(m) for m in mean),
+            std=tuple(float(s) for s in std),
+            resize=str(data.get("resize", "letterbox")),
+        )
+
+
+def letterbox(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Fit ``img`` inside ``size`` = (H, W) keeping its aspect ratio; pad with its border's median colour."""
+    height, width = size
+    w, h = img.size
+    scale = min(width / w, height / h)
+    new_w, new_h = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    if (new_w, new_h) == (width, height):
+        return img
+    arr = np.asarray(img)
+    border = np.concatenate(
+        [
+            arr[0].reshape(-1, *arr.shape[2:]),
+            arr[-1].reshape(-1, *arr.shape[2:]),
+            arr[:, 0].reshape(-1, *arr.shape[2:]),
+            arr[:, -1].reshape(-1, *arr.shape[2:]),
+        ]
+    )
+    fill = np.median(border, axis=0).astype(np.uint8)
+    canvas = Image.new(img.mode, (width, height), tuple(int(v) for v in np.atleast_1d(fill)))
+    canvas.paste(img, ((width - new_w) // 2, (height - new_h) // 2))
+    return canvas
+
+
+def to_array(img: Image.Image, spec: Preprocess) -> np.ndarray:
+    """Preprocess a decoded image: ``(channels, H, W)`` float32, normalised as ``spec`` says."""
+    img = img.convert("L" if spec.channels == 1 else "RGB")
+    img = letterbox(img, spec.size)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if spec.invert:
+        arr = 1.0 - arr
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray((arr - mean) / std, dtype=np.float32)
+
+
+@dataclass
+class LoadedImage:
+    """One image read from disk: its preprocessed pixels and the facts stored in the metadata."""
+
+    array: np.ndarray  # (channels, H, W) float32
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+    grey: bool = field(default=True)
+
+
+def read_file(path: Path, name: str | None = None) -> bytes:
+    """Read a whole file, refusing what is not a regular readable file of sensible size."""
+    name = name or str(path)
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise ImageError(f"{name}: not a file — pass an image file")
+        if size > MAX_FILE_BYTES:
+            raise ImageError(f"{name}: {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file — check the path") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageError(f"{name}: permission denied — make it readable") from None
+    except OSError as exc:
+        raise ImageError(f"{name}: could not be read ({exc.strerror or exc})") from None
+
+
+def is_grey(img: Image.Image) -> bool:
+    """True when the image carries no colour (mode L, or RGB with equal channels)."""
+    if img.mode == "L":
+        return True
+    arr = np.asarray(img)
+    return bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
+
+
+def load_image(
+    path: Path, spec: Preprocess, name: str | None = None, known_sha256: str | None = None
+) -> LoadedImage | None:
+    """Read, hash, decode and preprocess one image file; ``ImageError`` says why it failed.
+
+    When the file's sha256 equals ``known_sha256`` it is not decoded at all and None is returned.
+    """
+    data = read_file(path, name)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest == known_sha256:
+        return None
+    img = decode_image(data, name or str(path))
+    return LoadedImage(
+        array=to_array(img, spec),
+        sha256=digest,
+        bytes=len(data),
+        width=img.size[0],
+        height=img.size[1],
+        grey=is_grey(img),
+    )
+
+
+def load_images(
+    paths: Sequence[Path],
+    spec: Preprocess,
+    workers: int = 0,
+    names: Sequence[str] | None = None,
+    known_sha256: Sequence[str | None] | None = None,
+) -> Iterator[LoadedImage | ImageError | None]:
+    """Load many images in input order, decoding on ``workers`` threads (0: one per core, at most 8).
+
+    Yields for each path its ``LoadedImage``, the ``ImageError`` that says why it failed, or None when its
+    hash equals the one given in ``known_sha256`` (unchanged: not decoded). Pillow releases the GIL while
+    decoding, so threads give real parallelism here.
+    """
+    name_list = list(names) if names is not None else [str(p) for p in paths]
+    known = list(known_sha256) if known_sha256 is not None else [None] * len(paths)
+
+    def one(i: int) -> LoadedImage | ImageError | None:
+        try:
+            return load_image(paths[i], spec, name_list[i], known[i])
+        except ImageError as exc:
+            return exc
+
+    n_workers = workers or min(8, os.cpu_count() or 1)
+    if n_workers <= 1 or len(paths) < 4:
+        yield from (one(i) for i in range(len(paths)))
+        return
+    with ThreadPoolExecutor(n_workers) as pool:
+        yield from pool.map(one, range(len(paths)))
+
+
+@dataclass(frozen=True)
+class ImageSurvey:
+    """What a sample of a folder's images looks like: used to choose an encoder's input spec."""
+
+    count: int
+    median_height: int
+    median_width: int
+    grey: bool
+
+
+def survey_images(paths: Iterable[Path]) -> ImageSurvey:
+    """Decode a sample of images and report their median size and whether all of them are grey."""
+    heights: list[int] = []
+    widths: list[int] = []
+    grey = True
+    for path in paths:
+        try:
+            img = decode_image(read_file(path), str(path))
+        except ImageError:
+            continue
+        widths.append(img.size[0])
+        heights.append(img.size[1])
+        grey = grey and is_grey(img)
+    if not heights:
+        raise ImageError("none of the sampled files could be decoded — check that the folder holds images")
+    return ImageSurvey(len(heights), int(np.median(heights)), int(np.median(widths)), grey)
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    """Write a (H, W) or (H, W, 3) uint8 array as a PNG (used by the demo to export its sample)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")

@@ -1,0 +1,95 @@
+"""Convolutional autoencoder ``AE(x) = h(g(x))``: only the encoder ``g`` is kept for search.
+
+The backbone adapts to any input size: it halves the resolution with strided convolutions until the
+feature map is at most 7 pixels on its short side (at most four times), then a linear layer maps it to ``dim``.
+The decoder mirrors it and resamples to the exact input size, so odd sizes such as 28×28 or 120×300 work.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_WIDTHS = (32, 64, 128, 256)
+
+
+def n_downsamples(size: tuple[int, int], max_levels: int = 4) -> int:
+    """How many stride-2 stages take the short side of ``size`` down to at most 7 pixels."""
+    side, levels = min(size), 0
+    while side > 7 and levels < max_levels:
+        side = (side + 1) // 2
+        levels += 1
+    return max(levels, 1)
+
+
+def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ConvEncoder(nn.Module):
+    """``g``: (n, channels, H, W) → (n, dim)."""
+
+    def __init__(
+        self,
+        channels: int,
+        size: tuple[int, int] | list[int],
+        dim: int,
+        widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS,
+    ) -> None:
+        super().__init__()
+        self.channels, self.size, self.dim = channels, (int(size[0]), int(size[1])), dim
+        levels = n_downsamples(self.size, len(widths))
+        self.widths = tuple(int(w) for w in widths[:levels])
+        stages: list[nn.Module] = []
+        c = channels
+        h, w = self.size
+        for width in self.widths:
+            stages += [_block(c, width, 2), _block(width, width, 1)]
+            c, h, w = width, (h + 1) // 2, (w + 1) // 2
+        self.features = nn.Sequential(*stages)
+        self.feature_shape = (c, h, w)
+        self.head = nn.Linear(c * h * w, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """``h``: (n, dim) → (n, channels, H, W), the mirror of a ``ConvEncoder``."""
+
+    def __init__(self, encoder: ConvEncoder) -> None:
+        super().__init__()
+        c, h, w = encoder.feature_shape
+        self.size, self.start = encoder.size, (c, h, w)
+        self.head = nn.Linear(encoder.dim, c * h * w)
+        stages: list[nn.Module] = []
+        widths = [*list(encoder.widths[::-1]), encoder.widths[0]]
+        for c_in, c_out in itertools.pairwise(widths):
+            stages += [nn.Upsample(scale_factor=2, mode="nearest"), _block(c_in, c_out, 1)]
+        self.features = nn.Sequential(*stages)
+        self.out = nn.Conv2d(widths[-1], encoder.channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.head(z)).view(-1, *self.start)
+        x = self.features(x)
+        x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        return self.out(x)
+
+
+class ConvAutoencoder(nn.Module):
+    """The whole autoencoder, used only while training; ``encoder`` is what is saved."""
+
+    def __init__(self, encoder: ConvEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = ConvDecoder(encoder)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))

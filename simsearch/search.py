@@ -1,0 +1,145 @@
+"""Query a collection: nearest neighbours of images, and the label their votes give (unsupervised classification).
+
+This is the public API the CLI calls::
+
+    searcher = Searcher(Collection(Path("indexes/default")))
+    results = searcher.query_files([Path("img.png")], k=9)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simsearch import vectors
+from simsearch.collection import Collection, embeddings_of
+from simsearch.errors import ImageError, UsageError
+from simsearch.images import load_images
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    rank: int
+    id: int
+    distance: float
+    path: str
+    root: str
+    label: str | None
+
+
+@dataclass
+class QueryResult:
+    """The neighbours of one query, nearest first, and the label they vote for (None if none is labelled)."""
+
+    query: str
+    neighbours: list[Neighbour]
+    vote: str | None = None
+    vote_share: float = 0.0
+    votes: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "vote": self.vote,
+            "vote_share": self.vote_share,
+            "votes": self.votes,
+            "neighbours": [n.__dict__ for n in self.neighbours],
+        }
+
+
+def vote_label(labels: Sequence[str | None]) -> tuple[str | None, float, dict[str, int]]:
+    """Majority label among ``labels`` (nearest first), its share of all of them, and the tally.
+
+    A tie goes to the label whose first vote is nearest. Unlabelled neighbours count in the denominator.
+    """
+    tally = Counter(label for label in labels if label is not None)
+    if not tally:
+        return None, 0.0, {}
+    top = max(tally.values())
+    winner = next(label for label in labels if label is not None and tally[label] == top)
+    return winner, top / len(labels), dict(tally.most_common())
+
+
+class Searcher:
+    """A loaded collection (one consistent generation) ready to answer queries."""
+
+    def __init__(self, collection: Collection, use_gpu: bool = True, device: str = "auto") -> None:
+        self.collection = collection
+        snapshot = collection.load()
+        self.manifest = snapshot.manifest
+        self.metric = snapshot.metric
+        self.encoder = collection.load_encoder(snapshot.manifest, device=device)
+        self.index = vectors.to_gpu(snapshot.index) if use_gpu else snapshot.index
+        meta = snapshot.meta
+        self.ids = meta.column("id").to_numpy()
+        self.order = np.argsort(self.ids, kind="stable")
+        self.sorted_ids = self.ids[self.order]
+        self.paths = meta.column("path").to_pylist()
+        self.roots = meta.column("root").to_pylist()
+        self.labels = meta.column("label").to_pylist()
+        self.embeddings = embeddings_of(meta)
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    @property
+    def on_gpu(self) -> bool:
+        return vectors.is_on_gpu(self.index)
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Metadata row numbers of FAISS ids (any shape)."""
+        return self.order[np.searchsorted(self.sorted_ids, ids)]
+
+    def search_embeddings(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest rows for each query embedding: (distances (q, k'), rows (q, k')), k' = min(k, n).
+
+        Distances are recomputed exactly from the stored embeddings, so an indexed image queried by itself
+        is at distance 0 whatever rounding the index's fast path introduced.
+        """
+        if k < 1:
+            raise UsageError(f"-k must be at least 1, not {k}")
+        _, ids = vectors.search(self.index, queries, k, self.metric)
+        rows = self.rows_of(ids)
+        distances = vectors.exact_distances(queries, self.embeddings[rows], self.metric)
+        order = np.argsort(distances, axis=1, kind="stable")
+        return np.take_along_axis(distances, order, 1), np.take_along_axis(rows, order, 1)
+
+    def query_arrays(self, images: np.ndarray, names: Sequence[str], k: int) -> list[QueryResult]:
+        """Neighbours and votes for preprocessed ``images`` (q, C, H, W)."""
+        distances, rows = self.search_embeddings(self.encoder.embed(images), k)
+        results = []
+        for name, dist_row, row_row in zip(names, distances, rows, strict=True):
+            neighbours = [
+                Neighbour(rank + 1, int(self.ids[r]), float(d), self.paths[r], self.roots[r], self.labels[r])
+                for rank, (d, r) in enumerate(zip(dist_row, row_row, strict=True))
+            ]
+            vote, share, tally = vote_label([n.label for n in neighbours])
+            results.append(QueryResult(name, neighbours, vote, share, tally))
+        return results
+
+    def query_files(self, paths: Sequence[Path], k: int, batch_size: int = 256) -> list[QueryResult]:
+        """Neighbours and votes for image files. The first unreadable file raises ``ImageError``."""
+        results: list[QueryResult] = []
+        for start in range(0, len(paths), batch_size):
+            batch = list(paths[start : start + batch_size])
+            arrays = []
+            for loaded in load_images(batch, self.encoder.preprocess, names=[str(p) for p in batch]):
+                if isinstance(loaded, ImageError):
+                    raise loaded
+                assert loaded is not None
+                arrays.append(loaded.array)
+            results += self.query_arrays(np.stack(arrays), [str(p) for p in batch], k)
+        return results
+
+
+def vote_accuracy(results: Sequence[QueryResult], truth: Sequence[str | None]) -> float:
+    """Share of queries whose voted label equals the true one."""
+    if not results:
+        return float("nan")
+    return sum(r.vote == t for r, t in zip(results, truth, strict=True)) / len(results)

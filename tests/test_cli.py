@@ -1,0 +1,169 @@
+"""The command line: output, exit codes and error lines, through CliRunner and the installed command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from simsearch.cli import app
+
+runner = CliRunner()
+SIMSEARCH = shutil.which("simsearch", path=str(Path(sys.executable).parent)) or "simsearch"
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def indexed(image_folder: Path, tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    result = invoke("index", image_folder, "--home", home, "--model", "pixels", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return home
+
+
+def test_index_then_query_prints_a_table(indexed: Path, image_folder: Path) -> None:
+    result = invoke("query", image_folder / "vbars" / "2.png", "-k", "3", "--home", indexed)
+    assert result.exit_code == 0, result.output
+    assert "vote: vbars (3/3)" in result.output
+    assert "vbars/2.png" in result.output and "0.0000" in result.output
+
+
+def test_index_reports_counts_and_rerun_says_nothing_to_embed(indexed: Path, image_folder: Path) -> None:
+    again = invoke("index", image_folder, "--home", indexed)
+    assert again.exit_code == 0, again.output
+    assert "Nothing to embed: all 15 images are unchanged." in again.output
+
+
+def test_query_json_for_several_images(indexed: Path, image_folder: Path) -> None:
+    queries = [image_folder / "hbars" / "0.png", image_folder / "blob" / "4.png"]
+    result = invoke("query", *queries, "-k", "20", "--json", "--home", indexed)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [d["query"] for d in data] == [str(q) for q in queries]
+    assert [d["vote"] for d in data] == ["hbars", "blob"]
+    for d in data:
+        assert len(d["neighbours"]) == 15  # min(k, n)
+        assert d["neighbours"][0]["distance"] == 0.0
+        assert set(d["neighbours"][0]) == {"rank", "id", "distance", "path", "root", "label"}
+
+
+def test_info(indexed: Path, image_folder: Path) -> None:
+    (image_folder / "bad.png").write_text("nope")
+    invoke("index", image_folder, "--home", indexed)
+    result = invoke("info", "--home", indexed, "--skipped")
+    assert result.exit_code == 0
+    assert "pixels" in result.output and "bad.png" in result.output
+    data = json.loads(invoke("info", "--home", indexed, "--json").stdout)
+    assert data["count"] == 15 and data["skipped"] == 1 and data["metric"] == "l2"
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def test_query_against_missing_collection_is_one_error_line(tmp_path: Path, image_folder: Path) -> None:
+    result = invoke("query", image_folder / "blob" / "0.png", "--home", tmp_path / "none")
+    assert result.exit_code == 1
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("Error: no collection at") and "simsearch index" in lines[0]
+
+
+def test_query_of_missing_file_is_one_error_line(indexed: Path, tmp_path: Path) -> None:
+    result = invoke("query", tmp_path / "ghost.png", "--home", indexed)
+    assert result.exit_code == 1
+    lines = error_lines(result)
+    assert len(lines) == 1 and "ghost.png: no such image file" in lines[0]
+
+
+def test_query_of_undecodable_file_is_one_error_line(indexed: Path, tmp_path: Path) -> None:
+    (tmp_path / "fake.png").write_text("text")
+    result = invoke("query", tmp_path / "fake.png", "--home", indexed)
+    assert result.exit_code == 1
+    assert error_lines(result) == [f"Error: {tmp_path / 'fake.png'}: not an image Pillow can decode"]
+
+
+def test_bad_usage_exits_2(indexed: Path, image_folder: Path) -> None:
+    assert invoke("query", image_folder / "blob" / "0.png", "-k", "0", "--home", indexed).exit_code == 2
+    assert invoke("index").exit_code == 2
+    result = invoke("train", image_folder, "--family", "gan")
+    assert result.exit_code == 2 and "unknown family" in result.stderr
+
+
+def test_train_writes_a_model_folder_that_index_uses(image_folder: Path, tmp_path: Path) -> None:
+    model = tmp_path / "models" / "m"
+    result = invoke(
+        "train", image_folder, "--out", model, "--epochs", "2", "--dim", "8", "--device", "cpu", "--max-seconds", "20"
+    )
+    assert result.exit_code == 0, result.output
+    assert (model / "encoder.json").is_file() and (model / "weights.safetensors").is_file()
+    assert (model / "history.jsonl").read_text().count("\n") == 2
+    home = tmp_path / "home"
+    result = invoke("index", image_folder, "--model", model, "--home", home, "--name", "m")
+    assert result.exit_code == 0, result.output
+    info = json.loads(invoke("info", "--home", home, "--name", "m", "--json").stdout)
+    assert info["dim"] == 8 and info["encoder"]["family"] == "autoencoder"
+
+
+HELP_IMPORTS = """
+import sys
+from typer.testing import CliRunner
+from simsearch.cli import app
+for args in (["--help"], ["query", "--help"], ["index", "--help"]):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+heavy = sorted(m for m in ("torch", "faiss", "numpy", "pyarrow", "PIL") if m in sys.modules)
+print(",".join(heavy))
+"""
+
+
+def test_help_imports_neither_torch_nor_faiss() -> None:
+    done = subprocess.run([sys.executable, "-c", HELP_IMPORTS], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""
+
+
+def test_installed_command_end_to_end(image_folder: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "SIMSEARCH_HOME": str(tmp_path / "h")}
+    first = subprocess.run(
+        [SIMSEARCH, "index", str(image_folder), "--model", "pixels"], capture_output=True, text=True, env=env
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stderr == ""  # no progress bars when stderr is not a terminal
+    query = subprocess.run(
+        [SIMSEARCH, "query", str(image_folder / "hbars" / "3.png"), "-k", "2", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert query.returncode == 0, query.stderr
+    assert json.loads(query.stdout)[0]["neighbours"][0]["path"] == "hbars/3.png"
+    missing = subprocess.run([SIMSEARCH, "info", "--name", "nothing"], capture_output=True, text=True, env=env)
+    assert missing.returncode == 1 and missing.stderr.startswith("Error: no collection at")
+    assert "Traceback" not in missing.stderr
+    module = subprocess.run([sys.executable, "-m", "simsearch", "--version"], capture_output=True, text=True)
+    assert module.returncode == 0 and module.stdout.startswith("simsearch ")
+
+
+def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [SIMSEARCH, "demo", "--dir", "d", "--home", "h", "--max-seconds", "8", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "held-out vote accuracy" in done.stdout
+    rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") >= 4}
+    assert "autoencoder" in rows and "pixels" in rows
+    for family in ("autoencoder", "pixels"):
+        accuracy = float(rows[family].split("│")[2])
+        assert 0.8 < accuracy <= 1.0, done.stdout
+    assert len(list((tmp_path / "d" / "queries").rglob("*.png"))) == 179

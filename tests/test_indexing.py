@@ -1,0 +1,245 @@
+"""Collections: format, incremental sync by content hash, broken files, strict mode, locking, search."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from simsearch.collection import Collection, embeddings_of
+from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound, DataError, ModelError
+from simsearch.indexing import IndexConfig, index_folder
+from simsearch.search import Searcher, vote_label
+from tests.conftest import pattern
+
+META_COLUMNS = ["id", "path", "root", "label", "sha256", "bytes", "mtime", "width", "height", "embedding"]
+
+
+def pixels_config(**changes) -> IndexConfig:
+    return IndexConfig(**{"model": "pixels", "device": "cpu", "workers": 2, **changes})
+
+
+def build(root: Path, tmp_path: Path, **changes):
+    collection = Collection(tmp_path / "indexes" / "c")
+    return collection, index_folder(root, collection, pixels_config(**changes))
+
+
+def test_files_follow_the_documented_format(image_folder: Path, tmp_path: Path) -> None:
+    collection, report = build(image_folder, tmp_path)
+    assert report.added == 15 and report.count == 15 and report.committed
+    manifest = json.loads((collection.path / "manifest.json").read_text())
+    files = manifest["files"]
+    assert manifest["count"] == 15 and manifest["dim"] == 256 and manifest["metric"] == "l2"
+    assert manifest["roots"] == [str(image_folder.resolve())]
+    # Plain pyarrow and pandas, no simsearch.
+    table = pq.read_table(collection.path / files["meta"])
+    assert table.column_names == META_COLUMNS
+    frame = table.to_pandas()
+    assert sorted(frame["label"].unique()) == ["blob", "hbars", "vbars"]
+    assert frame["path"].iloc[0] == "blob/0.png" and (frame["width"] == 16).all()
+    assert len(frame["embedding"].iloc[0]) == 256
+    index = faiss.read_index(str(collection.path / files["vectors"]))
+    ids = faiss.vector_to_array(index.id_map)
+    assert index.ntotal == 15
+    assert sorted(ids.tolist()) == sorted(frame["id"].tolist())
+    # FAISS vector i is the embedding of the row with that id.
+    by_id = dict(zip(frame["id"], frame["embedding"], strict=True))
+    for position, row_id in enumerate(ids):
+        np.testing.assert_array_equal(index.index.reconstruct(position), np.asarray(by_id[row_id], np.float32))
+    skipped = pq.read_table(collection.path / files["skipped"])
+    assert skipped.column_names == ["path", "root", "reason"] and skipped.num_rows == 0
+    enc = json.loads((collection.path / files["encoder"] / "encoder.json").read_text())
+    assert enc["fingerprint"] == manifest["encoder"]["fingerprint"]
+
+
+def test_indexed_image_is_its_own_nearest_neighbour(image_folder: Path, tmp_path: Path) -> None:
+    collection, _ = build(image_folder, tmp_path)
+    searcher = Searcher(collection, use_gpu=False)
+    paths = sorted(image_folder.rglob("*.png"))
+    results = searcher.query_files(paths, k=4)
+    for path, result in zip(paths, results, strict=True):
+        first = result.neighbours[0]
+        assert first.path == path.relative_to(image_folder).as_posix()
+        assert first.distance == 0.0
+        assert result.vote == path.parent.name
+        assert [n.rank for n in result.neighbours] == [1, 2, 3, 4]
+        assert all(a.distance <= b.distance for a, b in zip(result.neighbours, result.neighbours[1:], strict=False))
+
+
+def test_search_results_equal_brute_force(image_folder: Path, tmp_path: Path) -> None:
+    collection, _ = build(image_folder, tmp_path)
+    searcher = Searcher(collection, use_gpu=False)
+    embeddings = embeddings_of(collection.load().meta)
+    queries = np.random.default_rng(0).normal(size=(7, embeddings.shape[1])).astype(np.float32) + embeddings[:7]
+    for k in (1, 5, 15, 40):
+        distances, rows = searcher.search_embeddings(queries, k)
+        brute = np.linalg.norm(queries[:, None, :] - embeddings[None], axis=-1)
+        expected_rows = np.argsort(brute, axis=1, kind="stable")[:, : min(k, 15)]
+        assert rows.shape == (7, min(k, 15))
+        np.testing.assert_array_equal(rows, expected_rows)
+        np.testing.assert_allclose(distances, np.take_along_axis(brute, expected_rows, 1), rtol=1e-5)
+
+
+def test_rerun_on_unchanged_folder_embeds_nothing(image_folder: Path, tmp_path: Path) -> None:
+    collection, _ = build(image_folder, tmp_path)
+    manifest = collection.read_manifest()
+    _, second = build(image_folder, tmp_path)
+    assert (second.embedded, second.removed, second.unchanged) == (0, 0, 15)
+    assert not second.committed
+    assert collection.read_manifest() == manifest
+
+
+def test_add_delete_change_update_exactly_those_rows(image_folder: Path, tmp_path: Path) -> None:
+    collection, _ = build(image_folder, tmp_path)
+    before = collection.load().meta.to_pandas().set_index("path")
+    rng = np.random.default_rng(9)
+    (image_folder / "blob" / "0.png").unlink()
+    Image.fromarray(pattern("hbars", rng)).save(image_folder / "vbars" / "1.png")  # changed content
+    Image.fromarray(pattern("blob", rng)).save(image_folder / "blob" / "new.png")
+    _, report = build(image_folder, tmp_path)
+    assert (report.added, report.updated, report.removed, report.unchanged) == (1, 1, 1, 13)
+    snapshot = collection.load()
+    after = snapshot.meta.to_pandas().set_index("path")
+    assert "blob/0.png" not in after.index and "blob/new.png" in after.index
+    assert len(after) == 15 == snapshot.index.ntotal
+    untouched = [p for p in before.index if p not in ("blob/0.png", "vbars/1.png")]
+    for path in untouched:
+        assert after.loc[path, "id"] == before.loc[path, "id"]
+        assert after.loc[path, "sha256"] == before.loc[path, "sha256"]
+        np.testing.assert_array_equal(after.loc[path, "embedding"], before.loc[path, "embedding"])
+    assert after.loc["vbars/1.png", "id"] == before.loc["vbars/1.png", "id"]
+    assert after.loc["vbars/1.png", "sha256"] != before.loc["vbars/1.png", "sha256"]
+    assert after.loc["blob/new.png", "id"] not in set(before["id"])
+    np.testing.assert_array_equal(np.sort(faiss.vector_to_array(snapshot.index.id_map)), np.sort(after["id"].values))
+    # Only the current generation's files remain.
+    names = sorted(p.name for p in collection.path.iterdir())
+    files = snapshot.manifest["files"]
+    assert names == sorted(
+        [".lock", "manifest.json", files["encoder"], files["meta"], files["vectors"], files["skipped"]]
+    )
+
+
+def write_broken_files(root: Path) -> None:
+    (root / "broken").mkdir()
+    (root / "broken" / "empty.png").write_bytes(b"")
+    (root / "broken" / "text.png").write_text("hello, I am not a picture\n")
+    good = (root / "blob" / "0.png").read_bytes()
+    (root / "broken" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "notes.txt").write_text("not an image, and not pretending to be one")
+
+
+def test_broken_files_are_skipped_with_reasons(image_folder: Path, tmp_path: Path) -> None:
+    write_broken_files(image_folder)
+    collection, report = build(image_folder, tmp_path)
+    assert report.count == 15
+    reasons = {s.rel: s.reason for s in report.skipped}
+    assert set(reasons) == {"broken/empty.png", "broken/text.png", "broken/truncated.png"}
+    assert "empty" in reasons["broken/empty.png"]
+    assert "not an image" in reasons["broken/text.png"]
+    assert "decoded" in reasons["broken/truncated.png"] or "truncated" in reasons["broken/truncated.png"]
+    stored = collection.load().skipped.to_pylist()
+    assert {r["path"]: r["reason"] for r in stored} == reasons
+    # Fixing a file takes it off the list and into the collection.
+    shutil.copy(image_folder / "blob" / "1.png", image_folder / "broken" / "truncated.png")
+    _, again = build(image_folder, tmp_path)
+    assert again.added == 1 and {s.rel for s in again.skipped} == {"broken/empty.png", "broken/text.png"}
+
+
+def test_strict_fails_and_keeps_the_previous_collection(image_folder: Path, tmp_path: Path) -> None:
+    collection, _ = build(image_folder, tmp_path)
+    manifest = collection.read_manifest()
+    files = sorted(p.name for p in collection.path.iterdir())
+    good = (image_folder / "blob" / "0.png").read_bytes()
+    (image_folder / "blob" / "zz-truncated.png").write_bytes(good[: len(good) // 2])
+    Image.fromarray(pattern("blob", np.random.default_rng(5))).save(image_folder / "blob" / "a-new.png")
+    with pytest.raises(DataError, match=r"zz-truncated\.png"):
+        build(image_folder, tmp_path, strict=True)
+    assert collection.read_manifest() == manifest
+    assert sorted(p.name for p in collection.path.iterdir()) == files
+
+
+def test_missing_collection_and_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(CollectionNotFound, match="simsearch index"):
+        Searcher(Collection(tmp_path / "nope"))
+    with pytest.raises(Exception, match="does not exist"):
+        build(tmp_path / "no-such-folder", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        build(tmp_path / "empty", tmp_path)
+    assert not (tmp_path / "indexes" / "c").exists()
+
+
+def test_a_second_writer_is_refused(image_folder: Path, tmp_path: Path) -> None:
+    collection, _ = build(image_folder, tmp_path)
+    with collection.lock(), pytest.raises(CollectionLocked, match="--wait"):
+        index_folder(image_folder, Collection(collection.path), pixels_config())
+
+
+def test_a_different_model_needs_rebuild(image_folder: Path, tmp_path: Path, fast_train) -> None:
+    collection, _ = build(image_folder, tmp_path)
+    with pytest.raises(CollectionError, match="--rebuild"):
+        index_folder(image_folder, collection, pixels_config(model="pca"))
+    with pytest.raises(ModelError, match="no model folder"):
+        index_folder(image_folder, collection, pixels_config(model=str(tmp_path / "missing-model")))
+    report = index_folder(image_folder, collection, pixels_config(model="pca", rebuild=True, train=fast_train))
+    assert report.encoder_family == "pca" and report.embedded == 15 and report.count == 15
+    manifest = collection.read_manifest()
+    assert manifest["encoder"]["family"] == "pca" and manifest["dim"] == 8
+    assert len([p for p in collection.path.iterdir() if p.name.startswith("encoder")]) == 1
+
+
+def test_default_trains_an_autoencoder_inside_the_collection(image_folder: Path, tmp_path: Path, fast_train) -> None:
+    collection = Collection(tmp_path / "ae")
+    progress_calls: list[tuple[str, int, int | None]] = []
+    report = index_folder(
+        image_folder,
+        collection,
+        IndexConfig(device="cpu", train=fast_train),
+        lambda task, done, total, note="": progress_calls.append((task, done, total)),
+    )
+    assert report.trained and report.encoder_family == "autoencoder" and report.count == 15
+    assert {task for task, _, _ in progress_calls} >= {"training autoencoder", "embedding"}
+    assert collection.load_encoder().dim == 8
+    again = index_folder(image_folder, collection, IndexConfig(device="cpu", train=fast_train))
+    assert not again.trained and again.embedded == 0
+
+
+def test_checkpoints_commit_partial_work(image_folder: Path, tmp_path: Path) -> None:
+    collection = Collection(tmp_path / "cp")
+    generations = []
+    original = collection.commit
+
+    def spy(*args, **kwargs):
+        manifest = original(*args, **kwargs)
+        generations.append(manifest["count"])
+        return manifest
+
+    collection.commit = spy  # type: ignore[method-assign]
+    index_folder(image_folder, collection, pixels_config(batch_size=4, checkpoint_every=4))
+    # The first commit keeps the freshly fitted encoder; then one commit per checkpoint and a final one.
+    assert generations == [0, 4, 8, 12, 15]
+
+
+def test_second_root_adds_rows_and_keeps_the_first(image_folder: Path, tmp_path: Path) -> None:
+    from tests.conftest import write_folder
+
+    other = tmp_path / "other"
+    write_folder(other, per_class=2, seed=3, kinds=("vbars",))
+    collection, _ = build(image_folder, tmp_path)
+    _, report = build(other, tmp_path)
+    assert report.added == 2 and report.count == 17
+    meta = collection.load().meta.to_pandas()
+    assert set(meta["root"]) == {str(image_folder.resolve()), str(other.resolve())}
+    assert len(collection.read_manifest()["roots"]) == 2
+
+
+def test_vote_label() -> None:
+    assert vote_label(["a", "b", "b", None]) == ("b", 0.5, {"b": 2, "a": 1})
+    assert vote_label(["a", "b"])[0] == "a"  # tie: nearest first vote wins
+    assert vote_label([None, None]) == (None, 0.0, {})
