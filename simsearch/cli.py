@@ -51,6 +51,10 @@ def _errors() -> Iterator[None]:
     except SimsearchError as exc:
         err.print(f"Error: {exc}", markup=False)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # disk full, read-only folder, permissions: the OS's words, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"Error: {where}{exc.strerror or exc} — free space or fix permissions, then run again", markup=False)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("Interrupted: work committed so far is kept; run the same command again to resume.", markup=False)
         raise typer.Exit(130) from None

@@ -110,14 +110,29 @@ def deserialize(data: bytes) -> Any:
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
-def to_gpu(index: Any) -> Any:
-    """A GPU copy of ``index`` when FAISS sees a GPU, else ``index`` itself."""
+_GPU_RESOURCES: dict[int, Any] = {}
+
+
+def gpu_resources(device: int = 0) -> Any:
+    """One ``StandardGpuResources`` per GPU for the whole process (FAISS's advice: they hold scratch memory,
+    and they must outlive every index placed with them)."""
+    if device not in _GPU_RESOURCES:
+        _GPU_RESOURCES[device] = faiss.StandardGpuResources()
+    return _GPU_RESOURCES[device]
+
+
+def to_gpu(index: Any, device: int = 0) -> Any:
+    """A GPU copy of ``index`` when FAISS sees a GPU, else ``index`` itself.
+
+    If FAISS cannot place this index on the GPU (no memory, an index type without a GPU version), the CPU
+    index is returned: search still works, only slower.
+    """
     if gpu_count() == 0:
         return index
-    resources = faiss.StandardGpuResources()
-    gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
-    gpu_index.referenced_resources = resources  # type: ignore[attr-defined]  # keep the resources alive as long as the index
-    return gpu_index
+    try:
+        return faiss.index_cpu_to_gpu(gpu_resources(device), device, index)
+    except RuntimeError:
+        return index
 
 
 def is_on_gpu(index: Any) -> bool:
