@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,11 +170,15 @@ def index(
 
 def _render_index_report(report: IndexReport) -> None:
     if report.trained:
-        t = report.training
-        out.print(
-            f"Trained a {report.encoder_family} encoder on {t.get('images', '?')} images "
-            f"({t.get('epochs_run', 0)} epochs, best validation loss {t.get('best_val_loss') or 0:.4f}, on {t.get('device')})."
-        )
+        t, shape = report.training, "×".join(map(str, report.input_shape))
+        described = {
+            "autoencoder": f"Trained an autoencoder (input {shape}, d={report.encoder_dim}) on {t.get('images')} images: "
+            f"{t.get('epochs_run')} epochs in {t.get('seconds', 0):.0f} s on {t.get('device')}, "
+            f"best validation loss {t.get('best_val_loss') or 0:.4f}.",
+            "pca": f"Fitted PCA (input {shape}, d={report.encoder_dim}) on {t.get('images')} images.",
+            "pixels": f"Using raw pixels as embeddings (input {shape}, d={report.encoder_dim}).",
+        }
+        out.print(described.get(report.encoder_family, f"Built a {report.encoder_family} encoder."))
     if report.embedded == 0 and not report.removed:
         out.print(f"Nothing to embed: all {report.unchanged} images are unchanged.")
     table = Table(title=f"Collection {report.collection}", show_header=False, title_justify="left")
@@ -362,6 +367,9 @@ def demo(
 
 def main() -> None:
     """Console-script entry point."""
+    # images.py refuses over-large images itself, right after Pillow reads the header; Pillow's own warning
+    # about them would only add noise to the skipped-files table.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
         app()
     except BrokenPipeError:  # e.g. `simsearch query … | head`

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,15 +50,22 @@ IMAGE_SUFFIXES = frozenset(
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+BMP_DIB_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+
+
 def sniff_format(head: bytes) -> str | None:
-    """Name the image format that ``head`` (the first 16 or more bytes of a file) starts with, or None."""
+    """Name the image format that ``head`` (the first 32 bytes of a file) starts with, or None."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n#":
-        return "PNM"
-    if head.startswith(b"BM") and len(head) >= 14:
+        rest = head[2:].lstrip(b" \t\r\n")
+        if not rest or rest[:1] == b"#" or rest[:1].isdigit():
+            return "PNM"
+        return None
+    # BMP: "BM", then the size of the DIB header that follows the 14-byte file header.
+    if head.startswith(b"BM") and len(head) >= 18 and int.from_bytes(head[14:18], "little") in BMP_DIB_SIZES:
         return "BMP"
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "GIF"
@@ -132,7 +138,7 @@ def find_images(root: Path) -> tuple[list[ImageFileEntry], list[Skipped]]:
                 if not path.is_file():
                     continue
                 with open(path, "rb") as f:
-                    head = f.read(16)
+                    head = f.read(32)
             except OSError as exc:
                 if announced or not isinstance(exc, FileNotFoundError):
                     skipped.append(Skipped(rel, f"could not be read: {exc.strerror or exc}"))
@@ -142,6 +148,9 @@ def find_images(root: Path) -> tuple[list[ImageFileEntry], list[Skipped]]:
             elif announced:
                 reason = "empty file" if st.st_size == 0 else "not an image: its content is no known image format"
                 skipped.append(Skipped(rel, reason))
+    # os.walk lists a folder's files before its sub-folders' files; sort the whole list by path.
+    found.sort(key=lambda e: e.rel)
+    skipped.sort(key=lambda s: s.rel)
     return found, skipped
 
 
@@ -154,23 +163,22 @@ def decode_image(data: bytes, name: str = "image") -> Image.Image:
     if not data:
         raise ImageError(f"{name}: empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w <= 0 or h <= 0:
-                raise ImageError(f"{name}: image has no pixels ({w}×{h})")
-            if w * h > MAX_PIXELS:
-                raise ImageError(
-                    f"{name}: {w}×{h} pixels is over the limit of {MAX_PIXELS:,} (possible decompression bomb)"
-                )
-            img.seek(0)
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return _normalise_mode(img)
+        # Image.open reads only the header: the pixel count is checked before anything is decoded.
+        img: Image.Image = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise ImageError(f"{name}: image has no pixels ({w}×{h})")
+        if w * h > MAX_PIXELS:
+            raise ImageError(
+                f"{name}: {w}×{h} pixels is over the limit of {MAX_PIXELS:,} (possible decompression bomb)"
+            )
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return _normalise_mode(img)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image Pillow can decode") from None
@@ -179,25 +187,30 @@ def decode_image(data: bytes, name: str = "image") -> Image.Image:
 
 
 def _normalise_mode(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to ``L`` (grey) or ``RGB``; transparency is composited onto white."""
+    """Convert any Pillow mode to ``L`` (grey) or ``RGB``; transparency is composited onto white.
+
+    Integer modes (``I;16*``, ``I``) come from 16-bit files and are scaled by 65535 whatever their values,
+    so that the same pixel value always gives the same grey; float images in [0, 1] are scaled by 255.
+    """
     mode = img.mode
-    if mode in ("L", "RGB"):
+    if "transparency" in img.info and mode in ("P", "L", "RGB"):
+        img = img.convert("RGBA")  # palette or colour-key transparency
+    elif mode in ("L", "RGB"):
         return img
-    if mode in ("1",):
+    if mode == "1":
         return img.convert("L")
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if mode.startswith("I") or mode == "F":
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if (mode.startswith("I") and arr.max(initial=0) > 255) else 255.0
-        if mode == "F" and arr.max(initial=0) <= 1.0:
-            top = 1.0
-        return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if mode in ("LA", "La", "PA"):
+        top = 65535.0
+        if mode == "F":
+            top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        return Image.fromarray(np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("LA", "La", "PA"):
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "RGBa"):
+        rgba = img.convert("RGBA")
         background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV
 

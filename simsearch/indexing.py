@@ -59,6 +59,8 @@ class IndexReport:
     trained: bool = False
     encoder_family: str = ""
     encoder_fingerprint: str = ""
+    encoder_dim: int = 0
+    input_shape: tuple[int, int, int] = (0, 0, 0)
     device: str = "cpu"
     seconds: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
@@ -162,6 +164,8 @@ def index_folder(
         encoder.to(device)
         report.trained, report.device = trained, device.type
         report.encoder_family, report.encoder_fingerprint = encoder.family, encoder.fingerprint
+        report.encoder_dim = encoder.dim
+        report.input_shape = (encoder.preprocess.channels, *encoder.preprocess.size)
         report.training = encoder.training if trained else {}
         if previous is not None:
             meta, index, skipped_table = previous.meta, previous.index, previous.skipped

@@ -258,6 +258,7 @@ def provenance(config: TrainConfig, images: np.ndarray, history: list[dict[str, 
         "epochs_run": len(history),
         "final": last,
         "best_val_loss": best,
+        "seconds": round(sum(h["seconds"] for h in history), 2),
         "device": device.type,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
