@@ -140,7 +140,7 @@ def index(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     dim: int = typer.Option(64, "--dim", min=1, help="Embedding size when training a new encoder."),
     size: str = typer.Option("auto", "--size", help="Encoder input size HxW when training, or auto."),
-    epochs: int = typer.Option(40, "--epochs", min=1, help="Most training epochs for a new encoder."),
+    epochs: int = typer.Option(60, "--epochs", min=1, help="Most training epochs for a new encoder."),
     max_seconds: float = typer.Option(300.0, "--max-seconds", min=1, help="Time limit for training a new encoder."),
     seed: int = typer.Option(0, "--seed", help="Seed for training and sampling."),
 ) -> None:
@@ -168,17 +168,22 @@ def index(
         _render_index_report(report)
 
 
+def _describe_training(family: str, dim: int, shape: tuple[int, ...], t: dict[str, Any]) -> str:
+    size = "×".join(map(str, shape))
+    if family == "pixels":
+        return f"Using raw pixels as embeddings (input {size}, d={dim})."
+    if family == "pca":
+        return f"Fitted PCA (input {size}, d={dim}) on {t.get('images')} images."
+    return (
+        f"Trained a {family} encoder (input {size}, d={dim}) on {t.get('images')} images: {t.get('epochs_run')} "
+        f"epochs in {t.get('seconds', 0):.0f} s on {t.get('device')}, best {t.get('validation_metric')} "
+        f"{t.get('best_validation') or 0:.4f}."
+    )
+
+
 def _render_index_report(report: IndexReport) -> None:
     if report.trained:
-        t, shape = report.training, "×".join(map(str, report.input_shape))
-        described = {
-            "autoencoder": f"Trained an autoencoder (input {shape}, d={report.encoder_dim}) on {t.get('images')} images: "
-            f"{t.get('epochs_run')} epochs in {t.get('seconds', 0):.0f} s on {t.get('device')}, "
-            f"best validation loss {t.get('best_val_loss') or 0:.4f}.",
-            "pca": f"Fitted PCA (input {shape}, d={report.encoder_dim}) on {t.get('images')} images.",
-            "pixels": f"Using raw pixels as embeddings (input {shape}, d={report.encoder_dim}).",
-        }
-        out.print(described.get(report.encoder_family, f"Built a {report.encoder_family} encoder."))
+        out.print(_describe_training(report.encoder_family, report.encoder_dim, report.input_shape, report.training))
     if report.embedded == 0 and not report.removed:
         out.print(f"Nothing to embed: all {report.unchanged} images are unchanged.")
     table = Table(title=f"Collection {report.collection}", show_header=False, title_justify="left")
@@ -291,41 +296,65 @@ def info(
 
 @app.command()
 def train(
-    images: Path = typer.Argument(..., help="Folder of images to train on."),
-    family: str = typer.Option("autoencoder", "--family", "-f", help="autoencoder, pca or pixels."),
+    images: Path = typer.Argument(..., help="Folder of images to train on (labels are sub-folder names)."),
+    family: str = typer.Option(
+        "autoencoder", "--family", "-f", help="autoencoder, denoising, vae, siamese, pca or pixels."
+    ),
+    loss: str = typer.Option(
+        "contrastive", "--loss", help="Siamese loss: contrastive, triplet, or ntxent (self-supervised: no labels)."
+    ),
+    margin: float | None = typer.Option(
+        None, "--margin", help="Margin of the contrastive (1.0) or triplet (0.2) loss."
+    ),
+    beta: float = typer.Option(1.0, "--beta", help="VAE: weight of the KL term."),
+    contrastive_weight: float = typer.Option(
+        0.0, "--contrastive-weight", help="Autoencoders: add this much contrastive loss on labelled batches."
+    ),
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Model folder to write (default: models/<folder name>)."
     ),
     dim: int = typer.Option(64, "--dim", min=1, help="Embedding size."),
-    size: str = typer.Option("auto", "--size", help="Input size HxW, or auto (from the images, never upscaled)."),
-    epochs: int = typer.Option(40, "--epochs", min=1, help="Most epochs."),
+    size: str = typer.Option("auto", "--size", help="Input size HxW, or auto (aspect kept, never upscaled)."),
+    invert: str = typer.Option("auto", "--invert", help="auto (invert light backgrounds), yes or no."),
+    epochs: int = typer.Option(60, "--epochs", min=1, help="Most epochs (training also stops early)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=2, help="Images per training batch (default: 256 for siamese, else 128)."
+    ),
+    augment: float = typer.Option(
+        0.5, "--augment", min=0, help="Siamese: strength of the random warps, noise and erasing."
+    ),
+    patience: int = typer.Option(
+        12, "--patience", min=1, help="Stop after this many epochs without a better validation score."
+    ),
     max_seconds: float = typer.Option(1800.0, "--max-seconds", min=1, help="Time limit for training."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (runs are reproducible on the CPU)."),
 ) -> None:
     """Train an encoder on a folder of images and save it as a model folder.
 
-    Example: simsearch train ./images --family autoencoder --out models/mine
+    Example: simsearch train ./signatures --family siamese --loss contrastive --out models/sig
     """
-    from simsearch.train import train_on_folder
+    from simsearch.train import TrainConfig, train_on_folder
 
     with _errors():
-        config = _train_config(family, dim, size, epochs, max_seconds, seed, device)
+        config = TrainConfig(
+            family=family, loss=loss, margin=margin, beta=beta, contrastive_weight=contrastive_weight, dim=dim,
+            size=size, invert=invert, epochs=epochs, batch_size=batch_size, augment=augment, patience=patience,
+            max_seconds=max_seconds, seed=seed, device=device,
+        )  # fmt: skip
         target = out_dir or Path("models") / (images.resolve().name or "model")
         with _RichProgress() as progress:
             encoder = train_on_folder(images, config, progress)
         fingerprint = encoder.save(target)
-        t = encoder.training
-        out.print(
-            f"Saved {encoder.family} encoder {fingerprint[:12]} (d={encoder.dim}, input "
-            f"{encoder.preprocess.channels}×{encoder.preprocess.size[0]}×{encoder.preprocess.size[1]}) to {target}"
-            + (
-                f" after {t['epochs_run']} epochs, best validation loss {t['best_val_loss']:.4f}."
-                if t.get("epochs_run")
-                else "."
+        spec = encoder.preprocess
+        out.print(_describe_training(encoder.family, encoder.dim, (spec.channels, *spec.size), encoder.training))
+        if encoder.threshold:
+            th = encoder.threshold
+            out.print(
+                f"Verification threshold {th['value']:.4f} (EER {th['eer']:.3f}, ROC AUC {th['roc_auc']:.3f}) "
+                f"calibrated on {th['pairs']['genuine']} genuine and {th['pairs']['impostor']} impostor held-out pairs."
             )
-        )
-        out.print(f"Use it with: simsearch index {images} --model {target}")
+        out.print(f"Saved {fingerprint[:12]} to {target}. Use it with: simsearch index {images} --model {target}")
 
 
 @app.command()
@@ -344,7 +373,7 @@ def demo(
     from simsearch.indexing import IndexConfig
 
     with _errors():
-        config = IndexConfig(device=device, train=_train_config("autoencoder", 64, "auto", 40, max_seconds, 0, device))
+        config = IndexConfig(device=device, train=_train_config("autoencoder", 64, "auto", 60, max_seconds, 0, device))
         out.print(
             f"Exporting scikit-learn's digits to {folder}/ and indexing them (collections 'demo', 'demo-pixels')…"
         )

@@ -396,18 +396,24 @@ def load_images(
 
 @dataclass(frozen=True)
 class ImageSurvey:
-    """What a sample of a folder's images looks like: used to choose an encoder's input spec."""
+    """What a sample of a folder's images looks like: used to choose an encoder's input spec.
+
+    ``background`` is the median brightness (0..1) of the images' border pixels: above 0.5, the images are
+    dark marks on a light background (ink on paper) and are best inverted.
+    """
 
     count: int
     median_height: int
     median_width: int
     grey: bool
+    background: float = 0.0
 
 
 def survey_images(paths: Iterable[Path]) -> ImageSurvey:
-    """Decode a sample of images and report their median size and whether all of them are grey."""
+    """Decode a sample of images and report their median size, whether all are grey, and their background."""
     heights: list[int] = []
     widths: list[int] = []
+    borders: list[float] = []
     grey = True
     for path in paths:
         try:
@@ -417,9 +423,11 @@ def survey_images(paths: Iterable[Path]) -> ImageSurvey:
         widths.append(img.size[0])
         heights.append(img.size[1])
         grey = grey and is_grey(img)
+        lum = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        borders.append(float(np.median(np.concatenate([lum[0], lum[-1], lum[:, 0], lum[:, -1]]))))
     if not heights:
         raise ImageError("none of the sampled files could be decoded — check that the folder holds images")
-    return ImageSurvey(len(heights), int(np.median(heights)), int(np.median(widths)), grey)
+    return ImageSurvey(len(heights), int(np.median(heights)), int(np.median(widths)), grey, float(np.median(borders)))
 
 
 def save_png(array: np.ndarray, path: Path) -> None:

@@ -1,8 +1,8 @@
-"""Training: choose an input spec from the images, then fit an encoder on them.
+"""Training: choose an input spec from the images, fit an encoder on them, calibrate its threshold.
 
-``fit`` is one generic loop: it knows nothing about the model beyond "a module and a loss on a batch", runs
-for a bounded number of epochs *and* seconds, keeps the weights with the best validation loss, and reports
-through a progress callback. Family-specific code only builds the module and its loss.
+``fit`` is one generic loop: it knows nothing about the model beyond an ``Objective`` (batches, a loss, a
+validation score), runs for a bounded number of epochs *and* seconds, stops early when the validation score
+stops improving, keeps the best weights, and reports through a progress callback.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import copy
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,17 +19,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from simsearch import metrics
+from simsearch.data import Split, encode_labels, split_for_validation, verification_pairs
 from simsearch.encoder import Encoder, resolve_device
 from simsearch.errors import DataError, UsageError
 from simsearch.images import ImageError, ImageFileEntry, Preprocess, find_images, load_images, survey_images
-from simsearch.models.autoencoder import ConvAutoencoder, ConvEncoder
+from simsearch.losses import LOSSES
+from simsearch.models.autoencoder import ConvEncoder
 from simsearch.models.baseline import PCAEncoder, PixelEncoder
+from simsearch.objectives import Objective, Reconstruction, Siamese, Variational
 from simsearch.progress import Progress, no_progress
 
-TRAINABLE = ("autoencoder", "pca", "pixels")
+TRAINABLE = ("autoencoder", "denoising", "vae", "siamese", "pca", "pixels")
+NEURAL = ("autoencoder", "denoising", "vae", "siamese")
 
 
 @dataclass(frozen=True)
@@ -37,28 +40,42 @@ class TrainConfig:
     """How to build an encoder from a folder. ``max_seconds`` bounds training time whatever ``epochs`` says."""
 
     family: str = "autoencoder"
+    loss: str = "contrastive"
+    margin: float | None = None
+    beta: float = 1.0
+    contrastive_weight: float = 0.0
+    augment: float = 0.5
     dim: int = 64
     size: str = "auto"
     max_side: int = 64
-    epochs: int = 40
-    batch_size: int = 128
+    invert: str = "auto"
+    epochs: int = 60
+    batch_size: int | None = None
     learning_rate: float = 2e-3
     max_seconds: float = 300.0
     max_images: int = 20_000
-    val_fraction: float = 0.1
-    patience: int = 6
+    val_fraction: float = 0.15
+    patience: int = 12
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.family not in TRAINABLE:
             raise UsageError(f"unknown family {self.family!r} — use one of: {', '.join(TRAINABLE)}")
+        if self.loss not in LOSSES:
+            raise UsageError(f"unknown loss {self.loss!r} — use one of: {', '.join(LOSSES)}")
+        if self.invert not in ("auto", "yes", "no"):
+            raise UsageError(f"--invert must be auto, yes or no, not {self.invert!r}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise UsageError(f"--batch-size must be at least 2, not {self.batch_size}")
         if self.dim < 1:
             raise UsageError(f"--dim must be at least 1, not {self.dim}")
         if self.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, not {self.epochs}")
         if self.max_seconds <= 0:
             raise UsageError(f"the training time limit must be positive, not {self.max_seconds}")
+        if self.beta < 0 or self.contrastive_weight < 0 or (self.margin is not None and self.margin <= 0):
+            raise UsageError("--beta and --contrastive-weight must be ≥ 0, and --margin > 0")
         parse_size(self.size)
 
 
@@ -94,17 +111,23 @@ def sample_entries(entries: Sequence[ImageFileEntry], n: int, seed: int) -> list
 
 def load_training_images(
     entries: Sequence[ImageFileEntry], config: TrainConfig, progress: Progress = no_progress
-) -> tuple[np.ndarray, Preprocess]:
-    """Read a sample of the images, choose the preprocessing spec from them, and return the normalised
-    arrays (n, C, H, W) float32 with their spec (``mean``/``std`` fitted on the sample)."""
+) -> tuple[np.ndarray, list[str | None], Preprocess]:
+    """Read a sample of the images and choose the preprocessing spec from them: size (aspect kept, never
+    upscaled), channels (grey unless some image has colour) and ``invert`` (light backgrounds, such as ink
+    on paper, are inverted so that strokes are high values). Returns the normalised arrays (n, C, H, W)
+    float32, their labels, and the spec with ``mean``/``std`` fitted on the sample."""
     sample = sample_entries(entries, config.max_images, config.seed)
     survey = survey_images(e.path for e in sample_entries(sample, 200, config.seed))
     size = parse_size(config.size) or choose_size(survey.median_height, survey.median_width, config.max_side)
-    raw = Preprocess(size=size, channels=1 if survey.grey else 3)
+    invert = survey.background > 0.5 if config.invert == "auto" else config.invert == "yes"
+    raw = Preprocess(size=size, channels=1 if survey.grey else 3, invert=invert)
     arrays: list[np.ndarray] = []
-    for i, loaded in enumerate(load_images([e.path for e in sample], raw, names=[e.rel for e in sample])):
+    labels: list[str | None] = []
+    loaded_all = load_images([e.path for e in sample], raw, names=[e.rel for e in sample])
+    for i, (entry, loaded) in enumerate(zip(sample, loaded_all, strict=True)):
         if loaded is not None and not isinstance(loaded, ImageError):
             arrays.append(loaded.array)
+            labels.append(entry.label)
         if i % 64 == 0 or i + 1 == len(sample):
             progress("reading training images", i + 1, len(sample))
     if len(arrays) < 2:
@@ -114,34 +137,27 @@ def load_training_images(
     std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)
     x -= mean.reshape(1, -1, 1, 1)
     x /= std.reshape(1, -1, 1, 1)
-    spec = Preprocess(size=size, channels=raw.channels, mean=tuple(map(float, mean)), std=tuple(map(float, std)))
-    return x, spec
-
-
-LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    spec = Preprocess(
+        size=size, channels=raw.channels, invert=invert, mean=tuple(map(float, mean)), std=tuple(map(float, std))
+    )
+    return x, labels, spec
 
 
 def fit(
-    model: nn.Module,
-    loss_fn: LossFn,
-    train: torch.Tensor,
-    val: torch.Tensor,
-    config: TrainConfig,
-    progress: Progress = no_progress,
-    task: str = "training",
+    objective: Objective, config: TrainConfig, progress: Progress = no_progress, task: str = "training"
 ) -> list[dict[str, Any]]:
-    """Minimise ``loss_fn(model, batch)`` over ``train`` (on its device); keep the best weights on ``val``.
+    """Minimise ``objective.loss`` over its batches; keep the weights with the best ``objective.validate()``.
 
     Stops at ``config.epochs``, at ``config.max_seconds``, or after ``config.patience`` epochs without a
-    better validation loss, whichever comes first. Returns the history, one dict per epoch.
+    better validation score, whichever comes first. Returns the history, one dict per epoch.
     """
-    device = train.device
+    model = objective.model
+    device = objective.images.device
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    steps_per_epoch = max(1, sum(1 for _ in objective.batches()))
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
+        optimiser, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch + 1, pct_start=0.15
     )
-    generator = torch.Generator().manual_seed(config.seed)
     amp = device.type == "cuda"
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     history: list[dict[str, Any]] = []
@@ -149,15 +165,13 @@ def fit(
     stale = 0
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = torch.randperm(len(train), generator=generator).to(device)
         total, seen = 0.0, 0
         epoch_started = time.monotonic()
-        for step in range(steps_per_epoch):
-            batch = train[order[step * config.batch_size : (step + 1) * config.batch_size]]
-            if len(batch) < 2:
-                continue
+        for step, batch in enumerate(objective.batches()):
+            if step >= steps_per_epoch:
+                break
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = loss_fn(model, batch)
+                loss = objective.loss(batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -166,17 +180,19 @@ def fit(
             seen += len(batch)
             if time.monotonic() - started > config.max_seconds:
                 break
-        val_loss = evaluate_loss(model, loss_fn, val, config.batch_size)
+        score = objective.validate()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         record = {
             "epoch": epoch,
             "loss": total / max(seen, 1),
-            "val_loss": val_loss,
+            objective.metric_name: score,
             "seconds": round(time.monotonic() - epoch_started, 3),
         }
         history.append(record)
-        progress(task, epoch, config.epochs, f"loss {record['loss']:.4f} · val {val_loss:.4f}")
-        if best is None or val_loss < best[0] - 1e-6:
-            best, stale = (val_loss, copy.deepcopy(model.state_dict())), 0
+        progress(task, epoch, config.epochs, f"loss {record['loss']:.4f} · {objective.metric_name} {score:.4f}")
+        if best is None or score < best[0] - 1e-6 or not math.isfinite(best[0]):
+            best, stale = (score, copy.deepcopy(model.state_dict())), 0
         else:
             stale += 1
         if stale >= config.patience or time.monotonic() - started > config.max_seconds:
@@ -187,50 +203,81 @@ def fit(
     return history
 
 
-@torch.no_grad()
-def evaluate_loss(model: nn.Module, loss_fn: LossFn, data: torch.Tensor, batch_size: int) -> float:
-    model.eval()
-    total = 0.0
-    for start in range(0, len(data), batch_size):
-        batch = data[start : start + batch_size]
-        total += float(loss_fn(model, batch)) * len(batch)
-    return total / max(len(data), 1)
+def batch_size_for(config: TrainConfig) -> int:
+    """``batch_size``, or the family's default: 256 for the Siamese family (more pairs and triplets per batch,
+    which metric learning feeds on), 128 for the autoencoders."""
+    if config.batch_size is not None:
+        return config.batch_size
+    return 256 if config.family == "siamese" else 128
 
 
-def reconstruction_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(model(batch).float(), batch)
+def build_objective(
+    images: torch.Tensor, y: np.ndarray, split: Split, spec: Preprocess, config: TrainConfig
+) -> Objective:
+    family = config.family
+    encoder = ConvEncoder(spec.channels, spec.size, config.dim, normalize=family == "siamese")
+    labels = torch.from_numpy(y).to(images.device)
+    common: dict[str, Any] = {"batch_size": batch_size_for(config), "seed": config.seed}
+    args = (images, labels, split.train, split.val)
+    if family in ("autoencoder", "denoising"):
+        return Reconstruction(
+            encoder, *args, denoising=family == "denoising", contrastive_weight=config.contrastive_weight, **common
+        )
+    if family == "vae":
+        return Variational(encoder, *args, beta=config.beta, **common)
+    return Siamese(encoder, *args, loss=config.loss, margin=config.margin, augment=config.augment, **common)
 
 
-def split_validation(x: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_val = max(1, round(len(x) * fraction)) if len(x) >= 10 else 1
-    return x[order[n_val:]], x[order[:n_val]]
-
-
-def train_autoencoder(
-    images: np.ndarray, spec: Preprocess, config: TrainConfig, progress: Progress = no_progress
+def train_neural(
+    images: np.ndarray,
+    labels: Sequence[str | None],
+    spec: Preprocess,
+    config: TrainConfig,
+    progress: Progress = no_progress,
 ) -> Encoder:
-    """Fit a convolutional autoencoder on normalised ``images`` (n, C, H, W); return its encoder half."""
+    """Fit one of the neural families on normalised ``images`` (n, C, H, W); return its encoder, calibrated
+    on the held-out split when it is labelled."""
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    arch: dict[str, Any] = {"channels": spec.channels, "size": list(spec.size), "dim": config.dim}
-    encoder_module = ConvEncoder(**arch)
-    arch["widths"] = list(encoder_module.widths)
-    model = ConvAutoencoder(encoder_module).to(device)
-    train_x, val_x = split_validation(images, config.val_fraction, config.seed)
-    history = fit(
-        model,
-        reconstruction_loss,
-        torch.from_numpy(train_x).to(device),
-        torch.from_numpy(val_x).to(device),
-        config,
-        progress,
-        task="training autoencoder",
-    )
-    encoder = Encoder("autoencoder", arch, spec, model.encoder.cpu())
-    encoder.history = history
-    encoder.training = provenance(config, images, history, device)
+    y, classes = encode_labels(labels)
+    needs_labels = (config.family == "siamese" and config.loss != "ntxent") or config.contrastive_weight > 0
+    if needs_labels and len(classes) < 2:
+        raise DataError(
+            f"--family {config.family} with this loss needs labels: put each class in its own sub-folder "
+            "(at least 2), or use --loss ntxent, which needs none"
+        )
+    split = split_for_validation(y, config.val_fraction, config.seed)
+    objective = build_objective(torch.from_numpy(images).to(device), y, split, spec, config)
+    objective.model.to(device)
+    task = f"training {config.family}" + (f" ({config.loss})" if config.family == "siamese" else "")
+    history = fit(objective, config, progress, task)
+    module = objective.encoder.cpu().eval()
+    arch: dict[str, Any] = {
+        "channels": spec.channels,
+        "size": list(spec.size),
+        "dim": config.dim,
+        "widths": list(module.widths),
+        "normalize": module.normalize,
+    }
+    encoder = Encoder(config.family, arch, spec, module, history=history)
+    encoder.training = provenance(config, len(images), classes, split, history, device)
+    encoder.threshold = calibrate_threshold(encoder, images, y, split)
     return encoder
+
+
+def calibrate_threshold(encoder: Encoder, images: np.ndarray, y: np.ndarray, split: Split) -> dict[str, Any] | None:
+    """EER threshold (and those for FAR = 1% and 0.1%) on pairs of held-out images, when they are labelled."""
+    y_val = y[split.val]
+    if len(np.unique(y_val[y_val >= 0])) < 2:
+        return None
+    i, j, same = verification_pairs(y_val, np.random.default_rng(0))
+    if same.all() or not same.any():
+        return None  # each held-out label has a single image: no genuine pairs to calibrate on
+    z = encoder.embed(images[split.val])
+    distances = np.linalg.norm(z[i] - z[j], axis=1)
+    record = metrics.calibrate(distances, same, identities=len(np.unique(y_val[y_val >= 0])))
+    record["split"] = split.mode
+    return record
 
 
 def fit_pca(images: np.ndarray, spec: Preprocess, config: TrainConfig) -> Encoder:
@@ -239,7 +286,7 @@ def fit_pca(images: np.ndarray, spec: Preprocess, config: TrainConfig) -> Encode
     arch: dict[str, Any] = {"channels": spec.channels, "size": list(spec.size), "dim": dim}
     module = PCAEncoder(**arch).fit(torch.from_numpy(images))
     encoder = Encoder("pca", arch, spec, module)
-    encoder.training = provenance(config, images, [], torch.device("cpu"))
+    encoder.training = provenance(config, len(images), [], None, [], torch.device("cpu"))
     return encoder
 
 
@@ -249,15 +296,25 @@ def pixels_encoder(spec: Preprocess) -> Encoder:
     return Encoder("pixels", arch, spec, PixelEncoder(**arch))
 
 
-def provenance(config: TrainConfig, images: np.ndarray, history: list[dict[str, Any]], device: torch.device) -> dict:
-    last = history[-1] if history else {}
-    best = min((h["val_loss"] for h in history), default=None)
+def provenance(
+    config: TrainConfig,
+    n_images: int,
+    classes: list[str],
+    split: Split | None,
+    history: list[dict[str, Any]],
+    device: torch.device,
+) -> dict[str, Any]:
+    metric = next((k for k in (history[0] if history else {}) if k.startswith("val_")), "val_loss")
+    best = min((h[metric] for h in history), default=None)
     return {
         "config": asdict(config),
-        "images": len(images),
+        "images": n_images,
+        "labels": len(classes),
+        "validation": {"split": split.mode, "images": len(split.val)} if split is not None else None,
         "epochs_run": len(history),
-        "final": last,
-        "best_val_loss": best,
+        "final": history[-1] if history else {},
+        "validation_metric": metric,
+        "best_validation": best,
         "seconds": round(sum(h["seconds"] for h in history), 2),
         "device": device.type,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -268,13 +325,13 @@ def train_encoder(entries: Sequence[ImageFileEntry], config: TrainConfig, progre
     """Build the encoder ``config.family`` names from the images ``entries`` lists."""
     if not entries:
         raise DataError("no images to train on — the folder holds no readable image files")
-    images, spec = load_training_images(entries, config, progress)
+    images, labels, spec = load_training_images(entries, config, progress)
     if config.family == "pixels":
         # Pixels keep the plain [0, 1] scale so that distances are the familiar raw-pixel distances.
         return pixels_encoder(Preprocess(size=spec.size, channels=spec.channels))
     if config.family == "pca":
         return fit_pca(images, spec, config)
-    return train_autoencoder(images, spec, config, progress)
+    return train_neural(images, labels, spec, config, progress)
 
 
 def train_on_folder(root: Path, config: TrainConfig, progress: Progress = no_progress) -> Encoder:

@@ -805,7 +805,18 @@ def test_survey_median_size_and_grey(tmp_path: Path) -> None:
     paths = [write(tmp_path / f"{i}.png", small_png(100, s)) for i, s in enumerate(sizes)]
     paths.append(write(tmp_path / "broken.png", b"nope"))  # ignored
     survey = survey_images(paths)
-    assert survey == ImageSurvey(count=5, median_height=60, median_width=50, grey=True)
+    assert survey == ImageSurvey(count=5, median_height=60, median_width=50, grey=True, background=survey.background)
+    assert survey.background == pytest.approx(100 / 255)
+
+
+def test_survey_background_is_the_median_border_brightness(tmp_path: Path) -> None:
+    paper = np.full((20, 30), 230, np.uint8)
+    paper[5:15, 5:25] = 10  # dark ink inside, light border
+    night = 255 - paper
+    light = [write(tmp_path / f"p{i}.png", encode(Image.fromarray(paper), "PNG")) for i in range(3)]
+    dark = write(tmp_path / "n.png", encode(Image.fromarray(night), "PNG"))
+    assert survey_images([*light, dark]).background == pytest.approx(230 / 255)
+    assert survey_images([dark]).background == pytest.approx(25 / 255)
 
 
 def test_survey_one_coloured_image_is_not_grey(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from simsearch.train import (
     choose_size,
     fit_pca,
     parse_size,
-    train_autoencoder,
     train_encoder,
+    train_neural,
     train_on_folder,
 )
 
@@ -49,25 +49,26 @@ def test_autoencoder_learns_and_keeps_best_weights(fast_train: TrainConfig) -> N
     images = rng.normal(size=(64, 1, 16, 16)).astype(np.float32)
     images[:32] += 2.0
     config = TrainConfig(**{**fast_train.__dict__, "epochs": 6, "patience": 10})
-    encoder = train_autoencoder(images, Preprocess(size=(16, 16)), config)
+    encoder = train_neural(images, [None] * 64, Preprocess(size=(16, 16)), config)
     losses = [h["val_loss"] for h in encoder.history]
     assert len(losses) == 6
     assert min(losses) < losses[0]
-    assert encoder.training["best_val_loss"] == pytest.approx(min(losses))
+    assert encoder.training["best_validation"] == pytest.approx(min(losses))
+    assert encoder.threshold is None  # no labels: nothing to calibrate on
     assert encoder.embed(images).shape == (64, 8)
 
 
 def test_training_is_reproducible_on_cpu(fast_train: TrainConfig) -> None:
     images = np.random.default_rng(1).normal(size=(20, 1, 8, 8)).astype(np.float32)
-    a = train_autoencoder(images, Preprocess(size=(8, 8)), fast_train)
-    b = train_autoencoder(images, Preprocess(size=(8, 8)), fast_train)
+    a = train_neural(images, [None] * 20, Preprocess(size=(8, 8)), fast_train)
+    b = train_neural(images, [None] * 20, Preprocess(size=(8, 8)), fast_train)
     assert a.fingerprint == b.fingerprint
 
 
 def test_time_limit_stops_training(fast_train: TrainConfig) -> None:
     images = np.random.default_rng(2).normal(size=(40, 1, 8, 8)).astype(np.float32)
     config = TrainConfig(**{**fast_train.__dict__, "epochs": 1000, "max_seconds": 0.5})
-    encoder = train_autoencoder(images, Preprocess(size=(8, 8)), config)
+    encoder = train_neural(images, [None] * 40, Preprocess(size=(8, 8)), config)
     assert len(encoder.history) < 1000
 
 
@@ -101,7 +102,111 @@ def test_too_few_images_is_a_clear_error(tmp_path: Path, fast_train: TrainConfig
 def test_autoencoder_trains_on_cuda(fast_train: TrainConfig) -> None:
     images = np.random.default_rng(4).normal(size=(64, 1, 16, 16)).astype(np.float32)
     config = TrainConfig(**{**fast_train.__dict__, "device": "cuda"})
-    encoder = train_autoencoder(images, Preprocess(size=(16, 16)), config)
+    encoder = train_neural(images, [None] * 64, Preprocess(size=(16, 16)), config)
     assert encoder.training["device"] == "cuda"
     assert next(encoder.module.parameters()).device.type == "cpu"
     assert torch.isfinite(torch.tensor([h["val_loss"] for h in encoder.history])).all()
+
+
+def write_strokes(root: Path, per_class: int = 6, width: int = 300, height: int = 120) -> None:
+    """Dark strokes on light paper, two 'writers' drawing differently sloped lines."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    for writer, slope in (("w1", 0.2), ("w2", -0.6)):
+        for i in range(per_class):
+            img = Image.new("L", (width, height), 235)
+            draw = ImageDraw.Draw(img)
+            x0, y0 = rng.integers(10, 60), rng.integers(30, 90)
+            draw.line([(x0, y0), (x0 + 200, y0 + slope * 200 * rng.uniform(0.8, 1.2))], fill=20, width=5)
+            path = root / writer / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img.save(path)
+
+
+def test_auto_size_keeps_wide_aspect_and_inverts_light_paper(tmp_path: Path, fast_train: TrainConfig) -> None:
+    write_strokes(tmp_path / "sigs")
+    encoder = train_on_folder(tmp_path / "sigs", TrainConfig(**{**fast_train.__dict__, "epochs": 1}))
+    assert encoder.preprocess.size == (26, 64)  # 120×300 scaled to a long side of 64, aspect kept
+    assert encoder.preprocess.invert is True
+
+
+def test_small_digits_are_not_upscaled_nor_inverted(tmp_path: Path, fast_train: TrainConfig) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for label in ("0", "1"):
+        for i in range(4):
+            digit = np.zeros((28, 28), np.uint8)
+            digit[6:22, 10 + int(label) * 4 : 14 + int(label) * 4] = rng.integers(150, 255)
+            (tmp_path / "digits" / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(digit).save(tmp_path / "digits" / label / f"{i}.png")
+    encoder = train_on_folder(tmp_path / "digits", TrainConfig(**{**fast_train.__dict__, "epochs": 1}))
+    assert encoder.preprocess.size == (28, 28) and encoder.preprocess.invert is False
+
+
+@pytest.mark.parametrize(
+    ("family", "loss"),
+    [
+        ("denoising", "contrastive"),
+        ("vae", "contrastive"),
+        ("siamese", "contrastive"),
+        ("siamese", "triplet"),
+        ("siamese", "ntxent"),
+    ],
+)
+def test_every_family_trains_saves_and_reloads(
+    family: str, loss: str, image_folder: Path, tmp_path: Path, fast_train: TrainConfig
+) -> None:
+    from simsearch.encoder import Encoder
+
+    config = TrainConfig(**{**fast_train.__dict__, "family": family, "loss": loss, "epochs": 2})
+    encoder = train_on_folder(image_folder, config)
+    assert encoder.family == family and len(encoder.history) == 2
+    encoder.save(tmp_path / "m")
+    loaded = Encoder.load(tmp_path / "m")
+    x = np.random.default_rng(0).normal(size=(3, 1, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.embed(x), encoder.embed(x))
+    if family == "siamese":
+        np.testing.assert_allclose(np.linalg.norm(loaded.embed(x), axis=1), 1.0, rtol=1e-5)
+
+
+def test_siamese_is_calibrated_on_held_out_pairs(tmp_path: Path, fast_train: TrainConfig) -> None:
+    import json
+
+    from tests.conftest import write_folder
+
+    write_folder(tmp_path / "imgs", per_class=8)
+    config = TrainConfig(**{**fast_train.__dict__, "family": "siamese", "epochs": 3, "val_fraction": 0.3})
+    encoder = train_on_folder(tmp_path / "imgs", config)
+    threshold = encoder.threshold
+    assert threshold is not None and threshold["operating_point"] == "eer" and threshold["split"] == "images"
+    assert threshold["pairs"]["genuine"] > 0 and threshold["pairs"]["impostor"] > 0
+    assert 0 <= threshold["eer"] <= 1 and threshold["far_1%"]["far"] <= 0.01
+    assert encoder.history[0].keys() >= {"epoch", "loss", "val_eer", "seconds"}
+    encoder.save(tmp_path / "m")
+    stored = json.loads((tmp_path / "m" / "encoder.json").read_text())
+    assert stored["threshold"]["value"] == pytest.approx(threshold["value"])
+
+
+def test_labelled_losses_need_labels(tmp_path: Path, fast_train: TrainConfig) -> None:
+    from PIL import Image
+
+    from tests.conftest import pattern
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "flat").mkdir()
+    for i in range(20):  # 3 held out: NT-Xent's validation needs negatives
+        Image.fromarray(pattern("blob", rng)).save(tmp_path / "flat" / f"{i}.png")
+    with pytest.raises(DataError, match="--loss ntxent"):
+        train_on_folder(tmp_path / "flat", TrainConfig(**{**fast_train.__dict__, "family": "siamese"}))
+    ntxent = train_on_folder(
+        tmp_path / "flat", TrainConfig(**{**fast_train.__dict__, "family": "siamese", "loss": "ntxent", "epochs": 1})
+    )
+    assert ntxent.threshold is None and ntxent.history[0]["val_loss"] > 0
+
+
+def test_autoencoder_with_contrastive_term(image_folder: Path, fast_train: TrainConfig) -> None:
+    config = TrainConfig(**{**fast_train.__dict__, "contrastive_weight": 0.5, "epochs": 2})
+    encoder = train_on_folder(image_folder, config)
+    assert encoder.training["config"]["contrastive_weight"] == 0.5 and len(encoder.history) == 2

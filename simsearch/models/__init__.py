@@ -12,6 +12,9 @@ from simsearch.models.baseline import PCAEncoder, PixelEncoder
 #: family name → the nn.Module class of its *encoder* (the part kept for search).
 ENCODER_CLASSES: dict[str, type[nn.Module]] = {
     "autoencoder": ConvEncoder,
+    "denoising": ConvEncoder,
+    "vae": ConvEncoder,
+    "siamese": ConvEncoder,
     "pixels": PixelEncoder,
     "pca": PCAEncoder,
 }

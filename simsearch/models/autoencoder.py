@@ -34,7 +34,11 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 class ConvEncoder(nn.Module):
-    """``g``: (n, channels, H, W) → (n, dim)."""
+    """``g``: (n, channels, H, W) → (n, dim). The one backbone of every trained family.
+
+    ``normalize`` puts embeddings on the unit sphere (the Siamese family, whose losses compare directions);
+    Euclidean distance between unit vectors orders neighbours exactly as cosine similarity does.
+    """
 
     def __init__(
         self,
@@ -42,9 +46,11 @@ class ConvEncoder(nn.Module):
         size: tuple[int, int] | list[int],
         dim: int,
         widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.channels, self.size, self.dim = channels, (int(size[0]), int(size[1])), dim
+        self.normalize = normalize
         levels = n_downsamples(self.size, len(widths))
         self.widths = tuple(int(w) for w in widths[:levels])
         stages: list[nn.Module] = []
@@ -58,7 +64,8 @@ class ConvEncoder(nn.Module):
         self.head = nn.Linear(c * h * w, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
+        z = self.head(self.features(x).flatten(1))
+        return F.normalize(z, dim=1) if self.normalize else z
 
 
 class ConvDecoder(nn.Module):
@@ -93,3 +100,20 @@ class ConvAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+
+class VariationalAutoencoder(nn.Module):
+    """VAE: the encoder's head gives μ (the embedding kept for search), a second head gives log σ²."""
+
+    def __init__(self, encoder: ConvEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.logvar = nn.Linear(encoder.head.in_features, encoder.dim)
+        self.decoder = ConvDecoder(encoder)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction, mu, logvar); the decoder sees a sample of N(mu, σ²) while training, mu otherwise."""
+        h = self.encoder.features(x).flatten(1)
+        mu, logvar = self.encoder.head(h), self.logvar(h).clamp(-10, 10)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        return self.decoder(z), mu, logvar

@@ -1,0 +1,128 @@
+"""Labelled training data: label encoding, validation splits, class-balanced P×K batches, verification pairs,
+and augmentation as batched torch ops (no torchvision needed)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: With at least this many labels, validation holds out whole labels (identities never seen in training,
+#: which is how verification is used). With fewer (ten clothing classes, say), it holds out images instead,
+#: so that no class is missing from training.
+MIN_IDENTITIES_TO_HOLD_OUT = 20
+
+
+def encode_labels(labels: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
+    """String labels → (n,) int64 codes (-1 for no label) and the sorted class names."""
+    classes = sorted({label for label in labels if label is not None})
+    code = {name: i for i, name in enumerate(classes)}
+    return np.array([code[label] if label is not None else -1 for label in labels], dtype=np.int64), classes
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row numbers of the training and validation images, and how they were split."""
+
+    train: np.ndarray
+    val: np.ndarray
+    mode: str  # "identities" (whole labels held out), "images" (images of seen labels), or "unlabelled"
+
+
+def split_for_validation(y: np.ndarray, fraction: float, seed: int) -> Split:
+    """Hold out ``fraction`` of the identities (or of the images, see ``MIN_IDENTITIES_TO_HOLD_OUT``)."""
+    rng = np.random.default_rng(seed)
+    labelled = np.flatnonzero(y >= 0)
+    classes = np.unique(y[labelled])
+    if len(classes) >= MIN_IDENTITIES_TO_HOLD_OUT:
+        n_val = max(2, round(len(classes) * fraction))
+        held = rng.choice(classes, size=n_val, replace=False)
+        is_val = np.isin(y, held)
+        return Split(np.flatnonzero(~is_val), np.flatnonzero(is_val), "identities")
+    order = rng.permutation(len(y))
+    n_val = max(1, round(len(y) * fraction)) if len(y) >= 10 else 1
+    mode = "images" if len(classes) >= 2 else "unlabelled"
+    return Split(np.sort(order[n_val:]), np.sort(order[:n_val]), mode)
+
+
+def pk_batches(y: np.ndarray, p: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of class-balanced batches: each holds ``p`` labels × ``k`` images of each (sampled with
+    replacement when a label has fewer than ``k``). Every image is drawn about once per epoch."""
+    classes = np.unique(y[y >= 0])
+    members = {c: np.flatnonzero(y == c) for c in classes}
+    p = min(p, len(classes))
+    n_batches = max(1, math.ceil((y >= 0).sum() / (p * k)))
+    batches = []
+    for _ in range(n_batches):
+        chosen = rng.choice(classes, size=p, replace=False)
+        batches.append(np.concatenate([rng.choice(members[c], size=k, replace=len(members[c]) < k) for c in chosen]))
+    return batches
+
+
+def verification_pairs(
+    y: np.ndarray, rng: np.random.Generator, max_genuine: int = 20_000, impostor_ratio: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i, j, same) among labelled rows: every genuine pair (or a sample of ``max_genuine``) and
+    ``impostor_ratio`` times as many random impostor pairs."""
+    first, second = [], []
+    for c in np.unique(y[y >= 0]):
+        idx = np.flatnonzero(y == c)
+        ii, jj = np.triu_indices(len(idx), k=1)
+        first.append(idx[ii])
+        second.append(idx[jj])
+    gi = np.concatenate(first) if first else np.zeros(0, np.int64)
+    gj = np.concatenate(second) if second else np.zeros(0, np.int64)
+    if len(gi) > max_genuine:
+        keep = rng.choice(len(gi), size=max_genuine, replace=False)
+        gi, gj = gi[keep], gj[keep]
+    labelled = np.flatnonzero(y >= 0)
+    want = max(len(gi), 1) * impostor_ratio
+    found_i, found_j, have = [], [], 0
+    for _ in range(20):  # random pairs of different labels; a few rounds suffice unless one label dominates
+        ii = rng.choice(labelled, size=want * 2)
+        jj = rng.choice(labelled, size=want * 2)
+        different = y[ii] != y[jj]
+        found_i.append(ii[different])
+        found_j.append(jj[different])
+        have += int(different.sum())
+        if have >= want:
+            break
+    ii, jj = np.concatenate(found_i)[:want], np.concatenate(found_j)[:want]
+    same = np.concatenate([np.ones(len(gi), bool), np.zeros(len(ii), bool)])
+    return np.concatenate([gi, ii]), np.concatenate([gj, jj]), same
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None, strength: float = 1.0) -> torch.Tensor:
+    """Random small affine warps (rotation ±10°, scale ±10%, shear, shift ±8%), pixel noise and random
+    erasing, applied to a batch (n, C, H, W) in one pass. Borders are extended, not filled with zeros."""
+    n, device = len(x), x.device
+
+    def uniform(low: float, high: float, size: tuple[int, ...] = (n,)) -> torch.Tensor:
+        return (torch.rand(size, generator=generator) * (high - low) + low).to(device)
+
+    s = strength
+    angle = uniform(-10, 10) * s * math.pi / 180
+    scale = 1 + uniform(-0.1, 0.1) * s
+    shear = uniform(-0.15, 0.15) * s
+    shift = uniform(-0.08, 0.08, (n, 2)) * s * 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin + shear, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out + torch.randn(out.shape, generator=generator).to(device) * (0.05 * s)
+    # Random erasing: a rectangle of up to a quarter of each side, in a quarter of the images.
+    h, w = x.shape[-2:]
+    erase = (torch.rand(n, generator=generator) < 0.25 * s).to(device)
+    cy, cx = uniform(0, h), uniform(0, w)
+    half_h, half_w = uniform(0, h / 8), uniform(0, w / 8)
+    ys = torch.arange(h, device=device).view(1, h, 1)
+    xs = torch.arange(w, device=device).view(1, 1, w)
+    box = ((ys - cy.view(-1, 1, 1)).abs() <= half_h.view(-1, 1, 1)) & (
+        (xs - cx.view(-1, 1, 1)).abs() <= half_w.view(-1, 1, 1)
+    )
+    mask = (box & erase.view(-1, 1, 1)).unsqueeze(1)
+    return torch.where(mask, out.amin(dim=(2, 3), keepdim=True), out)

@@ -1,0 +1,69 @@
+"""Losses: thin wrappers over pytorch-metric-learning, plus the VAE objective.
+
+Each metric-learning loss takes ``embeddings`` (n, d) and ``labels`` (n,) int64; pairs or triplets are formed
+inside the batch. Distances are Euclidean, matching the ``l2`` metric the collection searches with.
+"""
+
+from __future__ import annotations
+
+import torch
+from pytorch_metric_learning import distances, losses, miners
+from torch import nn
+
+LOSSES = ("contrastive", "triplet", "ntxent")
+
+
+class MetricLoss(nn.Module):
+    """A pytorch-metric-learning loss with an optional miner: ``loss(embeddings, labels) → scalar``."""
+
+    def __init__(self, loss: nn.Module, miner: nn.Module | None = None) -> None:
+        super().__init__()
+        self.loss, self.miner = loss, miner
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        embeddings = embeddings.float()
+        if self.miner is None:
+            return self.loss(embeddings, labels)
+        return self.loss(embeddings, labels, self.miner(embeddings, labels))
+
+
+def contrastive_loss(margin: float = 1.0) -> MetricLoss:
+    """Same pairs pulled to distance 0, different pairs pushed beyond ``margin`` (Hadsell, Chopra, LeCun 2006)."""
+    return MetricLoss(losses.ContrastiveLoss(pos_margin=0.0, neg_margin=margin, distance=distances.LpDistance()))
+
+
+def triplet_loss(margin: float = 0.2) -> MetricLoss:
+    """Anchor closer to its positive than to its negative by ``margin``, on semi-hard triplets mined in the batch."""
+    distance = distances.LpDistance()
+    return MetricLoss(
+        losses.TripletMarginLoss(margin=margin, distance=distance),
+        miners.TripletMarginMiner(margin=margin, type_of_triplets="semihard", distance=distance),
+    )
+
+
+def ntxent_loss(temperature: float = 0.1) -> MetricLoss:
+    """NT-Xent (SimCLR): two views of one image are the only positives; labels are view-pair ids."""
+    return MetricLoss(losses.NTXentLoss(temperature=temperature))
+
+
+def metric_loss(name: str, margin: float | None = None) -> MetricLoss:
+    if name == "contrastive":
+        return contrastive_loss(1.0 if margin is None else margin)
+    if name == "triplet":
+        return triplet_loss(0.2 if margin is None else margin)
+    if name == "ntxent":
+        return ntxent_loss()
+    raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}")
+
+
+def vae_loss(
+    reconstruction: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, reconstruction, KL) per image, averaged over the batch.
+
+    Reconstruction is the summed squared error per image; KL is that of N(mu, exp(logvar)) from N(0, 1),
+    summed over the latent dimensions. ``beta`` weighs KL (β-VAE): higher gives a smoother latent space.
+    """
+    recon = (reconstruction.float() - target).pow(2).flatten(1).sum(1).mean()
+    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1).mean()
+    return recon + beta * kl, recon, kl

@@ -1,0 +1,172 @@
+"""What each trainable family optimises. An ``Objective`` owns the module being trained, yields one epoch of
+batches, computes the loss of a batch, and scores the model on held-out data (lower is better); the
+training loop in ``train.py`` knows nothing else about it.
+
+- ``autoencoder``: reconstruct x from g(x) (optionally plus a contrastive term on labelled batches);
+- ``denoising``: reconstruct x from g(corrupted x);
+- ``vae``: reconstruction + β·KL, the embedding is μ;
+- ``siamese``: a metric-learning loss on embeddings of augmented images: ``contrastive`` or ``triplet`` on
+  class-balanced P×K batches, or ``ntxent`` on two augmented views of each image (no labels needed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simsearch import metrics
+from simsearch.data import augment, pk_batches, verification_pairs
+from simsearch.losses import MetricLoss, contrastive_loss, metric_loss, vae_loss
+from simsearch.models.autoencoder import ConvAutoencoder, ConvEncoder, VariationalAutoencoder
+
+
+class Objective:
+    """Base: holds the data on the training device and the encoder that will be kept."""
+
+    #: What ``validate`` returns, for the progress bar and the history.
+    metric_name = "val_loss"
+
+    def __init__(
+        self,
+        encoder: ConvEncoder,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        train_rows: np.ndarray,
+        val_rows: np.ndarray,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        self.encoder, self.model = encoder, model
+        self.images, self.labels = images, labels
+        self.train_rows, self.val_rows = train_rows, val_rows
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def batches(self) -> Iterator[Any]:
+        """One epoch of shuffled row-number batches."""
+        order = self.rng.permutation(self.train_rows)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            if len(rows) >= 2:
+                yield rows
+
+    def loss(self, rows: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean loss over the held-out rows, in eval mode."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(self.val_rows), self.batch_size):
+            rows = self.val_rows[start : start + self.batch_size]
+            total += float(self.loss(rows)) * len(rows)
+            count += len(rows)
+        self.model.train()
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def embed_rows(self, rows: np.ndarray) -> torch.Tensor:
+        self.encoder.eval()
+        out = torch.cat([self.encoder(self.images[rows[s : s + 512]]).float() for s in range(0, len(rows), 512)])
+        self.encoder.train()
+        return out
+
+
+class Reconstruction(Objective):
+    """Plain or denoising autoencoder, with an optional contrastive term when labels exist."""
+
+    def __init__(self, encoder: ConvEncoder, *args: Any, denoising: bool, contrastive_weight: float, **kw: Any) -> None:
+        self.autoencoder = ConvAutoencoder(encoder)
+        super().__init__(encoder, self.autoencoder, *args, **kw)
+        self.denoising = denoising
+        self.contrastive_weight = contrastive_weight
+        self.contrastive: MetricLoss | None = contrastive_loss() if contrastive_weight > 0 else None
+
+    def batches(self) -> Iterator[Any]:
+        if self.contrastive is None:
+            yield from super().batches()
+            return
+        y = self.labels[self.train_rows].cpu().numpy()
+        k = max(4, self.batch_size // max(1, len(np.unique(y[y >= 0]))))
+        for batch in pk_batches(y, max(2, self.batch_size // k), k, self.rng):
+            yield self.train_rows[batch]
+
+    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian noise plus 20% of the pixels dropped to the image's minimum (the background)."""
+        noise = torch.randn(x.shape, generator=self.generator).to(x.device) * 0.3
+        drop = (torch.rand(x.shape, generator=self.generator) < 0.2).to(x.device)
+        return torch.where(drop, x.amin(dim=(2, 3), keepdim=True), x + noise)
+
+    def loss(self, rows: np.ndarray) -> torch.Tensor:
+        x = self.images[rows]
+        source = self.corrupt(x) if self.denoising and self.model.training else x
+        z = self.encoder(source)
+        loss = F.mse_loss(self.autoencoder.decoder(z).float(), x)
+        if self.contrastive is not None and self.model.training:
+            loss = loss + self.contrastive_weight * self.contrastive(z, self.labels[rows])
+        return loss
+
+
+class Variational(Objective):
+    def __init__(self, encoder: ConvEncoder, *args: Any, beta: float, **kw: Any) -> None:
+        super().__init__(encoder, VariationalAutoencoder(encoder), *args, **kw)
+        self.beta = beta
+
+    def loss(self, rows: np.ndarray) -> torch.Tensor:
+        x = self.images[rows]
+        reconstruction, mu, logvar = self.model(x)
+        return vae_loss(reconstruction, x, mu.float(), logvar.float(), self.beta)[0]
+
+
+class Siamese(Objective):
+    """Metric learning on augmented images. Validation: verification EER on held-out pairs, when labelled."""
+
+    def __init__(
+        self, encoder: ConvEncoder, *args: Any, loss: str, margin: float | None, augment: float, **kw: Any
+    ) -> None:
+        super().__init__(encoder, encoder, *args, **kw)
+        self.loss_name = loss
+        self.strength = augment
+        self.criterion = metric_loss(loss, margin)
+        y_val = self.labels[self.val_rows].cpu().numpy()
+        self.val_pairs = None
+        if len(np.unique(y_val[y_val >= 0])) >= 2:
+            i, j, same = verification_pairs(y_val, np.random.default_rng(0), max_genuine=5000)
+            if same.any() and not same.all():
+                self.val_pairs = (i, j, same)
+                self.metric_name = "val_eer"
+
+    def batches(self) -> Iterator[Any]:
+        if self.loss_name == "ntxent":
+            yield from super().batches()
+            return
+        y = self.labels[self.train_rows].cpu().numpy()
+        n_classes = len(np.unique(y[y >= 0]))
+        k = max(4, self.batch_size // max(1, n_classes))
+        for batch in pk_batches(y, max(2, self.batch_size // k), k, self.rng):
+            yield self.train_rows[batch]
+
+    def loss(self, rows: np.ndarray) -> torch.Tensor:
+        x = self.images[rows]
+        if self.loss_name == "ntxent":
+            views = torch.cat([augment(x, self.generator, self.strength), augment(x, self.generator, self.strength)])
+            ids = torch.arange(len(x), device=x.device).repeat(2)
+            return self.criterion(self.encoder(views), ids)
+        return self.criterion(self.encoder(augment(x, self.generator, self.strength)), self.labels[rows])
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        if self.val_pairs is None:
+            return super().validate()
+        i, j, same = self.val_pairs
+        z = self.embed_rows(self.val_rows)
+        distances = (z[i] - z[j]).norm(dim=1).cpu().numpy()
+        return metrics.equal_error_rate(distances, same)[0]

@@ -1,0 +1,75 @@
+"""Labels, validation splits, P×K batches, verification pairs and augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from simsearch.data import (
+    MIN_IDENTITIES_TO_HOLD_OUT,
+    augment,
+    encode_labels,
+    pk_batches,
+    split_for_validation,
+    verification_pairs,
+)
+
+
+def test_encode_labels() -> None:
+    y, classes = encode_labels(["b", None, "a", "b"])
+    assert classes == ["a", "b"] and y.tolist() == [1, -1, 0, 1]
+
+
+def test_many_identities_hold_out_whole_labels() -> None:
+    y = np.repeat(np.arange(40), 5)
+    split = split_for_validation(y, 0.15, seed=0)
+    assert split.mode == "identities"
+    assert set(y[split.train]).isdisjoint(set(y[split.val]))
+    assert len(set(y[split.val])) == 6 and len(split.train) + len(split.val) == 200
+
+
+def test_few_labels_hold_out_images_of_every_label() -> None:
+    y = np.repeat(np.arange(MIN_IDENTITIES_TO_HOLD_OUT - 10), 30)
+    split = split_for_validation(y, 0.1, seed=0)
+    assert split.mode == "images" and len(split.val) == 30
+    assert set(y[split.train]) == set(y)
+    assert np.intersect1d(split.train, split.val).size == 0
+
+
+def test_unlabelled_split() -> None:
+    split = split_for_validation(np.full(50, -1), 0.2, seed=1)
+    assert split.mode == "unlabelled" and len(split.val) == 10
+
+
+def test_pk_batches_hold_p_labels_times_k_images() -> None:
+    y = np.concatenate([np.repeat(np.arange(8), 6), [3, 3]])  # label 3 has 8 images
+    batches = pk_batches(y, p=4, k=3, rng=np.random.default_rng(0))
+    assert len(batches) == 5  # ceil(50 / 12)
+    for batch in batches:
+        labels, counts = np.unique(y[batch], return_counts=True)
+        assert len(labels) == 4 and (counts == 3).all()
+
+
+def test_pk_batches_sample_with_replacement_when_a_label_is_small() -> None:
+    y = np.array([0, 0, 1, 1, 1, 1])
+    for batch in pk_batches(y, p=2, k=4, rng=np.random.default_rng(0)):
+        assert (np.unique(y[batch], return_counts=True)[1] == 4).all()
+
+
+def test_verification_pairs() -> None:
+    y = np.array([0, 0, 0, 1, 1, 2, -1])
+    i, j, same = verification_pairs(y, np.random.default_rng(0), impostor_ratio=2)
+    genuine = {(int(a), int(b)) for a, b, s in zip(i, j, same, strict=True) if s}
+    assert genuine == {(0, 1), (0, 2), (1, 2), (3, 4)}
+    assert (~same).sum() == 8
+    assert (y[i[~same]] != y[j[~same]]).all() and (y[i] >= 0).all() and (y[j] >= 0).all()
+
+
+def test_augment_keeps_shape_is_seeded_and_vanishes_at_strength_zero() -> None:
+    x = torch.randn(6, 1, 12, 20)
+    a = augment(x, torch.Generator().manual_seed(3))
+    b = augment(x, torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.allclose(a, x, atol=1e-2)
+    identity = augment(x, torch.Generator().manual_seed(3), strength=0.0)
+    torch.testing.assert_close(identity, x, atol=1e-5, rtol=0)
