@@ -7,13 +7,16 @@ so that every benchmark goes through simsearch's own code paths.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(
+    os.environ.get("SIMSEARCH_BENCH_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -53,13 +52,17 @@ OMNIGLOT_UNSEEN = ["Balinese", "Early_Aramaic"]
 
 def config_for(row: str, args: argparse.Namespace) -> TrainConfig:
     family, _, loss = row.partition(":")
+    overrides = {k: v for k, v in json.loads(args.config).items()} if args.config else {}
     return TrainConfig(
-        family=family,
-        loss=loss or "contrastive",
-        epochs=args.epochs,
-        max_seconds=args.max_seconds,
-        device=args.device,
-        seed=args.seed,
+        **{
+            "family": family,
+            "loss": loss or "contrastive",
+            "epochs": args.epochs,
+            "max_seconds": args.max_seconds,
+            "device": args.device,
+            "seed": args.seed,
+            **overrides,
+        }
     )
 
 
@@ -132,6 +135,8 @@ def omniglot(row: str, work: Path, args: argparse.Namespace) -> dict:
             "frr_on_unseen": round(float((distances[same] > t).mean()), 4),
         }
     record["one_shot_accuracy"] = round(one_shot(encoder), 4)
+    if encoder.threshold:
+        record["heldout_eer"] = round(encoder.threshold["eer"], 4)  # held-out characters of the training alphabets
     return record
 
 
@@ -179,7 +184,9 @@ def markdown(report: dict) -> str:
             f"| {row} | {r['roc_auc']:.3f} | {r['eer']:.3f} | {r['one_shot_accuracy']:.3f} | {shape} | {r['epochs']} | "
             f"{r['epoch_seconds_median'] or '–'} | {r['train_seconds']} |"
         )
-    lines += ["", "Command: `" + report["command"] + "`", ""]
+    lines += ["", "Command: `" + report["command"] + "`"]
+    lines += [f"Rows updated by `{u['command']}` ({u['date']})" for u in report.get("updates", [])]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -191,26 +198,36 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--max-seconds", type=float, default=TrainConfig.max_seconds)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--config", default="", help="JSON of TrainConfig fields to override, e.g. '{\"augment\": 1.0}'"
+    )
     parser.add_argument("--tag", default="", help="suffix of the result files (quality-TAG.json)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--merge", action="store_true", help="update the rows run now in an existing result file, keep the others"
+    )
     args = parser.parse_args()
     if not SHARED_DATA.is_dir():
         sys.exit(f"no benchmark data at {SHARED_DATA} — see the README's Benchmarks section")
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "quality" + (f"-{args.tag}" if args.tag else "")
+    existing = args.out / f"{name}.json"
+    base = json.loads(existing.read_text()) if args.merge and existing.is_file() else None
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name(0)
+        if args.device != "cpu" and torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "command": "python " + " ".join(sys.argv),
+        "fashion": {},
+        "omniglot": {},
+    }
     with tempfile.TemporaryDirectory(prefix="simsearch-quality-") as tmp:
         work = Path(tmp)
         export_fashion(work / "fashion" / "train", "train")
         export_fashion(work / "fashion" / "test", "t10k")
         copy_omniglot(work / "omniglot" / "train", OMNIGLOT_TRAIN)
         copy_omniglot(work / "omniglot" / "unseen", OMNIGLOT_UNSEEN)
-        report: dict = {
-            "date": time.strftime("%Y-%m-%d"),
-            "device": torch.cuda.get_device_name(0)
-            if args.device != "cpu" and torch.cuda.is_available()
-            else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-            "command": "python " + " ".join(sys.argv),
-            "fashion": {},
-            "omniglot": {},
-        }
         for dataset in args.datasets:
             for row in args.only:
                 started = time.perf_counter()
@@ -219,12 +236,26 @@ def main() -> None:
                 print(
                     f"{dataset:9s} {row:22s} {json.dumps(record)}  ({time.perf_counter() - started:.0f} s)", flush=True
                 )
-        shutil.rmtree(work / "indexes", ignore_errors=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "quality" + (f"-{args.tag}" if args.tag else "")
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
+                save(report, base, args.out / name)  # after every row: an interrupted run keeps what it measured
+    print(markdown(merged(report, base)))
+
+
+def merged(report: dict, base: dict | None) -> dict:
+    """``report``'s rows laid over ``base`` (an earlier result file), or ``report`` itself."""
+    if base is None:
+        return report
+    out = json.loads(json.dumps(base))
+    for dataset in ("fashion", "omniglot"):
+        out[dataset] = {row: report[dataset].get(row, r) for row, r in out[dataset].items()}
+        out[dataset].update({row: r for row, r in report[dataset].items() if row not in out[dataset]})
+    out.setdefault("updates", []).append({"date": report["date"], "command": report["command"]})
+    return out
+
+
+def save(report: dict, base: dict | None, stem: Path) -> None:
+    result = merged(report, base)
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(f"{stem}.md").write_text(markdown(result))
 
 
 if __name__ == "__main__":

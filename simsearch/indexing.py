@@ -119,12 +119,14 @@ class _Pending:
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
+        self.clear()
+
+    def clear(self) -> None:
         self.remove: list[int] = []
         self.rows: dict[str, list[Any]] = {
             k: [] for k in ("id", "path", "root", "label", "sha256", "bytes", "mtime", "width", "height")
         }
         self.embeddings: list[np.ndarray] = []
-        self.skipped: list[Skipped] = []
 
     def __len__(self) -> int:
         return len(self.rows["id"]) + len(self.remove)
@@ -139,7 +141,7 @@ class _Pending:
             emb = np.concatenate(self.embeddings)
             vectors.add_vectors(index, emb, np.asarray(self.rows["id"], dtype=np.int64), metric)
             meta = pa.concat_tables([meta, meta_table(self.rows, emb, self.dim)])
-        self.__init__(self.dim)  # type: ignore[misc]
+        self.clear()
         return meta
 
 

@@ -167,3 +167,35 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
         accuracy = float(rows[family].split("│")[2])
         assert 0.8 < accuracy <= 1.0, done.stdout
     assert len(list((tmp_path / "d" / "queries").rglob("*.png"))) == 179
+
+
+def test_train_siamese_reports_its_calibrated_threshold(tmp_path: Path) -> None:
+    from tests.conftest import write_folder
+
+    write_folder(tmp_path / "imgs", per_class=8)
+    model = tmp_path / "sig"
+    result = invoke(
+        "train", tmp_path / "imgs", "--family", "siamese", "--loss", "triplet", "--out", model,
+        "--epochs", "2", "--dim", "8", "--device", "cpu", "--batch-size", "12",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Trained a siamese encoder" in result.output and "Verification threshold" in result.output
+    stored = json.loads((model / "encoder.json").read_text())
+    assert stored["family"] == "siamese" and stored["threshold"]["operating_point"] == "eer"
+    assert stored["training"]["config"]["loss"] == "triplet"
+
+
+def test_train_rejects_unknown_loss_and_unlabelled_siamese(tmp_path: Path, image_folder: Path) -> None:
+    result = invoke("train", image_folder, "--family", "siamese", "--loss", "arcface")
+    assert result.exit_code == 2 and "unknown loss" in result.stderr
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in sorted(image_folder.rglob("*.png")):
+        (flat / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+    result = invoke("train", flat, "--family", "siamese", "--device", "cpu", "--out", tmp_path / "m")
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        "Error: --family siamese with this loss needs labels: put each class in its own sub-folder "
+        "(at least 2), or use --loss ntxent, which needs none"
+    ]
+    assert not (tmp_path / "m").exists()

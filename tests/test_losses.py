@@ -73,6 +73,17 @@ def test_ntxent_by_loops() -> None:
     assert float(ntxent_loss(t)(z, ids)) == pytest.approx(np.mean(terms), rel=1e-5)
 
 
+def test_ntxent_equals_pytorch_metric_learning() -> None:
+    from pytorch_metric_learning.losses import NTXentLoss
+
+    z = torch.randn(24, 8, generator=torch.Generator().manual_seed(0))
+    ids = torch.arange(12).repeat(2)
+    reference = NTXentLoss(temperature=0.1)(z, ids)
+    assert float(ntxent_loss(0.1)(z, ids)) == pytest.approx(float(reference), rel=1e-5)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2] * 4)  # several positives per anchor, too
+    assert float(ntxent_loss(0.5)(z, labels)) == pytest.approx(float(NTXentLoss(temperature=0.5)(z, labels)), rel=1e-5)
+
+
 def test_vae_loss_by_hand() -> None:
     x = torch.zeros(2, 1, 1, 2)
     recon = torch.tensor([[[[1.0, 2.0]]], [[[0.0, 1.0]]]])  # squared errors per image: 5 and 1 → mean 3
