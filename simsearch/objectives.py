@@ -57,6 +57,13 @@ class Objective:
             if len(rows) >= 2:
                 yield rows
 
+    def balanced_batches(self) -> Iterator[Any]:
+        """One epoch of P×K batches: P labels × K images each, K ≥ 4 and P·K ≈ the batch size."""
+        y = self.labels[self.train_rows].cpu().numpy()
+        k = max(4, self.batch_size // max(1, len(np.unique(y[y >= 0]))))
+        for batch in pk_batches(y, max(2, self.batch_size // k), k, self.rng):
+            yield self.train_rows[batch]
+
     def loss(self, rows: np.ndarray) -> torch.Tensor:
         raise NotImplementedError
 
@@ -91,13 +98,7 @@ class Reconstruction(Objective):
         self.contrastive: MetricLoss | None = contrastive_loss() if contrastive_weight > 0 else None
 
     def batches(self) -> Iterator[Any]:
-        if self.contrastive is None:
-            yield from super().batches()
-            return
-        y = self.labels[self.train_rows].cpu().numpy()
-        k = max(4, self.batch_size // max(1, len(np.unique(y[y >= 0]))))
-        for batch in pk_batches(y, max(2, self.batch_size // k), k, self.rng):
-            yield self.train_rows[batch]
+        return super().batches() if self.contrastive is None else self.balanced_batches()
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian noise plus 20% of the pixels dropped to the image's minimum (the background)."""
@@ -145,14 +146,7 @@ class Siamese(Objective):
                 self.metric_name = "val_eer"
 
     def batches(self) -> Iterator[Any]:
-        if self.loss_name == "ntxent":
-            yield from super().batches()
-            return
-        y = self.labels[self.train_rows].cpu().numpy()
-        n_classes = len(np.unique(y[y >= 0]))
-        k = max(4, self.batch_size // max(1, n_classes))
-        for batch in pk_batches(y, max(2, self.batch_size // k), k, self.rng):
-            yield self.train_rows[batch]
+        return super().batches() if self.loss_name == "ntxent" else self.balanced_batches()
 
     def loss(self, rows: np.ndarray) -> torch.Tensor:
         x = self.images[rows]
