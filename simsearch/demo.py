@@ -7,7 +7,7 @@ neighbours' vote gives the held-out image's true label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,7 @@ def run_demo(
         name = "demo" if family == families[0] else f"demo-{family}"
         collection = Collection(home / name)
         model = None if collection.exists() else family
-        cfg = IndexConfig(**{**config.__dict__, "model": model})
+        cfg = replace(config, model=model)
         report.reports[family] = index_folder(images_dir, collection, cfg, progress)
         results = Searcher(collection).query_files(queries, k)
         report.accuracy[family] = vote_accuracy(results, truth)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_autoencoder_learns_and_keeps_best_weights(fast_train: TrainConfig) -> N
     rng = np.random.default_rng(0)
     images = rng.normal(size=(64, 1, 16, 16)).astype(np.float32)
     images[:32] += 2.0
-    config = TrainConfig(**{**fast_train.__dict__, "epochs": 6, "patience": 10})
+    config = replace(fast_train, epochs=6, patience=10)
     encoder = train_neural(images, [None] * 64, Preprocess(size=(16, 16)), config)
     losses = [h["val_loss"] for h in encoder.history]
     assert len(losses) == 6
@@ -67,7 +68,7 @@ def test_training_is_reproducible_on_cpu(fast_train: TrainConfig) -> None:
 
 def test_time_limit_stops_training(fast_train: TrainConfig) -> None:
     images = np.random.default_rng(2).normal(size=(40, 1, 8, 8)).astype(np.float32)
-    config = TrainConfig(**{**fast_train.__dict__, "epochs": 1000, "max_seconds": 0.5})
+    config = replace(fast_train, epochs=1000, max_seconds=0.5)
     encoder = train_neural(images, [None] * 40, Preprocess(size=(8, 8)), config)
     assert len(encoder.history) < 1000
 
@@ -76,7 +77,7 @@ def test_pca_matches_scikit_learn(fast_train: TrainConfig) -> None:
     from sklearn.decomposition import PCA
 
     x = np.random.default_rng(3).normal(size=(50, 1, 4, 5)).astype(np.float32)
-    enc = fit_pca(x, Preprocess(size=(4, 5)), TrainConfig(**{**fast_train.__dict__, "family": "pca", "dim": 5}))
+    enc = fit_pca(x, Preprocess(size=(4, 5)), replace(fast_train, family="pca", dim=5))
     ours = enc.embed(x)
     theirs = PCA(n_components=5, svd_solver="full").fit_transform(x.reshape(50, -1))
     # Components are defined up to sign.
@@ -101,7 +102,7 @@ def test_too_few_images_is_a_clear_error(tmp_path: Path, fast_train: TrainConfig
 @pytest.mark.gpu
 def test_autoencoder_trains_on_cuda(fast_train: TrainConfig) -> None:
     images = np.random.default_rng(4).normal(size=(64, 1, 16, 16)).astype(np.float32)
-    config = TrainConfig(**{**fast_train.__dict__, "device": "cuda"})
+    config = replace(fast_train, device="cuda")
     encoder = train_neural(images, [None] * 64, Preprocess(size=(16, 16)), config)
     assert encoder.training["device"] == "cuda"
     assert next(encoder.module.parameters()).device.type == "cpu"
@@ -126,7 +127,7 @@ def write_strokes(root: Path, per_class: int = 6, width: int = 300, height: int 
 
 def test_auto_size_keeps_wide_aspect_and_inverts_light_paper(tmp_path: Path, fast_train: TrainConfig) -> None:
     write_strokes(tmp_path / "sigs")
-    encoder = train_on_folder(tmp_path / "sigs", TrainConfig(**{**fast_train.__dict__, "epochs": 1}))
+    encoder = train_on_folder(tmp_path / "sigs", replace(fast_train, epochs=1))
     assert encoder.preprocess.size == (26, 64)  # 120×300 scaled to a long side of 64, aspect kept
     assert encoder.preprocess.invert is True
 
@@ -141,7 +142,7 @@ def test_small_digits_are_not_upscaled_nor_inverted(tmp_path: Path, fast_train: 
             digit[6:22, 10 + int(label) * 4 : 14 + int(label) * 4] = rng.integers(150, 255)
             (tmp_path / "digits" / label).mkdir(parents=True, exist_ok=True)
             Image.fromarray(digit).save(tmp_path / "digits" / label / f"{i}.png")
-    encoder = train_on_folder(tmp_path / "digits", TrainConfig(**{**fast_train.__dict__, "epochs": 1}))
+    encoder = train_on_folder(tmp_path / "digits", replace(fast_train, epochs=1))
     assert encoder.preprocess.size == (28, 28) and encoder.preprocess.invert is False
 
 
@@ -160,7 +161,7 @@ def test_every_family_trains_saves_and_reloads(
 ) -> None:
     from simsearch.encoder import Encoder
 
-    config = TrainConfig(**{**fast_train.__dict__, "family": family, "loss": loss, "epochs": 2})
+    config = replace(fast_train, family=family, loss=loss, epochs=2)
     encoder = train_on_folder(image_folder, config)
     assert encoder.family == family and len(encoder.history) == 2
     encoder.save(tmp_path / "m")
@@ -177,7 +178,7 @@ def test_siamese_is_calibrated_on_held_out_pairs(tmp_path: Path, fast_train: Tra
     from tests.conftest import write_folder
 
     write_folder(tmp_path / "imgs", per_class=8)
-    config = TrainConfig(**{**fast_train.__dict__, "family": "siamese", "epochs": 3, "val_fraction": 0.3})
+    config = replace(fast_train, family="siamese", epochs=3, val_fraction=0.3)
     encoder = train_on_folder(tmp_path / "imgs", config)
     threshold = encoder.threshold
     assert threshold is not None and threshold["operating_point"] == "eer" and threshold["split"] == "images"
@@ -199,14 +200,12 @@ def test_labelled_losses_need_labels(tmp_path: Path, fast_train: TrainConfig) ->
     for i in range(20):  # 3 held out: NT-Xent's validation needs negatives
         Image.fromarray(pattern("blob", rng)).save(tmp_path / "flat" / f"{i}.png")
     with pytest.raises(DataError, match="--loss ntxent"):
-        train_on_folder(tmp_path / "flat", TrainConfig(**{**fast_train.__dict__, "family": "siamese"}))
-    ntxent = train_on_folder(
-        tmp_path / "flat", TrainConfig(**{**fast_train.__dict__, "family": "siamese", "loss": "ntxent", "epochs": 1})
-    )
+        train_on_folder(tmp_path / "flat", replace(fast_train, family="siamese"))
+    ntxent = train_on_folder(tmp_path / "flat", replace(fast_train, family="siamese", loss="ntxent", epochs=1))
     assert ntxent.threshold is None and ntxent.history[0]["val_loss"] > 0
 
 
 def test_autoencoder_with_contrastive_term(image_folder: Path, fast_train: TrainConfig) -> None:
-    config = TrainConfig(**{**fast_train.__dict__, "contrastive_weight": 0.5, "epochs": 2})
+    config = replace(fast_train, contrastive_weight=0.5, epochs=2)
     encoder = train_on_folder(image_folder, config)
     assert encoder.training["config"]["contrastive_weight"] == 0.5 and len(encoder.history) == 2
