@@ -129,7 +129,7 @@ def index(
         None,
         "--model",
         "-m",
-        help="A model folder from 'simsearch train', or a family to fit here: autoencoder, pca, pixels. "
+        help="A model folder from 'simsearch train', or a family to fit here: autoencoder, denoising, vae, siamese, pca, pixels. "
         "Default: the collection's own encoder, or a new autoencoder.",
     ),
     rebuild: bool = typer.Option(False, "--rebuild", help="Re-embed everything (needed to change the encoder)."),
