@@ -19,7 +19,7 @@ import numpy as np
 from simsearch import vectors
 from simsearch.collection import Collection, embeddings_of
 from simsearch.errors import ImageError, UsageError
-from simsearch.images import load_images
+from simsearch.images import LoadedImage, load_images
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,8 @@ class Searcher:
         self.paths = meta.column("path").to_pylist()
         self.roots = meta.column("root").to_pylist()
         self.labels = meta.column("label").to_pylist()
+        self.sha256 = meta.column("sha256").to_pylist()
+        self._row_of_sha: dict[str, int] | None = None
         self.embeddings = embeddings_of(meta)
 
     @property
@@ -112,7 +114,11 @@ class Searcher:
 
     def query_arrays(self, images: np.ndarray, names: Sequence[str], k: int) -> list[QueryResult]:
         """Neighbours and votes for preprocessed ``images`` (q, C, H, W)."""
-        distances, rows = self.search_embeddings(self.encoder.embed(images), k)
+        return self.query_embeddings(self.encoder.embed(images), names, k)
+
+    def query_embeddings(self, queries: np.ndarray, names: Sequence[str], k: int) -> list[QueryResult]:
+        """Neighbours and votes for query embeddings (q, d)."""
+        distances, rows = self.search_embeddings(queries, k)
         results = []
         for name, dist_row, row_row in zip(names, distances, rows, strict=True):
             neighbours = [
@@ -124,18 +130,37 @@ class Searcher:
         return results
 
     def query_files(self, paths: Sequence[Path], k: int, batch_size: int = 256) -> list[QueryResult]:
-        """Neighbours and votes for image files. The first unreadable file raises ``ImageError``."""
+        """Neighbours and votes for image files. The first unreadable file raises ``ImageError``.
+
+        A file whose content (sha256) is already in the collection is not embedded again: its stored
+        embedding is used, so an indexed image queried by itself is at distance exactly 0 (a convolution
+        run on a batch of another size can differ in the last bits).
+        """
         results: list[QueryResult] = []
         for start in range(0, len(paths), batch_size):
             batch = list(paths[start : start + batch_size])
-            arrays = []
-            for loaded in load_images(batch, self.encoder.preprocess, names=[str(p) for p in batch]):
-                if isinstance(loaded, ImageError):
-                    raise loaded
-                assert loaded is not None
-                arrays.append(loaded.array)
-            results += self.query_arrays(np.stack(arrays), [str(p) for p in batch], k)
+            loaded: list[LoadedImage] = []
+            for item in load_images(batch, self.encoder.preprocess, names=[str(p) for p in batch]):
+                if isinstance(item, ImageError):
+                    raise item
+                assert item is not None
+                loaded.append(item)
+            results += self.query_embeddings(self.embed_loaded(loaded), [str(p) for p in batch], k)
         return results
+
+    def embed_loaded(self, loaded: Sequence[LoadedImage]) -> np.ndarray:
+        """Embeddings (n, d) of loaded images: stored ones for indexed content, the encoder's for the rest."""
+        if self._row_of_sha is None:
+            self._row_of_sha = {sha: row for row, sha in enumerate(self.sha256)}
+        rows = [self._row_of_sha.get(item.sha256) for item in loaded]
+        out = np.empty((len(loaded), self.embeddings.shape[1]), dtype=np.float32)
+        new = [i for i, row in enumerate(rows) if row is None]
+        if new:
+            out[new] = self.encoder.embed(np.stack([loaded[i].array for i in new]))
+        for i, row in enumerate(rows):
+            if row is not None:
+                out[i] = self.embeddings[row]
+        return out
 
 
 def vote_accuracy(results: Sequence[QueryResult], truth: Sequence[str | None]) -> float:

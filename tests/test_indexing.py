@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -243,3 +244,33 @@ def test_vote_label() -> None:
     assert vote_label(["a", "b", "b", None]) == ("b", 0.5, {"b": 2, "a": 1})
     assert vote_label(["a", "b"])[0] == "a"  # tie: nearest first vote wins
     assert vote_label([None, None]) == (None, 0.0, {})
+
+
+def test_index_can_train_a_siamese_encoder(image_folder: Path, tmp_path: Path, fast_train) -> None:
+    collection = Collection(tmp_path / "siamese")
+    train = replace(fast_train, val_fraction=0.4)  # 6 held-out images of 3 labels: genuine pairs to calibrate on
+    report = index_folder(image_folder, collection, IndexConfig(model="siamese", device="cpu", train=train))
+    assert report.trained and report.encoder_family == "siamese" and report.count == 15
+    encoder = collection.load_encoder()
+    assert encoder.threshold is not None and encoder.arch["normalize"] is True
+    results = Searcher(collection, use_gpu=False).query_files([image_folder / "hbars" / "0.png"], k=1)
+    assert results[0].neighbours[0].path == "hbars/0.png" and results[0].neighbours[0].distance == 0.0
+
+
+def test_query_files_embeds_new_images_and_reuses_stored_ones(image_folder: Path, tmp_path: Path, fast_train) -> None:
+    from simsearch.images import load_image
+
+    collection = Collection(tmp_path / "ae")
+    index_folder(image_folder, collection, IndexConfig(device="cpu", train=fast_train))
+    searcher = Searcher(collection, use_gpu=False)
+    new = tmp_path / "new.png"
+    Image.fromarray(pattern("vbars", np.random.default_rng(42))).save(new)
+    indexed = image_folder / "blob" / "3.png"
+    fresh = searcher.encoder.embed(np.stack([load_image(p, searcher.encoder.preprocess).array for p in (new, indexed)]))
+    results = searcher.query_files([new, indexed], k=15)
+    brute = np.linalg.norm(searcher.embeddings - fresh[0], axis=1)
+    np.testing.assert_allclose([n.distance for n in results[0].neighbours], np.sort(brute), rtol=1e-5, atol=1e-6)
+    # The indexed file's stored embedding is used: exactly 0 to itself, and within float noise of a fresh one.
+    assert results[1].neighbours[0].path == "blob/3.png" and results[1].neighbours[0].distance == 0.0
+    row = searcher.paths.index("blob/3.png")
+    np.testing.assert_allclose(searcher.embeddings[row], fresh[1], atol=1e-4)
