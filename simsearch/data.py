@@ -96,6 +96,17 @@ def verification_pairs(
     return np.concatenate([gi, ii]), np.concatenate([gj, jj]), same
 
 
+def scoring_pairs(
+    y: np.ndarray, rng: np.random.Generator, max_genuine: int = 20_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``verification_pairs``, or None when they cannot score a threshold: fewer than two labels, or no
+    genuine pair (every label has a single image)."""
+    if len(np.unique(y[y >= 0])) < 2:
+        return None
+    i, j, same = verification_pairs(y, rng, max_genuine)
+    return (i, j, same) if same.any() and not same.all() else None
+
+
 def augment(x: torch.Tensor, generator: torch.Generator | None = None, strength: float = 1.0) -> torch.Tensor:
     """Random small affine warps (rotation ±10°, scale ±10%, shear, shift ±8%), pixel noise and random
     erasing, applied to a batch (n, C, H, W) in one pass. Borders are extended, not filled with zeros."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simsearch import metrics
-from simsearch.data import augment, pk_batches, verification_pairs
+from simsearch.data import augment, pk_batches, scoring_pairs
 from simsearch.losses import MetricLoss, contrastive_loss, metric_loss, vae_loss
 from simsearch.models.autoencoder import ConvAutoencoder, ConvEncoder, VariationalAutoencoder
 
@@ -138,12 +138,9 @@ class Siamese(Objective):
         self.strength = augment
         self.criterion = metric_loss(loss, margin)
         y_val = self.labels[self.val_rows].cpu().numpy()
-        self.val_pairs = None
-        if len(np.unique(y_val[y_val >= 0])) >= 2:
-            i, j, same = verification_pairs(y_val, np.random.default_rng(0), max_genuine=5000)
-            if same.any() and not same.all():
-                self.val_pairs = (i, j, same)
-                self.metric_name = "val_eer"
+        self.val_pairs = scoring_pairs(y_val, np.random.default_rng(0), max_genuine=5000)
+        if self.val_pairs is not None:
+            self.metric_name = "val_eer"
 
     def batches(self) -> Iterator[Any]:
         return super().batches() if self.loss_name == "ntxent" else self.balanced_batches()

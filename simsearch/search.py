@@ -82,8 +82,7 @@ class Searcher:
         self.paths = meta.column("path").to_pylist()
         self.roots = meta.column("root").to_pylist()
         self.labels = meta.column("label").to_pylist()
-        self.sha256 = meta.column("sha256").to_pylist()
-        self._row_of_sha: dict[str, int] | None = None
+        self.row_of_sha = {sha: row for row, sha in enumerate(meta.column("sha256").to_pylist())}
         self.embeddings = embeddings_of(meta)
 
     @property
@@ -139,20 +138,19 @@ class Searcher:
         results: list[QueryResult] = []
         for start in range(0, len(paths), batch_size):
             batch = list(paths[start : start + batch_size])
+            names = [str(p) for p in batch]
             loaded: list[LoadedImage] = []
-            for item in load_images(batch, self.encoder.preprocess, names=[str(p) for p in batch]):
+            for item in load_images(batch, self.encoder.preprocess, names=names):
                 if isinstance(item, ImageError):
                     raise item
                 assert item is not None
                 loaded.append(item)
-            results += self.query_embeddings(self.embed_loaded(loaded), [str(p) for p in batch], k)
+            results += self.query_embeddings(self.embed_loaded(loaded), names, k)
         return results
 
     def embed_loaded(self, loaded: Sequence[LoadedImage]) -> np.ndarray:
         """Embeddings (n, d) of loaded images: stored ones for indexed content, the encoder's for the rest."""
-        if self._row_of_sha is None:
-            self._row_of_sha = {sha: row for row, sha in enumerate(self.sha256)}
-        rows = [self._row_of_sha.get(item.sha256) for item in loaded]
+        rows = [self.row_of_sha.get(item.sha256) for item in loaded]
         out = np.empty((len(loaded), self.embeddings.shape[1]), dtype=np.float32)
         new = [i for i, row in enumerate(rows) if row is None]
         if new:

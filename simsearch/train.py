@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from simsearch import metrics
-from simsearch.data import Split, encode_labels, split_for_validation, verification_pairs
+from simsearch.data import Split, encode_labels, scoring_pairs, split_for_validation
 from simsearch.encoder import Encoder, resolve_device
 from simsearch.errors import DataError, UsageError
 from simsearch.images import ImageError, ImageFileEntry, Preprocess, find_images, load_images, survey_images
@@ -268,11 +268,10 @@ def train_neural(
 def calibrate_threshold(encoder: Encoder, images: np.ndarray, y: np.ndarray, split: Split) -> dict[str, Any] | None:
     """EER threshold (and those for FAR = 1% and 0.1%) on pairs of held-out images, when they are labelled."""
     y_val = y[split.val]
-    if len(np.unique(y_val[y_val >= 0])) < 2:
+    pairs = scoring_pairs(y_val, np.random.default_rng(0))
+    if pairs is None:
         return None
-    i, j, same = verification_pairs(y_val, np.random.default_rng(0))
-    if same.all() or not same.any():
-        return None  # each held-out label has a single image: no genuine pairs to calibrate on
+    i, j, same = pairs
     z = encoder.embed(images[split.val])
     distances = np.linalg.norm(z[i] - z[j], axis=1)
     record = metrics.calibrate(distances, same, identities=len(np.unique(y_val[y_val >= 0])))
