@@ -37,6 +37,12 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 HOME_HELP = "Folder that holds named collections."
+THRESHOLD_HELP = "Distance threshold: auto (the model's calibrated EER threshold, or the one for --far) or a number."
+FAR_HELP = (
+    "With --threshold auto: the calibrated threshold whose held-out false-accept rate is at most this (e.g. 0.01)."
+)
+MODEL_HELP = "A model folder from 'simsearch train' (instead of a collection's encoder)."
+SOURCE_NAME_HELP = "Use this collection's encoder (default: the collection 'default'); a path also works."
 NAME_HELP = "Collection name (under --home), or a path to a collection folder."
 
 
@@ -45,17 +51,18 @@ def _home_option() -> Any:
 
 
 @contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """Turn library errors into one ``Error:`` line and the error's exit code; Ctrl-C into exit 130."""
+def _errors(exit_code: int | None = None) -> Iterator[None]:
+    """Turn library errors into one ``Error:`` line and the error's exit code (or ``exit_code`` for every
+    error, as ``verify`` keeps 1 for "no match"); Ctrl-C into exit 130."""
     try:
         yield
     except SimsearchError as exc:
         err.print(f"Error: {exc}", markup=False)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(exit_code or exc.exit_code) from None
     except OSError as exc:  # disk full, read-only folder, permissions: the OS's words, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
         err.print(f"Error: {where}{exc.strerror or exc} — free space or fix permissions, then run again", markup=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exit_code or 1) from None
     except KeyboardInterrupt:
         err.print("Interrupted: work committed so far is kept; run the same command again to resume.", markup=False)
         raise typer.Exit(130) from None
@@ -218,6 +225,11 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Search on the GPU when FAISS sees one."),
     device: str = typer.Option("auto", "--device", help="Where to run the encoder: auto, cpu or cuda."),
+    open_set: bool = typer.Option(
+        False, "--open-set", help="Answer 'unknown' when the nearest neighbour is beyond the threshold."
+    ),
+    threshold: str = typer.Option("auto", "--threshold", help=THRESHOLD_HELP),
+    far: float | None = typer.Option(None, "--far", help=FAR_HELP),
 ) -> None:
     """Find the k nearest indexed images of each query image, and the label their votes give.
 
@@ -226,13 +238,18 @@ def query(
     from simsearch.collection import Collection, resolve_path
     from simsearch.errors import ImageError
     from simsearch.search import Searcher
+    from simsearch.verification import operating_point
 
     with _errors():
         for path in images:
             if not path.is_file():
                 raise ImageError(f"{path}: no such image file — check the path")
         searcher = Searcher(Collection(resolve_path(name, home)), use_gpu=gpu, device=device)
+        point = operating_point(searcher.encoder, threshold, far) if open_set else None
         results = searcher.query_files(images, k)
+        if point is not None:
+            for result in results:
+                result.hold_to(point.threshold)
         if as_json:
             out.print_json(json.dumps([r.to_json() for r in results]))
             return
@@ -241,7 +258,10 @@ def query(
 
 
 def _render_result(result: QueryResult) -> None:
-    if result.vote is not None:
+    if result.unknown and result.threshold is not None:
+        nearest = result.neighbours[0].distance if result.neighbours else float("nan")
+        caption = f"vote: unknown (nearest {nearest:.4f} > threshold {result.threshold:.4f})"
+    elif result.vote is not None:
         caption = f"vote: {result.vote} ({round(result.vote_share * len(result.neighbours))}/{len(result.neighbours)})"
     else:
         caption = "vote: none (no labelled neighbours)"
@@ -355,6 +375,187 @@ def train(
                 f"calibrated on {th['pairs']['genuine']} genuine and {th['pairs']['impostor']} impostor held-out pairs."
             )
         out.print(f"Saved {fingerprint[:12]} to {target}. Use it with: simsearch index {images} --model {target}")
+
+
+@app.command()
+def verify(
+    images: list[Path] | None = typer.Argument(None, help="Two images: are they the same identity?"),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    name: str | None = typer.Option(None, "--name", "-n", help=SOURCE_NAME_HELP),
+    home: Path = _home_option(),
+    threshold: str = typer.Option("auto", "--threshold", help=THRESHOLD_HELP),
+    far: float | None = typer.Option(None, "--far", help=FAR_HELP),
+    pairs: Path | None = typer.Option(
+        None, "--pairs", help="A CSV with columns a,b[,label] (paths relative to the CSV) to verify many pairs."
+    ),
+    convert: bool = typer.Option(
+        False, "--convert", help="Convert colour images for a grey model (or grey for a colour one) instead of failing."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    device: str = typer.Option("auto", "--device", help="Where to run the encoder: auto, cpu or cuda."),
+) -> None:
+    """Decide whether two images show the same identity (signature, face, character).
+
+    Exit code: 0 match, 1 no match, 2 error. With --pairs: 0 when every pair was verified.
+
+    Example: simsearch verify a.png b.png --model models/sig --far 0.01
+    """
+    from simsearch.errors import UsageError
+    from simsearch.verification import Verifier, load_encoder, operating_point, pair_metrics, read_pairs
+
+    with _errors(exit_code=2):
+        images = images or []
+        if pairs is None and len(images) != 2:
+            raise UsageError(f"verify takes exactly two images (or --pairs FILE), not {len(images)}")
+        if pairs is not None and images:
+            raise UsageError("give either two images or --pairs FILE, not both")
+        encoder, source = load_encoder(model, name, home, device)
+        point = operating_point(encoder, threshold, far)
+        verifier = Verifier(encoder, convert=convert)
+        if pairs is None:
+            verdict = verifier.verify(images[0], images[1], point)
+            if as_json:
+                out.print_json(json.dumps({**verdict.to_json(), "source": source}))
+            else:
+                _render_verdict(verdict)
+            raise typer.Exit(0 if verdict.match else 1)
+        with _RichProgress():
+            verdicts = verifier.verify_pairs(read_pairs(pairs), point)
+        summary = pair_metrics(verdicts)
+        if as_json:
+            out.print_json(json.dumps({"source": source, "pairs": [v.to_json() for v in verdicts], "metrics": summary}))
+            return
+        _render_pairs(verdicts, summary)
+
+
+def _point_text(verdict: Any) -> str:
+    point = verdict.point
+    if point.name == "manual":
+        return "threshold given with --threshold"
+    name = "EER point" if point.name == "eer" else point.name.upper().replace("FAR=", "FAR ≤ ")
+    return f"{name}: FAR {point.far:.2%}, FRR {point.frr:.2%} on held-out pairs"
+
+
+def _render_verdict(verdict: Any) -> None:
+    sign = "≤" if verdict.match else ">"
+    word = "MATCH" if verdict.match else "NO MATCH"
+    probability = f"; match probability {verdict.probability:.3f}" if verdict.probability is not None else ""
+    out.print(f"{word}: {verdict.a} ↔ {verdict.b}", markup=False)
+    out.print(
+        f"distance {verdict.distance:.4f} {sign} threshold {verdict.point.threshold:.4f} ({_point_text(verdict)})"
+        f"{probability}",
+        markup=False,
+    )
+
+
+def _render_pairs(verdicts: list[Any], summary: dict[str, Any] | None, limit: int = 50) -> None:
+    table = Table("a", "b", "distance", "verdict", "probability", "label", title="Pairs", title_justify="left")
+    for v in verdicts[:limit]:
+        probability = f"{v.probability:.3f}" if v.probability is not None else "–"
+        label = "" if v.label is None else ("same" if v.label else "different")
+        table.add_row(v.a, v.b, f"{v.distance:.4f}", "match" if v.match else "no match", probability, label)
+    out.print(table)
+    if len(verdicts) > limit:
+        out.print(f"… and {len(verdicts) - limit} more pairs: use --json for all of them.")
+    matches = sum(v.match for v in verdicts)
+    out.print(
+        f"{matches} of {len(verdicts)} pairs match at threshold {verdicts[0].point.threshold:.4f} "
+        f"({_point_text(verdicts[0])})."
+    )
+    if summary:
+        lines = [
+            f"accuracy {summary['accuracy']:.3f}",
+            f"FAR {summary['far']:.3f}" if summary["far"] is not None else None,
+            f"FRR {summary['frr']:.3f}" if summary["frr"] is not None else None,
+        ]
+        for key, label in (("roc_auc", "ROC AUC"), ("eer", "EER")):
+            if key in summary:
+                value, low, high = summary[key]
+                lines.append(f"{label} {value:.3f} [{low:.3f}, {high:.3f}]")
+        out.print(
+            f"Labelled pairs ({summary['genuine']} same, {summary['impostor']} different): "
+            + ", ".join(x for x in lines if x)
+        )
+
+
+@app.command("eval")
+def evaluate(
+    images: Path = typer.Argument(..., help="A folder of labelled images (one sub-folder per label)."),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    name: str | None = typer.Option(None, "--name", "-n", help=SOURCE_NAME_HELP),
+    home: Path = _home_option(),
+    k: int = typer.Option(9, "-k", min=1, help="Neighbours that vote."),
+    split: float | None = typer.Option(
+        None,
+        "--split",
+        help="Use this share of each label's images as queries against the rest (default: leave-one-out).",
+    ),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Score the pixels and PCA baselines too."),
+    open_set: bool = typer.Option(
+        False, "--open-set", help="Keep some labels out of the gallery; answer 'unknown' beyond the threshold."
+    ),
+    unknown_fraction: float = typer.Option(0.2, "--unknown-fraction", help="Open set: share of the labels kept out."),
+    threshold: str = typer.Option("auto", "--threshold", help=THRESHOLD_HELP),
+    far: float | None = typer.Option(None, "--far", help=FAR_HELP),
+    report: Path | None = typer.Option(
+        None, "--report", help="Write report.html (self-contained) and its PNG figures into this folder."
+    ),
+    bootstrap: int = typer.Option(200, "--bootstrap", min=10, help="Bootstrap resamples for the 95% intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed for pairs, splits and resampling."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    device: str = typer.Option("auto", "--device", help="Where to run the encoder: auto, cpu or cuda."),
+) -> None:
+    """Score an encoder on a labelled folder: k-NN accuracy, precision@k, MAP@R, ROC AUC, EER and more.
+
+    Example: simsearch eval ./faces --model models/faces --report reports/faces
+    """
+    from simsearch.evaluation import EvalConfig
+    from simsearch.evaluation import evaluate as run_eval
+    from simsearch.verification import load_encoder
+
+    with _errors():
+        config = EvalConfig(
+            k=k, split=split, baselines=baselines, open_set=open_set, unknown_fraction=unknown_fraction,
+            threshold=threshold, far=far, bootstrap=bootstrap, seed=seed,
+        )  # fmt: skip
+        encoder, source = load_encoder(model, name, home, device)
+        with _RichProgress() as progress:
+            result = run_eval(images, encoder, config, encoder.family, progress)
+        page = None
+        if report is not None:
+            from simsearch.report import write_report
+
+            page = write_report(result, report)
+        if as_json:
+            out.print_json(json.dumps({**result.to_json(), "source": source, "report": str(page) if page else None}))
+            return
+        _render_eval(result, source)
+        if page is not None:
+            out.print(f"Report: {page}")
+
+
+def _render_eval(result: Any, source: str) -> None:
+    from simsearch.report import figure_rows
+
+    pairs = result.results[0].figures["pairs"]
+    out.print(
+        f"{result.folder}: {result.images} images, {result.labels} labels; {result.mode}; {result.queries} queries, "
+        f"gallery {result.gallery}; {pairs['genuine']} genuine and {pairs['impostor']} impostor pairs. Encoder: {source}.",
+        markup=False,
+    )
+    table = Table(
+        "metric", *(r.name for r in result.results), title="Value [95% bootstrap interval]", title_justify="left"
+    )
+    for label, cells in figure_rows(result):
+        table.add_row(label, *cells)
+    out.print(table, width=None if out.is_terminal else 200)  # piped: one line per metric, not wrapped at 80
+    model = result.results[0]
+    if model.threshold is not None:
+        out.print(f"Threshold {model.threshold.threshold:.4f} ({model.threshold.name}).")
+    for note in result.notes:
+        out.print(note, markup=False)
+    if result.skipped or result.unlabelled:
+        out.print(f"Left out: {len(result.skipped)} unreadable files, {result.unlabelled} images without a label.")
 
 
 @app.command()

@@ -41,15 +41,28 @@ class QueryResult:
     vote: str | None = None
     vote_share: float = 0.0
     votes: dict[str, int] = field(default_factory=dict)
+    #: Open set: the threshold the nearest neighbour was held to, and whether it was beyond it ("unknown").
+    threshold: float | None = None
+    unknown: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "query": self.query,
             "vote": self.vote,
             "vote_share": self.vote_share,
             "votes": self.votes,
             "neighbours": [n.__dict__ for n in self.neighbours],
         }
+        if self.threshold is not None:
+            out |= {"threshold": self.threshold, "unknown": self.unknown}
+        return out
+
+    def hold_to(self, threshold: float) -> None:
+        """Open-set answer: when the nearest neighbour is beyond ``threshold`` the query is "unknown" (no vote)."""
+        self.threshold = threshold
+        self.unknown = not self.neighbours or self.neighbours[0].distance > threshold
+        if self.unknown:
+            self.vote, self.vote_share = None, 0.0
 
 
 def vote_label(labels: Sequence[str | None]) -> tuple[str | None, float, dict[str, int]]:

@@ -51,7 +51,7 @@ def image_folder(tmp_path: Path) -> Path:
 def fast_train():
     from simsearch.train import TrainConfig
 
-    return TrainConfig(epochs=3, max_seconds=20, batch_size=8, dim=8, device="cpu")
+    return TrainConfig(epochs=3, max_seconds=120, batch_size=8, dim=8, device="cpu")  # epochs bind, not the clock
 
 
 def pytest_collection_modifyitems(config, items):
@@ -63,3 +63,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def calibrated_pixels_model(images: Path, out: Path) -> Path:
+    """A pixels encoder (16×16 grey) whose threshold record is calibrated on every pair of ``images``' labelled
+    files, saved as a model folder at ``out``: a verification model that needs no training."""
+    from simsearch import metrics
+    from simsearch.data import encode_labels, verification_pairs
+    from simsearch.images import Preprocess, find_images, load_images
+    from simsearch.train import pixels_encoder
+
+    encoder = pixels_encoder(Preprocess(size=(16, 16), channels=1))
+    entries, _ = find_images(images)
+    arrays = np.stack([item.array for item in load_images([e.path for e in entries], encoder.preprocess)])
+    y, classes = encode_labels([e.label for e in entries])
+    i, j, same = verification_pairs(y, np.random.default_rng(0))
+    z = encoder.embed(arrays)
+    encoder.threshold = metrics.calibrate(np.linalg.norm(z[i] - z[j], axis=1), same, identities=len(classes))
+    encoder.save(out)
+    return out
+
+
+@pytest.fixture
+def pixels_model(tmp_path: Path, image_folder: Path) -> Path:
+    """A calibrated pixels model folder for ``image_folder`` (see ``calibrated_pixels_model``)."""
+    return calibrated_pixels_model(image_folder, tmp_path / "model")

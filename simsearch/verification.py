@@ -1,0 +1,266 @@
+"""Verification: is this pair of images the same identity? A distance, a threshold calibrated on held-out
+identities (stored in ``encoder.json`` at training time), the verdict and a calibrated match probability.
+
+    verifier = Verifier(Encoder.load(Path("models/sig")))
+    point = operating_point(verifier.encoder, "auto", far=0.01)
+    result = verifier.verify(Path("a.png"), Path("b.png"), point)
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simsearch import metrics
+from simsearch.encoder import Encoder
+from simsearch.errors import DataError, ImageError, ModelError, UsageError
+from simsearch.images import LoadedImage, load_images
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A threshold and what it was chosen for: ``eer``, ``far=1%`` …, or ``manual``. ``far``/``frr`` are
+    the rates measured on the held-out calibration pairs (None for a manual threshold)."""
+
+    threshold: float
+    name: str
+    far: float | None = None
+    frr: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "operating_point": self.name, "far": self.far, "frr": self.frr}
+
+
+def parse_threshold(text: str) -> float | None:
+    """``auto`` → None; a number → that number; anything else is a usage error."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--threshold must be 'auto' or a number, not {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise UsageError(f"--threshold must be a finite distance ≥ 0, not {text!r}")
+    return value
+
+
+def operating_point(
+    encoder: Encoder, threshold: str | float | None = "auto", far: float | None = None
+) -> OperatingPoint:
+    """The threshold to decide with: a number given by the user, or the stored calibration's EER point, or
+    (with ``far``) the most accepting stored threshold whose held-out FAR is at most ``far``."""
+    value = parse_threshold(threshold) if isinstance(threshold, str) else threshold
+    if value is not None:
+        if far is not None:
+            raise UsageError("give either --threshold NUMBER or --far, not both")
+        return OperatingPoint(float(value), "manual")
+    record = encoder.threshold
+    if not record:
+        raise ModelError(
+            f"this {encoder.family} model has no calibrated threshold (it was trained without labelled "
+            "identities) — pass --threshold NUMBER, or train one on labelled sub-folders: "
+            "simsearch train IMAGES --family siamese"
+        )
+    if far is None:
+        return OperatingPoint(float(record["value"]), "eer", record.get("far"), record.get("frr"))
+    if not 0 < far < 1:
+        raise UsageError(f"--far must be between 0 and 1 (e.g. 0.01 for 1%), not {far}")
+    impostors = int(record.get("pairs", {}).get("impostor", 0))
+    if impostors and far < 1 / impostors:
+        raise UsageError(
+            f"--far {far:g} is finer than the calibration can resolve ({impostors} impostor pairs: at least "
+            f"{1 / impostors:.2g}) — use a larger --far, or calibrate on more held-out identities"
+        )
+    curve = record.get("curve")
+    if not curve:
+        for name, target in metrics.FAR_TARGETS:
+            if abs(far - target) < 1e-12 and name in record:
+                point = record[name]
+                return OperatingPoint(float(point["value"]), f"far={far:.4g}", point["far"], point["frr"])
+        raise ModelError("this model stores thresholds for FAR 1% and 0.1% only — use one of those, or retrain it")
+    rows = np.asarray(curve, np.float64)
+    ok = np.flatnonzero(rows[:, 1] <= far)
+    if not len(ok):
+        raise UsageError(f"no stored threshold reaches FAR ≤ {far:g} — use a larger --far")
+    t, f, r = rows[ok[-1]]
+    return OperatingPoint(float(t), f"far={far:.4g}", float(f), float(r))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    a: str
+    b: str
+    distance: float
+    match: bool
+    point: OperatingPoint
+    probability: float | None
+    label: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "a": self.a,
+            "b": self.b,
+            "distance": self.distance,
+            "match": self.match,
+            "probability": self.probability,
+            **self.point.to_json(),
+        }
+        if self.label is not None:
+            out["label"] = self.label
+        return out
+
+
+class Verifier:
+    """Embeds image files with one encoder and decides pairs at an operating point."""
+
+    def __init__(self, encoder: Encoder, convert: bool = False) -> None:
+        self.encoder = encoder
+        self.convert = convert
+        record = encoder.threshold or {}
+        self.probability_model: dict[str, float] | None = record.get("probability")
+
+    def embed_files(self, paths: Sequence[Path], batch_size: int = 256) -> np.ndarray:
+        """Embeddings (n, d) of image files; the first unreadable one raises ``ImageError``."""
+        spec = self.encoder.preprocess
+        out = np.empty((len(paths), self.encoder.dim), np.float32)
+        for start in range(0, len(paths), batch_size):
+            batch = list(paths[start : start + batch_size])
+            arrays = []
+            for path, item in zip(batch, load_images(batch, spec), strict=True):
+                if isinstance(item, ImageError):
+                    raise item
+                assert isinstance(item, LoadedImage)
+                self.check_channels(path, item)
+                arrays.append(item.array)
+            out[start : start + len(batch)] = self.encoder.embed(np.stack(arrays))
+        return out
+
+    def check_channels(self, path: Path, item: LoadedImage) -> None:
+        """A colour image for a grey model (or the reverse) is refused unless ``convert``: the calibration
+        holds only for images like the ones the model was trained on."""
+        if self.convert:
+            return
+        if self.encoder.preprocess.channels == 1 and not item.grey:
+            raise ImageError(
+                f"{path}: a colour image, but the model takes grey images (1 channel) — pass --convert to "
+                "convert it to grey, or use a model trained on colour images"
+            )
+        if self.encoder.preprocess.channels == 3 and item.grey:
+            raise ImageError(
+                f"{path}: a grey image, but the model takes colour images (3 channels) — pass --convert to "
+                "repeat its channel, or use a model trained on grey images"
+            )
+
+    def decide(self, a: str, b: str, distance: float, point: OperatingPoint, label: bool | None = None) -> Verdict:
+        probability = (
+            float(metrics.match_probability(distance, self.probability_model)) if self.probability_model else None
+        )
+        return Verdict(a, b, float(distance), bool(distance <= point.threshold), point, probability, label)
+
+    def verify(self, a: Path, b: Path, point: OperatingPoint) -> Verdict:
+        for path in (a, b):
+            if not Path(path).is_file():
+                raise ImageError(f"{path}: no such image file — check the path")
+        za, zb = self.embed_files([a, b])
+        return self.decide(str(a), str(b), float(np.linalg.norm(za - zb)), point)
+
+    def verify_pairs(self, pairs: Sequence[tuple[Path, Path, bool | None]], point: OperatingPoint) -> list[Verdict]:
+        """Many pairs at once: every distinct file is embedded once, in batches."""
+        files = list(dict.fromkeys(p for a, b, _ in pairs for p in (a, b)))
+        for path in files:
+            if not path.is_file():
+                raise ImageError(f"{path}: no such image file — check the path in the pairs file")
+        z = self.embed_files(files)
+        row = {path: i for i, path in enumerate(files)}
+        distances = np.linalg.norm(z[[row[a] for a, _, _ in pairs]] - z[[row[b] for _, b, _ in pairs]], axis=1)
+        return [self.decide(str(a), str(b), d, point, label) for (a, b, label), d in zip(pairs, distances, strict=True)]
+
+
+TRUE_WORDS = {"1", "true", "yes", "same", "match", "genuine"}
+FALSE_WORDS = {"0", "false", "no", "different", "nomatch", "no match", "impostor"}
+
+
+def read_pairs(csv_path: Path) -> list[tuple[Path, Path, bool | None]]:
+    """Rows of a pairs CSV: columns ``a``, ``b`` and optionally ``label`` (1/0, true/false, same/different).
+
+    Relative image paths are taken relative to the CSV file's folder.
+    """
+    csv_path = Path(csv_path)
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{csv_path}: no such pairs file — check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: cannot read the pairs file ({exc})") from None
+    reader = csv.DictReader(text.splitlines())
+    columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+    if "a" not in columns or "b" not in columns:
+        raise DataError(f"{csv_path}: the pairs file needs a header with columns a,b (and optionally label)")
+    base = csv_path.parent
+    pairs: list[tuple[Path, Path, bool | None]] = []
+    for line, raw in enumerate(reader, start=2):
+        row = {str(k).strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
+        if not row.get("a") or not row.get("b"):
+            raise DataError(f"{csv_path}:{line}: both a and b must name an image")
+        label: bool | None = None
+        text_label = row.get("label", "").lower()
+        if text_label in TRUE_WORDS:
+            label = True
+        elif text_label in FALSE_WORDS:
+            label = False
+        elif text_label:
+            raise DataError(f"{csv_path}:{line}: label {row['label']!r} is not 1/0, true/false or same/different")
+        pairs.append((base / row["a"], base / row["b"], label))
+    if not pairs:
+        raise DataError(f"{csv_path}: no pairs in the file")
+    labelled = [p[2] is not None for p in pairs]
+    if any(labelled) and not all(labelled):
+        raise DataError(f"{csv_path}: some rows have a label and some do not — label every row or none")
+    return pairs
+
+
+def pair_metrics(verdicts: Sequence[Verdict], resamples: int = 200, seed: int = 0) -> dict[str, Any] | None:
+    """With labelled pairs: accuracy, FAR and FRR at the operating point, ROC AUC and EER (95% bootstrap)."""
+    if not verdicts or verdicts[0].label is None:
+        return None
+    d = np.array([v.distance for v in verdicts])
+    same = np.array([bool(v.label) for v in verdicts])
+    match = np.array([v.match for v in verdicts])
+    result: dict[str, Any] = {
+        "pairs": len(verdicts),
+        "genuine": int(same.sum()),
+        "impostor": int((~same).sum()),
+        "accuracy": float((match == same).mean()),
+        "far": float(match[~same].mean()) if (~same).any() else None,
+        "frr": float((~match[same]).mean()) if same.any() else None,
+    }
+    if same.any() and not same.all():
+        rng = np.random.default_rng(seed)
+        pairs = metrics.SortedPairs(d, same)
+        result["roc_auc"] = metrics.bootstrap_pairs(pairs, metrics.auc_of, resamples, rng)
+        result["eer"] = metrics.bootstrap_pairs(pairs, lambda roc: metrics.eer_of(roc)[0], resamples, rng)
+    return result
+
+
+def load_encoder(model: str | None, name: str | None, home: Path, device: str = "cpu") -> tuple[Encoder, str]:
+    """The encoder of a model folder (``--model``) or of a collection (``--name``, default ``default``),
+    and a short description of where it came from."""
+    from simsearch.collection import Collection, resolve_path
+    from simsearch.encoder import is_model_folder
+
+    if model is not None and name is not None:
+        raise UsageError("give either --model (a model folder) or --name (a collection), not both")
+    if model is not None:
+        path = Path(model)
+        if not path.exists():
+            raise ModelError(f"no model folder at '{model}' — pass a folder made by 'simsearch train'")
+        if not is_model_folder(path):
+            raise ModelError(f"'{model}' holds no encoder.json — pass a folder made by 'simsearch train'")
+        return Encoder.load(path, device=device), f"model {path}"
+    collection = Collection(resolve_path(name or "default", home))
+    return collection.load_encoder(device=device), f"collection {collection.path}"
