@@ -7,6 +7,8 @@ distances; we take the root), ``1 - cosine similarity`` for ``cosine``. Lower is
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import faiss
@@ -142,3 +144,187 @@ def is_on_gpu(index: Any) -> bool:
     if inner is not None:
         names.append(type(faiss.downcast_index(inner)).__name__)
     return any(name.startswith("Gpu") for name in names)
+
+
+# --- index types ------------------------------------------------------------------------------------------------
+
+INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
+#: ``--type auto`` keeps exact search up to this many vectors: a flat search over them takes a few
+#: milliseconds per query on one core at d = 64, and it needs no training and loses no recall.
+EXACT_LIMIT = 200_000
+#: Recall@10 that ``auto`` tunes approximate search to reach (measured on vectors left out of training).
+RECALL_TARGET = 0.95
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """An index type and its parameters: ``nlist`` (IVF cells), ``pq_m`` (PQ sub-vectors), ``hnsw_m`` (graph
+    degree); and the search-time knobs ``nprobe`` (IVF cells visited), ``ef`` (HNSW search breadth) and
+    ``refine`` (fetch ``refine``·k candidates and re-rank them by exact distance to the stored embeddings:
+    PQ codes alone are too coarse for a good recall)."""
+
+    type: str = "flat"
+    nlist: int | None = None
+    pq_m: int | None = None
+    hnsw_m: int | None = None
+    nprobe: int | None = None
+    ef: int | None = None
+    refine: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in INDEX_TYPES:
+            raise ValueError(f"unknown index type {self.type!r}; expected one of {', '.join(INDEX_TYPES)}")
+
+    @property
+    def exact(self) -> bool:
+        return self.type == "flat"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> IndexSpec:
+        return cls(**{k: data[k] for k in ("type", "nlist", "pq_m", "hnsw_m", "nprobe", "ef", "refine") if k in data})
+
+
+def default_spec(kind: str, n: int, dim: int) -> IndexSpec:
+    """Parameters for ``kind`` at ``n`` vectors of ``dim``: about 4·√n IVF cells (a power of two, at least 16,
+    and at least 39 training vectors each); PQ with 4 dimensions per byte-sized code; HNSW with 32 links."""
+    if kind == "auto":
+        kind = "flat" if n <= EXACT_LIMIT else "ivf"
+    if kind == "flat":
+        return IndexSpec("flat")
+    if kind == "hnsw":
+        return IndexSpec("hnsw", hnsw_m=32, ef=64)
+    nlist = 1 << max(4, round(math.log2(max(4 * math.sqrt(max(n, 1)), 16))))
+    nlist = max(1, min(nlist, n // 39 or 1))
+    if kind == "ivf":
+        return IndexSpec("ivf", nlist=nlist, nprobe=min(nlist, 16))
+    pq_m = next(m for m in (dim // 4, dim // 2, dim // 8, dim, 1) if m >= 1 and dim % m == 0)
+    return IndexSpec("ivfpq", nlist=nlist, pq_m=pq_m, nprobe=min(nlist, 16), refine=8)
+
+
+def _faiss_metric(metric: str) -> int:
+    _check_metric(metric)
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def empty_index(spec: IndexSpec, dim: int, metric: str = "l2") -> Any:
+    """An empty index of ``spec``'s type; IVF types need ``train`` before vectors are added."""
+    if spec.type == "flat":
+        return new_index(dim, metric)
+    fmetric = _faiss_metric(metric)
+    if spec.type == "hnsw":
+        graph = faiss.IndexHNSWFlat(dim, spec.hnsw_m or 32, fmetric)
+        graph.hnsw.efConstruction = 80
+        return faiss.IndexIDMap2(graph)
+    quantizer: Any = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+    index: Any
+    if spec.type == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, dim, spec.nlist or 1, fmetric)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, dim, spec.nlist or 1, spec.pq_m or 1, 8, fmetric)
+    return index  # FAISS's Python layer keeps the quantizer alive as long as the index
+
+
+def build_index(
+    spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, metric: str = "l2", seed: int = 0, train_size: int = 100_000
+) -> Any:
+    """An index of ``spec`` holding ``vectors`` under ``ids``; IVF types are trained on a random sample of at
+    most ``train_size`` of them first. Search parameters are applied."""
+    x = prepare(vectors, metric)
+    index = empty_index(spec, x.shape[1], metric)
+    if spec.type in ("ivf", "ivfpq"):
+        rng = np.random.default_rng(seed)
+        sample = x if len(x) <= train_size else x[np.sort(rng.choice(len(x), train_size, replace=False))]
+        index.train(sample)
+    for start in range(0, len(x), 100_000):
+        add_vectors(index, x[start : start + 100_000], ids[start : start + 100_000], "l2")
+    set_search_params(index, spec)
+    return index
+
+
+def set_search_params(index: Any, spec: IndexSpec) -> None:
+    """Apply ``nprobe`` / ``ef`` to an index (CPU or GPU, bare or wrapped)."""
+    space = (
+        faiss.GpuParameterSpace()
+        if is_on_gpu(index) and hasattr(faiss, "GpuParameterSpace")
+        else faiss.ParameterSpace()
+    )
+    if spec.nprobe is not None and spec.type in ("ivf", "ivfpq"):
+        space.set_index_parameter(index, "nprobe", int(spec.nprobe))
+    if spec.ef is not None and spec.type == "hnsw":
+        space.set_index_parameter(index, "efSearch", int(spec.ef))
+
+
+def supports_removal(index: Any) -> bool:
+    """HNSW graphs cannot drop vectors: such an index is rebuilt from the stored embeddings instead."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") and hasattr(index, "id_map") else index
+    return not isinstance(inner, faiss.IndexHNSW)
+
+
+def search_refined(
+    index: Any, queries: np.ndarray, k: int, metric: str, refine: int, vectors_of: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """``search`` for ``refine``·k candidates, then exact distances to ``vectors_of(ids)`` (q, k', d) and the
+    k nearest of them: (distances, ids), nearest first."""
+    _, ids = search(index, queries, k * max(1, refine), metric)
+    distances = exact_distances(queries, vectors_of(np.maximum(ids, 0)), metric)
+    distances[ids < 0] = np.inf  # fewer results than asked for
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(distances, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def lookup(vectors: np.ndarray, ids: np.ndarray) -> Any:
+    """A function ids (any shape) → their rows of ``vectors`` (ids need not be sorted)."""
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    return lambda wanted: vectors[order[np.searchsorted(sorted_ids, wanted)]]
+
+
+def recall_at_k(
+    index: Any,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    queries: np.ndarray,
+    k: int = 10,
+    metric: str = "l2",
+    refine: int | None = None,
+) -> float:
+    """Share of the exact k nearest ``ids`` (brute force over ``vectors``) that ``index`` returns (after
+    re-ranking ``refine``·k candidates, when given)."""
+    exact = new_index(vectors.shape[1], metric)
+    add_vectors(exact, vectors, ids, metric)
+    _, truth = search(exact, queries, k, metric)
+    if refine:
+        _, found = search_refined(index, queries, k, metric, refine, lookup(vectors, ids))
+    else:
+        _, found = search(index, queries, k, metric)
+    hits = sum(len(set(t[t >= 0]) & set(f[f >= 0])) for t, f in zip(truth, found, strict=True))
+    return hits / max(1, truth.size)
+
+
+def tune(
+    spec: IndexSpec,
+    index: Any,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    queries: np.ndarray,
+    metric: str = "l2",
+    target: float = RECALL_TARGET,
+    k: int = 10,
+) -> tuple[IndexSpec, float]:
+    """The smallest ``nprobe`` (IVF) or ``ef`` (HNSW) whose recall@k on ``queries`` reaches ``target``
+    (doubling from 1, or 16 for ``ef``), and that recall; the largest tried when none reaches it."""
+    if spec.exact:
+        return spec, 1.0
+    ivf = spec.type in ("ivf", "ivfpq")
+    limit = (spec.nlist or 1) if ivf else 4096
+    value = 1 if ivf else 16
+    while True:
+        candidate = replace(spec, nprobe=min(value, limit)) if ivf else replace(spec, ef=min(value, limit))
+        set_search_params(index, candidate)
+        recall = recall_at_k(index, vectors, ids, queries, k, metric, candidate.refine)
+        if recall >= target or value >= limit:
+            return candidate, recall
+        value *= 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import faiss
 import numpy as np
 import pytest
@@ -100,3 +102,60 @@ def test_gpu_search_equals_cpu_search() -> None:
     np.testing.assert_allclose(d_cpu, d_gpu, rtol=1e-3, atol=1e-3)
     restored = vectors.deserialize(vectors.serialize(gpu))
     assert not vectors.is_on_gpu(restored) and restored.ntotal == 5000
+
+
+def clustered_vectors(n: int = 6000, dim: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(60, dim))
+    return (centres[rng.integers(0, 60, n)] + rng.normal(0, 0.5, (n, dim))).astype(np.float32)
+
+
+def test_default_specs_follow_the_size() -> None:
+    assert vectors.default_spec("auto", 1000, 64).type == "flat"
+    assert vectors.default_spec("auto", vectors.EXACT_LIMIT + 1, 64).type == "ivf"
+    ivf = vectors.default_spec("ivf", 1_000_000, 64)
+    assert ivf.nlist == 4096 and ivf.nprobe == 16  # 4·√1M = 4000 → 4096
+    assert vectors.default_spec("ivf", 1000, 64).nlist == 25  # at least 39 training vectors per cell
+    pq = vectors.default_spec("ivfpq", 1_000_000, 64)
+    assert pq.pq_m == 16 and 64 % pq.pq_m == 0 and pq.refine == 8
+    assert vectors.default_spec("ivfpq", 10_000, 30).pq_m in (15, 30)
+    with pytest.raises(ValueError, match="unknown index type"):
+        vectors.IndexSpec("annoy")
+    spec = vectors.IndexSpec("hnsw", hnsw_m=16, ef=40)
+    assert vectors.IndexSpec.from_json(spec.to_json()) == spec
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_every_index_type_reaches_the_recall_target_and_survives_a_round_trip(kind: str, metric: str) -> None:
+    x = clustered_vectors()
+    ids = np.arange(len(x), dtype=np.int64) * 5 + 3  # ids are not row numbers
+    rng = np.random.default_rng(1)
+    queries = x[rng.choice(len(x), 200, replace=False)] + rng.normal(0, 0.05, (200, x.shape[1])).astype(np.float32)
+    spec = vectors.default_spec(kind, len(x), x.shape[1])
+    index = vectors.build_index(spec, x, ids, metric)
+    assert index.ntotal == len(x)
+    tuned, recall = vectors.tune(spec, index, x, ids, queries, metric)
+    assert recall >= vectors.RECALL_TARGET
+    # The recall is a real measurement: too few cells / too narrow a search loses neighbours.
+    if kind in ("ivf", "ivfpq"):
+        vectors.set_search_params(index, replace(tuned, nprobe=1))
+        assert vectors.recall_at_k(index, x, ids, queries, 10, metric, tuned.refine) < recall
+    back = vectors.deserialize(vectors.serialize(index))
+    vectors.set_search_params(back, tuned)
+    assert vectors.recall_at_k(back, x, ids, queries, 10, metric, tuned.refine) == pytest.approx(recall)
+    _, found = vectors.search(back, x[:5], 1, metric)
+    assert set(found[:, 0]) <= set(ids)
+    assert vectors.supports_removal(back) == (kind != "hnsw")
+
+
+def test_refined_search_reranks_by_exact_distance() -> None:
+    x = clustered_vectors(3000, 16)
+    ids = np.arange(len(x), dtype=np.int64)[::-1].copy()
+    spec = vectors.IndexSpec("ivfpq", nlist=16, pq_m=4, nprobe=16, refine=10)
+    index = vectors.build_index(spec, x, ids)
+    d, found = vectors.search_refined(index, x[:50], 5, "l2", 10, vectors.lookup(x, ids))
+    assert (found[:, 0] == ids[:50]).all() and np.allclose(d[:, 0], 0.0)  # each vector finds itself exactly
+    assert (np.diff(d, axis=1) >= 0).all()
+    expected = np.linalg.norm(vectors.lookup(x, ids)(found) - x[:50, None], axis=-1)
+    np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-5)
