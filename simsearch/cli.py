@@ -218,7 +218,7 @@ def _render_index_report(report: IndexReport) -> None:
 
 @app.command()
 def query(
-    images: list[Path] = typer.Argument(..., help="One or more query images."),
+    images: list[Path] = typer.Argument(..., help="Query images, or folders of them (every image inside, batched)."),
     k: int = typer.Option(9, "-k", min=1, help="Number of neighbours."),
     name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
     home: Path = _home_option(),
@@ -233,20 +233,27 @@ def query(
 ) -> None:
     """Find the k nearest indexed images of each query image, and the label their votes give.
 
-    Example: simsearch query img.png -k 9
+    Example: simsearch query img.png -k 9   (or a folder: simsearch query queries/ --json)
     """
     from simsearch.collection import Collection, resolve_path
     from simsearch.errors import ImageError
-    from simsearch.search import Searcher
+    from simsearch.search import Searcher, expand_query_paths
     from simsearch.verification import operating_point
 
     with _errors():
-        for path in images:
-            if not path.is_file():
-                raise ImageError(f"{path}: no such image file — check the path")
+        files, unreadable = expand_query_paths(images)
+        if not files:
+            raise ImageError(f"no images under {', '.join(map(str, images))} — check the path")
         searcher = Searcher(Collection(resolve_path(name, home)), use_gpu=gpu, device=device)
         point = operating_point(searcher.encoder, threshold, far) if open_set else None
-        results = searcher.query_files(images, k)
+        from_folders = any(path.is_dir() for path in images)
+        results = searcher.query_files(
+            files, k, on_error=(lambda e: unreadable.append(str(e))) if from_folders else None
+        )
+        for line in unreadable[:20]:
+            err.print(f"Skipped {line}", markup=False)
+        if len(unreadable) > 20:
+            err.print(f"… {len(unreadable)} files skipped in all.")
         if point is not None:
             for result in results:
                 result.hold_to(point.threshold)

@@ -9,7 +9,7 @@ This is the public API the CLI calls::
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 from simsearch import vectors
 from simsearch.collection import Collection, embeddings_of
 from simsearch.errors import ImageError, UsageError
-from simsearch.images import LoadedImage, load_images
+from simsearch.images import LoadedImage, find_images, load_images
 
 
 @dataclass(frozen=True)
@@ -141,9 +141,16 @@ class Searcher:
             results.append(QueryResult(name, neighbours, vote, share, tally))
         return results
 
-    def query_files(self, paths: Sequence[Path], k: int, batch_size: int = 256) -> list[QueryResult]:
-        """Neighbours and votes for image files. The first unreadable file raises ``ImageError``.
+    def query_files(
+        self,
+        paths: Sequence[Path],
+        k: int,
+        batch_size: int = 256,
+        on_error: Callable[[ImageError], None] | None = None,
+    ) -> list[QueryResult]:
+        """Neighbours and votes for image files, embedded in batches with one FAISS search per batch.
 
+        An unreadable file raises ``ImageError``, or, with ``on_error``, is passed to it and left out.
         A file whose content (sha256) is already in the collection is not embedded again: its stored
         embedding is used, so an indexed image queried by itself is at distance exactly 0 (a convolution
         run on a batch of another size can differ in the last bits).
@@ -151,14 +158,21 @@ class Searcher:
         results: list[QueryResult] = []
         for start in range(0, len(paths), batch_size):
             batch = list(paths[start : start + batch_size])
-            names = [str(p) for p in batch]
             loaded: list[LoadedImage] = []
-            for item in load_images(batch, self.encoder.preprocess, names=names):
+            names: list[str] = []
+            for path, item in zip(
+                batch, load_images(batch, self.encoder.preprocess, names=[str(p) for p in batch]), strict=True
+            ):
                 if isinstance(item, ImageError):
-                    raise item
+                    if on_error is None:
+                        raise item
+                    on_error(item)
+                    continue
                 assert item is not None
                 loaded.append(item)
-            results += self.query_embeddings(self.embed_loaded(loaded), names, k)
+                names.append(str(path))
+            if loaded:
+                results += self.query_embeddings(self.embed_loaded(loaded), names, k)
         return results
 
     def embed_loaded(self, loaded: Sequence[LoadedImage]) -> np.ndarray:
@@ -172,6 +186,24 @@ class Searcher:
             if row is not None:
                 out[i] = self.embeddings[row]
         return out
+
+
+def expand_query_paths(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """Query arguments → image files: a folder stands for every image under it (recognised by content, in
+    path order). Returns the files, and "path: reason" for files under folders that look like images but
+    are not, or cannot be read."""
+    files: list[Path] = []
+    problems: list[str] = []
+    for path in paths:
+        if Path(path).is_dir():
+            entries, skipped = find_images(Path(path))
+            files += [e.path for e in entries]
+            problems += [f"{Path(path) / s.rel}: {s.reason}" for s in skipped]
+        elif Path(path).is_file():
+            files.append(Path(path))
+        else:
+            raise ImageError(f"{path}: no such image file or folder — check the path")
+    return files, problems
 
 
 def vote_accuracy(results: Sequence[QueryResult], truth: Sequence[str | None]) -> float:

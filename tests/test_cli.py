@@ -199,3 +199,21 @@ def test_train_rejects_unknown_loss_and_unlabelled_siamese(tmp_path: Path, image
         "(at least 2), or use --loss ntxent, which needs none"
     ]
     assert not (tmp_path / "m").exists()
+
+
+def test_query_a_folder_batches_every_image_and_lists_unreadable_ones(indexed: Path, image_folder: Path) -> None:
+    (image_folder / "blob" / "notes.txt").write_text("not an image")  # not named like an image: ignored
+    (image_folder / "blob" / "fake.png").write_text("not an image")  # named like one: listed
+    (image_folder / "blob" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
+    result = invoke(
+        "query", image_folder / "blob", image_folder / "hbars" / "1.png", "-k", "2", "--json", "--home", indexed
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [Path(d["query"]).name for d in data] == ["0.png", "1.png", "2.png", "3.png", "4.png", "1.png"]
+    assert [d["vote"] for d in data] == ["blob"] * 5 + ["hbars"]
+    assert all(d["neighbours"][0]["distance"] == 0.0 for d in data)
+    assert "Skipped" in result.stderr and "broken.png" in result.stderr
+    assert "fake.png: not an image" in result.stderr and "notes.txt" not in result.stderr
+    missing = invoke("query", image_folder / "nope", "--home", indexed)
+    assert missing.exit_code == 1 and "no such image file or folder" in missing.output
