@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simsearch import vectors
-from simsearch.collection import SKIPPED_SCHEMA, Collection, meta_schema, meta_table
+from simsearch.collection import SKIPPED_SCHEMA, Collection, embeddings_of, meta_schema, meta_table
 from simsearch.encoder import Encoder, is_model_folder, resolve_device
-from simsearch.errors import CollectionError, DataError, ImageError, ModelError
+from simsearch.errors import CollectionError, DataError, ImageError, ModelError, UsageError
 from simsearch.images import ImageFileEntry, Skipped, find_images, load_images
 from simsearch.progress import Progress, no_progress
 from simsearch.train import TRAINABLE, TrainConfig, train_encoder
@@ -38,6 +38,12 @@ class IndexConfig:
     batch_size: int = 256
     checkpoint_every: int = 10_000
     device: str = "auto"
+    index_type: str = "auto"  # auto, flat, ivf, ivfpq or hnsw (see vectors.plan)
+
+    def __post_init__(self) -> None:
+        if self.index_type not in ("auto", *vectors.INDEX_TYPES):
+            raise UsageError(f"--type must be auto, {', '.join(vectors.INDEX_TYPES)}; not {self.index_type!r}")
+
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -131,18 +137,26 @@ class _Pending:
     def __len__(self) -> int:
         return len(self.rows["id"]) + len(self.remove)
 
-    def apply(self, meta: pa.Table, index: Any, metric: str) -> pa.Table:
-        """Apply to ``index`` in place and return the new metadata table; then empty self."""
+    def apply(self, meta: pa.Table, index: Any, metric: str, spec: vectors.IndexSpec) -> tuple[pa.Table, Any]:
+        """Apply to ``index`` (in place, or rebuilt from the embeddings when its type cannot remove vectors)
+        and return the new metadata table and index; then empty self."""
+        rebuild = False
         if self.remove:
             gone = np.asarray(self.remove, dtype=np.int64)
-            vectors.remove_ids(index, gone)
+            if vectors.supports_removal(index):
+                vectors.remove_ids(index, gone)
+            else:
+                rebuild = True
             meta = meta.filter(pc.invert(pc.is_in(meta.column("id"), pa.array(gone))))
         if self.rows["id"]:
             emb = np.concatenate(self.embeddings)
-            vectors.add_vectors(index, emb, np.asarray(self.rows["id"], dtype=np.int64), metric)
+            if not rebuild:
+                vectors.add_vectors(index, emb, np.asarray(self.rows["id"], dtype=np.int64), metric)
             meta = pa.concat_tables([meta, meta_table(self.rows, emb, self.dim)])
+        if rebuild:
+            index = vectors.build_index(spec, embeddings_of(meta), meta.column("id").to_numpy(), metric)
         self.clear()
-        return meta
+        return meta, index
 
 
 def index_folder(
@@ -176,10 +190,19 @@ def index_folder(
             index, skipped_table = vectors.new_index(encoder.dim, encoder.metric), SKIPPED_SCHEMA.empty_table()
         roots = sorted({*(previous.manifest.get("roots", []) if previous else []), root_key})
         # The manifest each commit builds on: with --rebuild, the old one only numbers the new generation.
-        state: dict[str, Any] = {"manifest": manifest, "meta": meta}
+        info = dict(previous.manifest.get("index") or {}) if previous is not None else {}
+        state: dict[str, Any] = {
+            "manifest": manifest,
+            "meta": meta,
+            "index": index,
+            "spec": vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat"),
+            "info": info or None,
+        }
 
-        def commit(pending: _Pending) -> None:
-            state["meta"] = pending.apply(state["meta"], index, encoder.metric)
+        def commit(pending: _Pending, final: bool = False) -> None:
+            state["meta"], state["index"] = pending.apply(state["meta"], state["index"], encoder.metric, state["spec"])
+            if final:
+                retype(state)
             others = skipped_table.filter(pc.not_equal(skipped_table.column("root"), root_key))
             mine = pa.table(
                 {
@@ -190,8 +213,9 @@ def index_folder(
                 schema=SKIPPED_SCHEMA,
             )
             state["manifest"] = collection.commit(
-                state["meta"], pa.concat_tables([others, mine]), index, encoder, state["manifest"], roots
-            )
+                state["meta"], pa.concat_tables([others, mine]), state["index"], encoder, state["manifest"], roots,
+                state["info"],
+            )  # fmt: skip
             report.committed = True
 
         if trained and manifest is None:
@@ -262,8 +286,23 @@ def index_folder(
         old_skipped = set(
             skipped_table.filter(pc.equal(skipped_table.column("root"), root_key)).column("path").to_pylist()
         )
-        if len(pending) or state["manifest"] is None or config.rebuild or old_skipped != {s.rel for s in skipped}:
-            commit(pending)
+        count = state["meta"].num_rows + len(pending.rows["id"]) - len(pending.remove)
+        wanted = vectors.plan(
+            config.index_type, count, encoder.dim, state["spec"], (state["info"] or {}).get("trained_on")
+        )
+
+        def retype(state: dict[str, Any]) -> None:
+            """Build the index type the collection's size (or --type) asks for, tuned to the recall target."""
+            if wanted is None:
+                return
+            progress("building the index", 0, 1, wanted.type)
+            x, ids = embeddings_of(state["meta"]), state["meta"].column("id").to_numpy()
+            state["index"], state["spec"], state["info"] = vectors.build_tuned(wanted, x, ids, encoder.metric)
+            progress("building the index", 1, 1, wanted.type)
+
+        changed = len(pending) or state["manifest"] is None or config.rebuild or wanted is not None
+        if changed or old_skipped != {s.rel for s in skipped}:
+            commit(pending, final=True)
         final_manifest = state["manifest"]
         assert final_manifest is not None
         report.count = int(final_manifest["count"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +81,27 @@ def vote_label(labels: Sequence[str | None]) -> tuple[str | None, float, dict[st
 class Searcher:
     """A loaded collection (one consistent generation) ready to answer queries."""
 
-    def __init__(self, collection: Collection, use_gpu: bool = True, device: str = "auto") -> None:
+    def __init__(
+        self,
+        collection: Collection,
+        use_gpu: bool = True,
+        device: str = "auto",
+        nprobe: int | None = None,
+        ef: int | None = None,
+    ) -> None:
         self.collection = collection
         snapshot = collection.load()
         self.manifest = snapshot.manifest
         self.metric = snapshot.metric
         self.encoder = collection.load_encoder(snapshot.manifest, device=device)
         self.index = vectors.to_gpu(snapshot.index) if use_gpu else snapshot.index
+        info = snapshot.manifest.get("index") or {}
+        spec = vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat")
+        for name, value in (("nprobe", nprobe), ("ef", ef)):
+            if value is not None and value < 1:
+                raise UsageError(f"--{name} must be at least 1, not {value}")
+        self.spec = replace(spec, nprobe=nprobe or spec.nprobe, ef=ef or spec.ef)
+        vectors.set_search_params(self.index, self.spec)
         meta = snapshot.meta
         self.ids = meta.column("id").to_numpy()
         self.order = np.argsort(self.ids, kind="stable")
@@ -114,14 +128,19 @@ class Searcher:
         """k nearest rows for each query embedding: (distances (q, k'), rows (q, k')), k' = min(k, n).
 
         Distances are recomputed exactly from the stored embeddings, so an indexed image queried by itself
-        is at distance 0 whatever rounding the index's fast path introduced.
+        is at distance 0 whatever rounding the index's fast path introduced. An approximate index may find
+        fewer than k' neighbours for a query: the missing places have distance ``inf``.
         """
         if k < 1:
             raise UsageError(f"-k must be at least 1, not {k}")
-        _, ids = vectors.search(self.index, queries, k, self.metric)
-        rows = self.rows_of(ids)
+        # Approximate indexes with coarse codes (IVF-PQ) fetch refine·k candidates for the exact re-ranking.
+        _, ids = vectors.search(self.index, queries, k * (self.spec.refine or 1), self.metric)
+        k = min(k, self.count)
+        found = ids >= 0  # an approximate index may return fewer than asked for
+        rows = self.rows_of(np.where(found, ids, self.sorted_ids[0] if self.count else 0))
         distances = vectors.exact_distances(queries, self.embeddings[rows], self.metric)
-        order = np.argsort(distances, axis=1, kind="stable")
+        distances[~found] = np.inf
+        order = np.argsort(distances, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(distances, order, 1), np.take_along_axis(rows, order, 1)
 
     def query_arrays(self, images: np.ndarray, names: Sequence[str], k: int) -> list[QueryResult]:
@@ -136,6 +155,7 @@ class Searcher:
             neighbours = [
                 Neighbour(rank + 1, int(self.ids[r]), float(d), self.paths[r], self.roots[r], self.labels[r])
                 for rank, (d, r) in enumerate(zip(dist_row, row_row, strict=True))
+                if np.isfinite(d)
             ]
             vote, share, tally = vote_label([n.label for n in neighbours])
             results.append(QueryResult(name, neighbours, vote, share, tally))

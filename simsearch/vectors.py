@@ -158,7 +158,8 @@ RECALL_TARGET = 0.95
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """An index type and its parameters: ``nlist`` (IVF cells), ``pq_m`` (PQ sub-vectors), ``hnsw_m`` (graph
+    """An index type and its parameters: ``nlist`` (IVF cells), ``pq_m`` (PQ sub-vectors) and ``pq_bits`` (bits
+    per sub-vector code), ``hnsw_m`` (graph
     degree); and the search-time knobs ``nprobe`` (IVF cells visited), ``ef`` (HNSW search breadth) and
     ``refine`` (fetch ``refine``·k candidates and re-rank them by exact distance to the stored embeddings:
     PQ codes alone are too coarse for a good recall)."""
@@ -166,6 +167,7 @@ class IndexSpec:
     type: str = "flat"
     nlist: int | None = None
     pq_m: int | None = None
+    pq_bits: int | None = None
     hnsw_m: int | None = None
     nprobe: int | None = None
     ef: int | None = None
@@ -184,7 +186,13 @@ class IndexSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> IndexSpec:
-        return cls(**{k: data[k] for k in ("type", "nlist", "pq_m", "hnsw_m", "nprobe", "ef", "refine") if k in data})
+        return cls(
+            **{
+                k: data[k]
+                for k in ("type", "nlist", "pq_m", "pq_bits", "hnsw_m", "nprobe", "ef", "refine")
+                if k in data
+            }
+        )
 
 
 def default_spec(kind: str, n: int, dim: int) -> IndexSpec:
@@ -196,12 +204,15 @@ def default_spec(kind: str, n: int, dim: int) -> IndexSpec:
         return IndexSpec("flat")
     if kind == "hnsw":
         return IndexSpec("hnsw", hnsw_m=32, ef=64)
+    trainable = int(n * 0.9)  # build_tuned keeps up to a tenth out of training, to measure recall on
     nlist = 1 << max(4, round(math.log2(max(4 * math.sqrt(max(n, 1)), 16))))
-    nlist = max(1, min(nlist, n // 39 or 1))
+    nlist = max(1, min(nlist, trainable // 39 or 1))
     if kind == "ivf":
         return IndexSpec("ivf", nlist=nlist, nprobe=min(nlist, 16))
     pq_m = next(m for m in (dim // 4, dim // 2, dim // 8, dim, 1) if m >= 1 and dim % m == 0)
-    return IndexSpec("ivfpq", nlist=nlist, pq_m=pq_m, nprobe=min(nlist, 16), refine=8)
+    # 8-bit codes need 256 centroids per sub-vector, so about 10,000 training vectors; fewer get fewer bits.
+    pq_bits = max(1, min(8, int(math.log2(max(trainable, 2) / 39)))) if trainable < 256 * 39 else 8
+    return IndexSpec("ivfpq", nlist=nlist, pq_m=pq_m, pq_bits=pq_bits, nprobe=min(nlist, 16), refine=8)
 
 
 def _faiss_metric(metric: str) -> int:
@@ -223,21 +234,30 @@ def empty_index(spec: IndexSpec, dim: int, metric: str = "l2") -> Any:
     if spec.type == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, spec.nlist or 1, fmetric)
     else:
-        index = faiss.IndexIVFPQ(quantizer, dim, spec.nlist or 1, spec.pq_m or 1, 8, fmetric)
+        index = faiss.IndexIVFPQ(quantizer, dim, spec.nlist or 1, spec.pq_m or 1, spec.pq_bits or 8, fmetric)
     return index  # FAISS's Python layer keeps the quantizer alive as long as the index
 
 
 def build_index(
-    spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, metric: str = "l2", seed: int = 0, train_size: int = 100_000
+    spec: IndexSpec,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    metric: str = "l2",
+    seed: int = 0,
+    train_size: int | None = None,
+    holdout: np.ndarray | None = None,
 ) -> Any:
-    """An index of ``spec`` holding ``vectors`` under ``ids``; IVF types are trained on a random sample of at
-    most ``train_size`` of them first. Search parameters are applied."""
+    """An index of ``spec`` holding ``vectors`` under ``ids``; IVF types are first trained on a random sample
+    of them (at most ``train_size``: default 64 per cell, at least 100,000) that leaves out the rows
+    ``holdout`` (so that recall measured on those rows is measured on vectors the training never saw).
+    Search parameters are applied."""
     x = prepare(vectors, metric)
     index = empty_index(spec, x.shape[1], metric)
     if spec.type in ("ivf", "ivfpq"):
         rng = np.random.default_rng(seed)
-        sample = x if len(x) <= train_size else x[np.sort(rng.choice(len(x), train_size, replace=False))]
-        index.train(sample)
+        pool = np.setdiff1d(np.arange(len(x)), holdout) if holdout is not None else np.arange(len(x))
+        size = train_size or max(100_000, 64 * (spec.nlist or 1))
+        index.train(x[np.sort(rng.choice(pool, size, replace=False))] if len(pool) > size else x[pool])
     for start in range(0, len(x), 100_000):
         add_vectors(index, x[start : start + 100_000], ids[start : start + 100_000], "l2")
     set_search_params(index, spec)
@@ -290,16 +310,22 @@ def recall_at_k(
     k: int = 10,
     metric: str = "l2",
     refine: int | None = None,
+    query_ids: np.ndarray | None = None,
 ) -> float:
     """Share of the exact k nearest ``ids`` (brute force over ``vectors``) that ``index`` returns (after
-    re-ranking ``refine``·k candidates, when given)."""
+    re-ranking ``refine``·k candidates, when given). With ``query_ids``, the queries are stored vectors: each
+    one's own id is left out of both lists (its k nearest others are compared)."""
     exact = new_index(vectors.shape[1], metric)
     add_vectors(exact, vectors, ids, metric)
-    _, truth = search(exact, queries, k, metric)
+    extra = 1 if query_ids is not None else 0
+    _, truth = search(exact, queries, k + extra, metric)
     if refine:
-        _, found = search_refined(index, queries, k, metric, refine, lookup(vectors, ids))
+        _, found = search_refined(index, queries, k + extra, metric, refine, lookup(vectors, ids))
     else:
-        _, found = search(index, queries, k, metric)
+        _, found = search(index, queries, k + extra, metric)
+    if query_ids is not None:
+        truth = np.array([[i for i in row if i != own][:k] for row, own in zip(truth, query_ids, strict=True)])
+        found = np.array([[i for i in row if i != own][:k] for row, own in zip(found, query_ids, strict=True)])
     hits = sum(len(set(t[t >= 0]) & set(f[f >= 0])) for t, f in zip(truth, found, strict=True))
     return hits / max(1, truth.size)
 
@@ -313,6 +339,7 @@ def tune(
     metric: str = "l2",
     target: float = RECALL_TARGET,
     k: int = 10,
+    query_ids: np.ndarray | None = None,
 ) -> tuple[IndexSpec, float]:
     """The smallest ``nprobe`` (IVF) or ``ef`` (HNSW) whose recall@k on ``queries`` reaches ``target``
     (doubling from 1, or 16 for ``ef``), and that recall; the largest tried when none reaches it."""
@@ -324,7 +351,56 @@ def tune(
     while True:
         candidate = replace(spec, nprobe=min(value, limit)) if ivf else replace(spec, ef=min(value, limit))
         set_search_params(index, candidate)
-        recall = recall_at_k(index, vectors, ids, queries, k, metric, candidate.refine)
+        recall = recall_at_k(index, vectors, ids, queries, k, metric, candidate.refine, query_ids)
         if recall >= target or value >= limit:
             return candidate, recall
         value *= 2
+
+
+def describe(index: Any) -> str:
+    """FAISS's class names from the outside in, e.g. ``IndexIDMap2(IndexHNSWFlat)``."""
+    outer = type(index).__name__
+    inner = getattr(index, "index", None)
+    return f"{outer}({type(faiss.downcast_index(inner)).__name__})" if inner is not None else outer
+
+
+def plan(requested: str, n: int, dim: int, current: IndexSpec | None, trained_on: int | None) -> IndexSpec | None:
+    """The index a collection of ``n`` vectors should have now, or None to keep ``current``.
+
+    ``auto`` keeps exact search up to ``EXACT_LIMIT`` vectors and an approximate type beyond (the current
+    one if approximate, else IVF). An IVF index is retrained once the collection has grown four-fold since
+    its training, as its cells are then too crowded.
+    """
+    if requested == "auto":
+        kind = "flat" if n <= EXACT_LIMIT else (current.type if current and not current.exact else "ivf")
+    else:
+        kind = requested
+    if current is None or current.type != kind:
+        return default_spec(kind, n, dim)
+    if kind in ("ivf", "ivfpq") and trained_on and n > 4 * trained_on:
+        return default_spec(kind, n, dim)
+    return None
+
+
+def build_tuned(
+    spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, metric: str = "l2", seed: int = 0, n_queries: int = 1000
+) -> tuple[Any, IndexSpec, dict[str, Any]]:
+    """Build ``spec`` over ``vectors``, tune its search breadth on up to ``n_queries`` stored vectors left out of
+    training, and return the index, the tuned spec and the record for the manifest (with its recall@10)."""
+    rng = np.random.default_rng(seed)
+    n_held = min(n_queries, max(1, len(vectors) // 10))
+    held = np.sort(rng.choice(len(vectors), n_held, replace=False)) if len(vectors) else np.zeros(0, np.int64)
+    index = build_index(spec, vectors, ids, metric, seed, holdout=held)
+    recall = 1.0
+    if not spec.exact and len(vectors) > 10:
+        spec, recall = tune(spec, index, vectors, ids, vectors[held], metric, query_ids=ids[held])
+        set_search_params(index, spec)
+    info = {
+        **spec.to_json(),
+        "exact": spec.exact,
+        "factory": describe(index),
+        "trained_on": len(vectors),
+        "recall_at_10": round(recall, 4) if not spec.exact else 1.0,
+        "recall_queries": 0 if spec.exact else int(n_held),
+    }
+    return index, spec, info

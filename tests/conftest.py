@@ -20,6 +20,8 @@ def pattern(kind: str, rng: np.random.Generator, size: int = 16) -> np.ndarray:
     elif kind == "vbars":
         base[:, ::4] = 1.0
         base[:, 1::4] = 1.0
+    elif kind == "dots":
+        base[::4, ::4] = 1.0
     else:  # "blob"
         yy, xx = np.mgrid[:size, :size]
         base = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 3) ** 2).astype(np.float32)

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from simsearch.collection import Collection, embeddings_of
-from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound, DataError, ModelError
+from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound, DataError, ModelError, UsageError
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.search import Searcher, vote_label
-from tests.conftest import pattern
+from tests.conftest import pattern, write_folder
 
 META_COLUMNS = ["id", "path", "root", "label", "sha256", "bytes", "mtime", "width", "height", "embedding"]
 
@@ -274,3 +274,50 @@ def test_query_files_embeds_new_images_and_reuses_stored_ones(image_folder: Path
     assert results[1].neighbours[0].path == "blob/3.png" and results[1].neighbours[0].distance == 0.0
     row = searcher.paths.index("blob/3.png")
     np.testing.assert_allclose(searcher.embeddings[row], fresh[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+def test_approximate_index_types_answer_like_exact_search(image_folder: Path, tmp_path: Path, kind: str) -> None:
+    write_folder(image_folder, per_class=40, seed=4, kinds=("hbars", "vbars", "blob", "dots"))
+    exact, _ = build(image_folder, tmp_path / "exact")
+    approx = Collection(tmp_path / "approx")
+    index_folder(image_folder, approx, pixels_config(index_type=kind))
+    info = json.loads(approx.manifest_path.read_text())["index"]
+    assert info["type"] == kind and info["exact"] is False and info["trained_on"] == 160
+    assert info["recall_at_10"] >= 0.95 and info["recall_queries"] == 16
+    snapshot = approx.load()
+    assert snapshot.index.ntotal == snapshot.meta.num_rows == 160
+    queries = [image_folder / "blob" / "3.png", image_folder / "dots" / "7.png"]
+    want = Searcher(exact).query_files(queries, 10)
+    got = Searcher(approx).query_files(queries, 10)
+    for w, g in zip(want, got, strict=True):
+        assert g.neighbours[0].distance == 0.0 and g.vote == w.vote
+        overlap = {n.id for n in w.neighbours} & {n.id for n in g.neighbours}
+        assert len(overlap) >= 8
+    # Removing and changing files keeps the index consistent (HNSW cannot remove: it is rebuilt).
+    (image_folder / "blob" / "3.png").unlink()
+    Image.fromarray(pattern("vbars", np.random.default_rng(9))).save(image_folder / "dots" / "7.png")
+    report = index_folder(image_folder, approx, pixels_config(index_type=kind))
+    assert (report.removed, report.updated) == (1, 1)
+    snapshot = approx.load()
+    assert snapshot.index.ntotal == snapshot.meta.num_rows == 159
+    assert json.loads(approx.manifest_path.read_text())["index"]["type"] == kind
+    # Switching back to exact search needs no --rebuild: the embeddings are kept.
+    report = index_folder(image_folder, approx, pixels_config(index_type="flat"))
+    assert report.embedded == 0 and json.loads(approx.manifest_path.read_text())["index"]["type"] == "flat"
+
+
+def test_auto_keeps_exact_search_for_small_collections_and_plans_ivf_beyond() -> None:
+    from simsearch import vectors
+
+    assert vectors.plan("auto", 1000, 64, None, None) == vectors.IndexSpec("flat")
+    assert vectors.plan("auto", 1000, 64, vectors.IndexSpec("flat"), None) is None
+    big = vectors.EXACT_LIMIT + 1
+    assert vectors.plan("auto", big, 64, vectors.IndexSpec("flat"), None).type == "ivf"
+    hnsw = vectors.IndexSpec("hnsw", hnsw_m=32, ef=64)
+    assert vectors.plan("auto", big, 64, hnsw, big) is None  # an approximate type is kept
+    ivf = vectors.default_spec("ivf", big, 64)
+    assert vectors.plan("auto", 3 * big, 64, ivf, big) is None
+    assert vectors.plan("auto", 5 * big, 64, ivf, big).nlist > ivf.nlist  # grown four-fold: retrained
+    with pytest.raises(UsageError, match="--type"):
+        IndexConfig(index_type="annoy")

@@ -115,7 +115,7 @@ def test_default_specs_follow_the_size() -> None:
     assert vectors.default_spec("auto", vectors.EXACT_LIMIT + 1, 64).type == "ivf"
     ivf = vectors.default_spec("ivf", 1_000_000, 64)
     assert ivf.nlist == 4096 and ivf.nprobe == 16  # 4·√1M = 4000 → 4096
-    assert vectors.default_spec("ivf", 1000, 64).nlist == 25  # at least 39 training vectors per cell
+    assert vectors.default_spec("ivf", 1000, 64).nlist == 23  # at least 39 training vectors per cell (of 90%)
     pq = vectors.default_spec("ivfpq", 1_000_000, 64)
     assert pq.pq_m == 16 and 64 % pq.pq_m == 0 and pq.refine == 8
     assert vectors.default_spec("ivfpq", 10_000, 30).pq_m in (15, 30)

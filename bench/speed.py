@@ -1,0 +1,381 @@
+"""Speed and memory of simsearch, each figure a ratio measured side by side in one run.
+
+    python bench/speed.py                          # every section on this machine
+    python bench/speed.py --only search types      # some sections
+    python bench/speed.py --only search types --sizes 1000000 10000000 --device cuda --tag gpu
+
+Sections (issue "Fast at any size"):
+  index   a) ``simsearch index`` throughput with the default encoder (trained once beforehand) over the
+             decode-only throughput of the same files with Pillow on every core (the floor);
+  search  b) search QPS through simsearch's API (``Searcher.search_embeddings``) over raw FAISS on the same
+             index and queries;
+  cli     c) ``simsearch --help`` wall time, and a cold ``simsearch query`` over ``python -c "import torch, faiss"``;
+  types   d) generated vectors (a Gaussian mixture, like clustered embeddings): build time, QPS and recall@10 of
+             each index type, tuned to recall@10 ≥ 0.95 on held-out queries where it can be;
+  rss     e) peak RSS of ``simsearch index`` over 10k versus 100k generated images.
+Results are merged into bench/results/speed[-TAG].json, one key per section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+PYTHON = sys.executable
+SIMSEARCH = [PYTHON, "-m", "simsearch"]
+
+
+def median_time(fn: Any, repeats: int, *args: Any) -> float:
+    """Median wall seconds of ``fn(*args)`` over ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+# --- generated data ---------------------------------------------------------------------------------------------
+
+
+def mixture(n: int, dim: int, seed: int, centres: int = 1000) -> np.ndarray:
+    """``n`` vectors from a mixture of ``centres`` Gaussians (unit centres, noise 0.35): clustered like embeddings."""
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((centres, dim), dtype=np.float32)
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 1_000_000):
+        m = min(1_000_000, n - start)
+        out[start : start + m] = means[rng.integers(0, centres, m)]
+        out[start : start + m] += rng.standard_normal((m, dim), dtype=np.float32) * 0.35
+    return out
+
+
+def write_images(folder: Path, n: int, size: tuple[int, int], fmt: str, seed: int = 0) -> Path:
+    """``n`` images of ``size`` (W, H): blocky random shapes in ten folders, saved as PNG or JPEG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    suffix = ".jpg" if fmt == "JPEG" else ".png"
+    for i in range(n):
+        path = folder / f"c{i % 10}" / f"{i:07d}{suffix}"
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 256, (max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
+        img.save(path, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return folder
+
+
+def _decode(paths: list[str]) -> int:
+    from PIL import Image
+
+    for p in paths:
+        with Image.open(p) as img:
+            img.load()
+    return len(paths)
+
+
+def decode_floor(files: list[Path], workers: int) -> float:
+    """Images per second that Pillow alone decodes (open + full decode) on ``workers`` processes."""
+    chunks = [[str(f) for f in files[i :: workers * 8]] for i in range(workers * 8)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_decode, chunks[:workers]))  # warm the workers
+        started = time.perf_counter()
+        done = sum(pool.map(_decode, chunks))
+        return done / (time.perf_counter() - started)
+
+
+# --- sections ---------------------------------------------------------------------------------------------------
+
+
+def section_index(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """a) index throughput over the decode floor, for small PNGs and for photo-sized JPEGs."""
+    out: dict[str, Any] = {"workers": os.cpu_count()}
+    for name, n, size, fmt in (
+        ("png-64x64", args.index_images, (64, 64), "PNG"),
+        ("jpeg-640x480", args.index_images // 4, (640, 480), "JPEG"),
+    ):
+        folder = write_images(work / f"images-{name}", n, size, fmt)
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        model = work / f"model-{name}"
+        if not model.exists():
+            run([*SIMSEARCH, "train", str(folder), "--out", str(model), "--max-seconds", "30", "--device", args.device])
+        floors, rates = [], []
+        for attempt in range(args.repeats):
+            floors.append(decode_floor(files, os.cpu_count() or 1))
+            home = work / f"home-{name}-{attempt}"
+            started = time.perf_counter()
+            run([*SIMSEARCH, "index", str(folder), "--model", str(model), "--home", str(home), "--device", args.device])
+            rates.append(len(files) / (time.perf_counter() - started))
+            shutil.rmtree(home)
+        floor, rate = statistics.median(floors), statistics.median(rates)
+        out[name] = {
+            "images": len(files),
+            "decode_floor_per_s": round(floor, 1),
+            "index_per_s": round(rate, 1),
+            "ratio": round(rate / floor, 3),
+        }
+        print("index", name, out[name], flush=True)
+    return out
+
+
+def build_collection(folder: Path, x: np.ndarray) -> Path:
+    """A collection holding ``x`` (n, 64) as the embeddings of a pixels encoder on 8×8 images."""
+    import pyarrow as pa
+
+    from simsearch import vectors
+    from simsearch.collection import SKIPPED_SCHEMA, Collection, meta_table
+    from simsearch.images import Preprocess
+    from simsearch.train import pixels_encoder
+
+    encoder = pixels_encoder(Preprocess(size=(8, 8), channels=1))
+    n = len(x)
+    rows = {
+        "id": np.arange(n, dtype=np.int64),
+        "path": pa.array([f"{i}.png" for i in range(n)]),
+        "root": pa.array(["/generated"] * n),
+        "label": pa.nulls(n, pa.string()),
+        "sha256": pa.array([f"{i:064x}" for i in range(n)]),
+        "bytes": np.zeros(n, np.int64),
+        "mtime": np.zeros(n),
+        "width": np.full(n, 8, np.int32),
+        "height": np.full(n, 8, np.int32),
+    }
+    index = vectors.new_index(64)
+    vectors.add_vectors(index, x, rows["id"])
+    collection = Collection(folder)
+    with collection.lock():
+        collection.commit(meta_table(rows, x, 64), SKIPPED_SCHEMA.empty_table(), index, encoder, None, ["/generated"])
+    return folder
+
+
+def section_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """b) QPS of ``Searcher.search_embeddings`` over raw FAISS ``index.search`` on the same index and queries."""
+    import faiss
+
+    from simsearch import vectors
+    from simsearch.collection import Collection
+    from simsearch.search import Searcher
+
+    out: dict[str, Any] = {}
+    for n in args.sizes:
+        x = mixture(n, 64, seed=1)
+        queries = mixture(args.queries, 64, seed=2)
+        folder = build_collection(work / f"search-{n}", x)
+        searcher = Searcher(Collection(folder), use_gpu=args.device != "cpu")
+        raw = searcher.index  # the very index the searcher uses (on the GPU when it is there)
+        raw.search(queries[:10], 10)
+        searcher.search_embeddings(queries[:10], 10)
+        t_raw, t_api = [], []
+        for _ in range(args.repeats):  # alternate, so that drift hits both alike
+            t_raw.append(median_time(raw.search, 1, queries, 10))
+            t_api.append(median_time(searcher.search_embeddings, 1, queries, 10))
+        qps_raw, qps_api = args.queries / statistics.median(t_raw), args.queries / statistics.median(t_api)
+        out[str(n)] = {
+            "vectors": n,
+            "queries": args.queries,
+            "k": 10,
+            "on_gpu": vectors.is_on_gpu(raw),
+            "raw_faiss_qps": round(qps_raw, 1),
+            "simsearch_qps": round(qps_api, 1),
+            "ratio": round(qps_api / qps_raw, 3),
+            "faiss_threads": faiss.omp_get_max_threads(),
+        }
+        print("search", out[str(n)], flush=True)
+        shutil.rmtree(folder)
+    return out
+
+
+def section_cli(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """c) ``--help`` wall time; cold ``query`` over ``import torch, faiss`` (alternated, medians)."""
+    from PIL import Image
+
+    folder = work / "cli-images"
+    for i in range(20):
+        path = folder / f"c{i % 2}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16), dtype=np.uint8)).save(path)
+    home = work / "cli-home"
+    run([*SIMSEARCH, "index", str(folder), "--model", "pixels", "--home", str(home)])
+    console = shutil.which("simsearch", path=str(Path(PYTHON).parent)) or "simsearch"
+    commands = {
+        "help": [console, "--help"],
+        "query": [
+            console,
+            "query",
+            str(folder / "c0" / "0.png"),
+            "-k",
+            "5",
+            "--home",
+            str(home),
+            "--device",
+            args.device,
+        ],
+        "import": [PYTHON, "-c", "import torch, faiss"],
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(args.repeats * 2 + 1):
+        for key, command in commands.items():
+            started = time.perf_counter()
+            run(command)
+            times[key].append(time.perf_counter() - started)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {
+        "help_s": round(med["help"], 3),
+        "query_cold_s": round(med["query"], 3),
+        "import_torch_faiss_s": round(med["import"], 3),
+        "query_over_import": round(med["query"] / med["import"], 3),
+    }
+    print("cli", out, flush=True)
+    return out
+
+
+def section_types(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """d) every index type on generated vectors: build seconds, QPS, recall@10 (tuned to 0.95 when it can)."""
+    from simsearch import vectors
+
+    out: dict[str, Any] = {}
+    for n in args.sizes:
+        x = mixture(n, 64, seed=1)
+        ids = np.arange(n, dtype=np.int64)
+        held_out = mixture(args.tune_queries, 64, seed=3)  # never in the index nor in any training sample
+        queries = mixture(args.queries, 64, seed=2)
+        rows: dict[str, Any] = {}
+        for kind in args.types:
+            spec = vectors.default_spec(kind, n, 64)
+            started = time.perf_counter()
+            index = vectors.build_index(spec, x, ids)
+            if args.device != "cpu" and kind != "hnsw":
+                index = vectors.to_gpu(index)
+            build_s = time.perf_counter() - started
+            tuned, tune_recall = vectors.tune(spec, index, x, ids, held_out)
+            vectors.set_search_params(index, tuned)
+            lookup = vectors.lookup(x, ids)
+            nq = args.queries if kind != "flat" or args.device != "cpu" else min(args.queries, 1000)
+
+            batch = queries[:nq]
+            if tuned.refine:
+                search: Any = vectors.search_refined
+                search_args: tuple[Any, ...] = (index, batch, 10, "l2", tuned.refine, lookup)
+            else:
+                search, search_args = vectors.search, (index, batch, 10)
+            search(*search_args)
+            seconds = median_time(search, args.repeats, *search_args)
+            recall = vectors.recall_at_k(index, x, ids, queries[:1000], 10, "l2", tuned.refine)
+            rows[kind] = {
+                "spec": tuned.to_json(),
+                "on_gpu": vectors.is_on_gpu(index),
+                "build_s": round(build_s, 2),
+                "qps": round(nq / seconds, 1),
+                "recall_at_10": round(recall, 4),
+                "tuning_recall_at_10": round(tune_recall, 4),
+            }
+            print("types", n, kind, rows[kind], flush=True)
+            del index
+        flat_qps = rows.get("flat", {}).get("qps")
+        if flat_qps:
+            for row in rows.values():
+                row["speedup_over_flat"] = round(row["qps"] / flat_qps, 2)
+        out[str(n)] = rows
+    return out
+
+
+def section_rss(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """e) peak RSS of ``simsearch index`` (pixels encoder: no training) over 10k and 100k generated images."""
+    out: dict[str, Any] = {}
+    for n in args.rss_sizes:
+        folder = write_images(work / f"rss-{n}", n, (32, 32), "PNG", seed=5)
+        home = work / f"rss-home-{n}"
+        command = [*SIMSEARCH, "index", str(folder), "--model", "pixels", "--home", str(home), "--device", "cpu"]
+        peak = peak_rss(command)
+        out[str(n)] = {"images": n, "peak_rss_mb": round(peak / 2**20, 1)}
+        print("rss", out[str(n)], flush=True)
+        shutil.rmtree(home)
+    sizes = [str(n) for n in args.rss_sizes]
+    if len(sizes) == 2:
+        out["ratio"] = round(out[sizes[1]]["peak_rss_mb"] / out[sizes[0]]["peak_rss_mb"], 3)
+    return out
+
+
+def peak_rss(command: list[str]) -> int:
+    """Peak resident set size (bytes) of a child process, from ``wait4``'s rusage."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return int(usage.ru_maxrss) * 1024  # Linux reports KiB
+
+
+def run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {result.returncode}: {result.stderr[-2000:]}")
+
+
+SECTIONS = {
+    "index": section_index,
+    "search": section_search,
+    "cli": section_cli,
+    "types": section_types,
+    "rss": section_rss,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1_000_000], help="vectors for search and types")
+    parser.add_argument("--types", nargs="+", default=["flat", "ivf", "ivfpq", "hnsw"])
+    parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--tune-queries", type=int, default=1000)
+    parser.add_argument("--index-images", type=int, default=20_000)
+    parser.add_argument("--rss-sizes", nargs=2, type=int, default=[10_000, 100_000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: GPU FAISS search and CUDA embedding")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="simsearch-speed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / f"speed{'-' + args.tag if args.tag else ''}.json"
+    results: dict[str, Any] = json.loads(target.read_text()) if target.exists() else {}
+    import torch
+
+    results["machine"] = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    for name in args.only:
+        results[name] = {**SECTIONS[name](args, work), "command": " ".join(["python bench/speed.py", *sys.argv[1:]])}
+        target.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {target}")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
