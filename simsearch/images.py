@@ -154,11 +154,13 @@ def find_images(root: Path) -> tuple[list[ImageFileEntry], list[Skipped]]:
     return found, skipped
 
 
-def decode_image(data: bytes, name: str = "image") -> Image.Image:
+def decode_image(data: bytes, name: str = "image", draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode ``data`` into an RGB, RGBA-composited, or greyscale Pillow image, fully loaded.
 
     Applies the EXIF orientation, takes the first frame of animations, refuses decompression bombs before
     allocating them, and raises ``ImageError`` with the reason for anything else that goes wrong.
+    ``draft`` (H, W): a JPEG is decoded straight at the smallest 1/2, 1/4 or 1/8 scale that still covers it
+    (the decoder's own DCT scaling: several times faster for photos, and a smoother reduction).
     """
     if not data:
         raise ImageError(f"{name}: empty file")
@@ -173,6 +175,9 @@ def decode_image(data: bytes, name: str = "image") -> Image.Image:
                 f"{name}: {w}×{h} pixels is over the limit of {MAX_PIXELS:,} (possible decompression bomb)"
             )
         img.seek(0)
+        if draft is not None and img.format == "JPEG":
+            side = max(draft)  # EXIF may turn the image: cover the longer side both ways
+            img.draft(img.mode, (side, side))
         img.load()
         img = ImageOps.exif_transpose(img) or img
         return _normalise_mode(img)
@@ -353,15 +358,27 @@ def load_image(
     digest = hashlib.sha256(data).hexdigest()
     if digest == known_sha256:
         return None
-    img = decode_image(data, name or str(path))
+    width, height = image_size(data)
+    img = decode_image(data, name or str(path), draft=spec.size)
     return LoadedImage(
         array=to_array(img, spec),
         sha256=digest,
         bytes=len(data),
-        width=img.size[0],
-        height=img.size[1],
+        width=width,
+        height=height,
         grey=is_grey(img),
     )
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) as stored, EXIF orientation applied: read from the header only (0×0 if unreadable)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # decode_image reports what is wrong with the file
+        return 0, 0
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def load_images(

@@ -906,3 +906,21 @@ def test_decode_image_only_raises_image_error(data: bytes) -> None:
     assert img.mode in ("L", "RGB")
     assert img.size[0] >= 1 and img.size[1] >= 1
     np.asarray(img)  # fully loaded: reading its pixels must work
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_with_their_true_size(tmp_path: Path) -> None:
+    from simsearch.images import decode_image, load_image, to_array
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((640, 480))
+    path = tmp_path / "photo.jpg"
+    photo.save(path, "JPEG", quality=90)
+    spec = Preprocess(size=(48, 64), channels=3)
+    loaded = load_image(path, spec)
+    assert loaded is not None and (loaded.width, loaded.height) == (640, 480)  # the file's size, not the draft's
+    assert decode_image(path.read_bytes(), draft=spec.size).size == (160, 120)  # 1/4 still covers 64×64
+    full = to_array(decode_image(path.read_bytes()), spec)
+    assert np.abs(loaded.array - full).mean() < 0.01  # the same picture, reduced a little more smoothly
+    png = tmp_path / "photo.png"
+    photo.save(png)
+    assert decode_image(png.read_bytes(), draft=spec.size).size == (640, 480)  # only JPEG has a draft mode
