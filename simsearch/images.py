@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -135,7 +136,9 @@ def find_images(root: Path) -> tuple[list[ImageFileEntry], list[Skipped]]:
             announced = path.suffix.lower() in IMAGE_SUFFIXES
             try:
                 st = path.stat()
-                if not path.is_file():
+                if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read below forever
+                    if announced:
+                        skipped.append(Skipped(rel, "not a regular file (a pipe, socket or device)"))
                     continue
                 with open(path, "rb") as f:
                     head = f.read(32)

@@ -181,6 +181,7 @@ def index_folder(
         def commit(pending: _Pending) -> None:
             state["meta"] = pending.apply(state["meta"], index, encoder.metric)
             others = skipped_table.filter(pc.not_equal(skipped_table.column("root"), root_key))
+            skipped.sort(key=lambda s: s.rel)
             mine = pa.table(
                 {
                     "path": [s.rel for s in skipped],
@@ -194,7 +195,7 @@ def index_folder(
             )
             report.committed = True
 
-        if trained and manifest is None:
+        if trained and manifest is None and not config.strict:
             commit(_Pending(encoder.dim))  # keep the trained encoder even if indexing is interrupted
 
         old = _rows_of_root(state["meta"], root_key)
@@ -268,7 +269,7 @@ def index_folder(
         assert final_manifest is not None
         report.count = int(final_manifest["count"])
         report.generation = int(final_manifest["generation"])
-        report.skipped = skipped
+        report.skipped = sorted(skipped, key=lambda s: s.rel)
         report.seconds = time.monotonic() - started
         return report
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,28 @@ def pattern(kind: str, rng: np.random.Generator, size: int = 16) -> np.ndarray:
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
+def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    """``img`` saved in format ``fmt`` (Pillow's name), as bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+def handmade_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares width×height 8-bit grey pixels but whose data is a few bytes."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + png_chunk(b"IEND", b"")
+    )
+
+
 def write_folder(root: Path, per_class: int = 5, seed: int = 0, kinds=("hbars", "vbars", "blob")) -> list[Path]:
     rng = np.random.default_rng(seed)
     paths = []
@@ -37,6 +63,25 @@ def write_folder(root: Path, per_class: int = 5, seed: int = 0, kinds=("hbars", 
             Image.fromarray(pattern(kind, rng)).save(path)
             paths.append(path)
     return paths
+
+
+def run_with_timeout(fn, timeout: float):
+    """Run fn() on a daemon thread; fail (instead of hanging the suite) if it takes longer than timeout."""
+    result: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # pragma: no cover - re-raised below
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"did not finish within {timeout}s"
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["value"]
 
 
 @pytest.fixture
