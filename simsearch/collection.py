@@ -311,6 +311,12 @@ class Collection:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def remove_leftovers(self) -> None:
+        """Remove what an interrupted writer left behind: temporary files, and the previous generation when it
+        died between the manifest swap and the clean-up. Call inside ``lock()``."""
+        if self.exists():
+            self._remove_stale(self.read_manifest()["files"])
+
     def _remove_stale(self, files: dict[str, str]) -> None:
         """Remove older generations' files, superseded encoder folders, and leftovers of crashed writes."""
         keep = set(files.values()) | {MANIFEST, LOCK}

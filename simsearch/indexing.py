@@ -157,6 +157,7 @@ def index_folder(
         raise DataError(f"{root / skipped[0].rel}: {skipped[0].reason} — fix or remove it, or drop --strict")
     report = IndexReport(collection.path, root_key, found=len(entries))
     with collection.lock(wait=config.wait):
+        collection.remove_leftovers()
         manifest = collection.read_manifest() if collection.exists() else None
         previous = None if config.rebuild else (collection.load() if manifest else None)
         encoder, trained = choose_encoder(

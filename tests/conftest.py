@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import shutil
+import signal
 import struct
+import subprocess
+import sys
+import tempfile
 import threading
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +117,113 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@dataclass
+class Child:
+    """One process started by the fork server: its pid, event log and output files, and how it ended."""
+
+    pid: int
+    log: Path
+    out: Path
+    status: dict = field(default_factory=dict)
+
+    def lines(self, kind: str) -> list[str]:
+        text = self.log.read_text() if self.log.exists() else ""
+        return [line[len(kind) + 1 :] for line in text.splitlines() if line.startswith(kind + " ")]
+
+    def events(self) -> list[str]:
+        """What the child did, one entry per event, in order (the number is the index)."""
+        return [line.split(" ", 1)[1] for line in self.lines("event")]
+
+    def embedded(self) -> list[str]:
+        """The paths (relative to their root) of the images the child decoded to embed."""
+        return self.lines("embed")
+
+    def output(self) -> str:
+        return self.out.read_text() if self.out.exists() else ""
+
+    @property
+    def killed(self) -> bool:
+        return self.status.get("signal") == signal.SIGKILL
+
+
+class ForkServer:
+    """Client of tests/fork_server.py: starts real ``simsearch`` processes in a few milliseconds each."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.count = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fork_server"],
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def _ask(self, request: dict) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "the fork server died"
+        return json.loads(line)
+
+    def start(self, *argv: object, kill_at: int | None = None, pause_at: int | None = None, release=None) -> Child:
+        """Start ``simsearch *argv``; it SIGKILLs itself at event ``kill_at``, or waits at ``pause_at`` until
+        the file ``release`` exists."""
+        self.count += 1
+        log, out = self.workdir / f"{self.count}.log", self.workdir / f"{self.count}.out"
+        reply = self._ask(
+            {
+                "op": "start",
+                "argv": [str(a) for a in argv],
+                "log": str(log),
+                "out": str(out),
+                "kill_at": kill_at,
+                "pause_at": pause_at,
+                "release": str(release) if release else None,
+            }
+        )
+        return Child(reply["pid"], log, out)
+
+    def wait(self, child: Child, timeout: float = 120) -> Child:
+        child.status = self._ask({"op": "wait", "pid": child.pid, "timeout": timeout})
+        assert "timeout" not in child.status, f"simsearch {child.pid} hung: {child.output()}"
+        return child
+
+    def run(self, *argv: object, kill_at: int | None = None) -> Child:
+        return self.wait(self.start(*argv, kill_at=kill_at))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def quick_tmp(tmp_path: Path) -> Iterator[Path]:
+    """A temporary folder in RAM (/dev/shm) when there is one, else ``tmp_path``.
+
+    For tests that run simsearch dozens of times: fsync on a real disk costs tens of milliseconds per commit,
+    on tmpfs nothing. What a killed process leaves behind is the same on both (its writes are in the page
+    cache either way; fsync matters only when the machine itself goes down).
+    """
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="simsearch-test-", dir=shm))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fork_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    """One fork server for the session (it imports torch once; each simsearch process then starts at once)."""
+    server = ForkServer(tmp_path_factory.mktemp("fork-server"))
+    yield server
+    server.close()
