@@ -155,8 +155,14 @@ class Collection:
             raise CollectionError(f"{self.manifest_path}: {problems} — rebuild with 'simsearch index IMAGES --rebuild'")
         return manifest
 
-    def load(self, attempts: int = 5) -> Snapshot:
-        """Load the current generation. If a concurrent commit removes its files mid-read, read again."""
+    def load(self, attempts: int = 50) -> Snapshot:
+        """Load the current generation.
+
+        A commit removes the previous generation's files right after switching the manifest. The files are
+        opened straight after the manifest is read (an open file stays readable after it is removed), so a
+        reader loses the race only when a whole commit lands in between; it then reads the new manifest and
+        tries again, as long as commits keep coming.
+        """
         for attempt in range(attempts):
             manifest = self.read_manifest()
             try:
@@ -167,29 +173,36 @@ class Collection:
                         f"{self.path}: the manifest names '{Path(exc.filename or '?').name}', which is missing — "
                         "rebuild with 'simsearch index IMAGES --rebuild'"
                     ) from None
-                time.sleep(0.05)
+                time.sleep(0.001 * attempt)
         raise AssertionError("unreachable")
 
     def _load_generation(self, manifest: dict[str, Any]) -> Snapshot:
         from simsearch import vectors
 
         files = manifest["files"]
-        meta_path, vectors_path = self.path / files["meta"], self.path / files["vectors"]
+        paths = {key: self.path / files[key] for key in ("meta", "skipped", "vectors")}
         try:
-            meta = pq.read_table(meta_path)
-            skipped = pq.read_table(self.path / files["skipped"])
-            data = vectors_path.read_bytes()
+            with contextlib.ExitStack() as stack:
+                handles = {key: stack.enter_context(open(path, "rb")) for key, path in paths.items()}
+                data = {key: handle.read() for key, handle in handles.items()}
         except FileNotFoundError:
-            raise
+            raise  # removed by a commit since the manifest was read: load() reads the new one
+        except OSError as exc:
+            raise CollectionError(
+                f"{self.path}: a generation file is unreadable ({exc}) — rebuild with --rebuild"
+            ) from None
+        try:
+            meta = pq.read_table(pa.BufferReader(data["meta"]))
+            skipped = pq.read_table(pa.BufferReader(data["skipped"]))
         except (OSError, pa.ArrowException) as exc:
             raise CollectionError(
                 f"{self.path}: a generation file is unreadable ({exc}) — rebuild with --rebuild"
             ) from None
         try:
-            index = vectors.deserialize(data)
+            index = vectors.deserialize(data["vectors"])
         except RuntimeError:
             raise CollectionError(
-                f"{vectors_path}: not a valid FAISS index (damaged?) — rebuild with 'simsearch index IMAGES --rebuild'"
+                f"{paths['vectors']}: not a valid FAISS index (damaged?) — rebuild with 'simsearch index IMAGES --rebuild'"
             ) from None
         if index.ntotal != meta.num_rows or index.d != int(manifest["dim"]):
             raise CollectionError(

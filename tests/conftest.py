@@ -16,10 +16,14 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from simsearch.collection import Collection, Snapshot
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -91,6 +95,25 @@ def run_with_timeout(fn, timeout: float):
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
     return result["value"]
+
+
+def consistent_snapshot(collection: Collection) -> Snapshot:
+    """Load the collection and check that its generation is whole: manifest, metadata and vectors agree."""
+    import faiss
+
+    from simsearch.collection import embeddings_of
+
+    snapshot = collection.load()
+    meta, index = snapshot.meta, snapshot.index
+    ids = meta.column("id").to_numpy()
+    assert snapshot.manifest["count"] == meta.num_rows == index.ntotal
+    assert len(set(ids.tolist())) == len(ids) and len(set(meta.column("path").to_pylist())) == len(ids)
+    stored_ids = faiss.vector_to_array(index.id_map)
+    np.testing.assert_array_equal(np.sort(stored_ids), np.sort(ids))
+    by_id = dict(zip(ids.tolist(), embeddings_of(meta), strict=True))
+    for position, row_id in enumerate(stored_ids):  # FAISS vector i is the embedding of the row with its id
+        np.testing.assert_array_equal(index.index.reconstruct(position), by_id[int(row_id)])
+    return snapshot
 
 
 @pytest.fixture
@@ -170,9 +193,16 @@ class ForkServer:
         assert line, "the fork server died"
         return json.loads(line)
 
-    def start(self, *argv: object, kill_at: int | None = None, pause_at: int | None = None, release=None) -> Child:
+    def start(
+        self,
+        *argv: object,
+        kill_at: int | None = None,
+        pause_at: int | None = None,
+        release: Path | None = None,
+        step_delay: float = 0.0,
+    ) -> Child:
         """Start ``simsearch *argv``; it SIGKILLs itself at event ``kill_at``, or waits at ``pause_at`` until
-        the file ``release`` exists."""
+        the file ``release`` exists, and sleeps ``step_delay`` seconds after every event."""
         self.count += 1
         log, out = self.workdir / f"{self.count}.log", self.workdir / f"{self.count}.out"
         reply = self._ask(
@@ -184,14 +214,24 @@ class ForkServer:
                 "kill_at": kill_at,
                 "pause_at": pause_at,
                 "release": str(release) if release else None,
+                "step_delay": step_delay,
             }
         )
         return Child(reply["pid"], log, out)
 
     def wait(self, child: Child, timeout: float = 120) -> Child:
-        child.status = self._ask({"op": "wait", "pid": child.pid, "timeout": timeout})
+        if not child.status:
+            child.status = self._ask({"op": "wait", "pid": child.pid, "timeout": timeout})
         assert "timeout" not in child.status, f"simsearch {child.pid} hung: {child.output()}"
         return child
+
+    def running(self, child: Child) -> bool:
+        """True while the child runs; once it has ended, its status is recorded."""
+        reply = self._ask({"op": "poll", "pid": child.pid})
+        if reply.get("running"):
+            return True
+        child.status = reply
+        return False
 
     def run(self, *argv: object, kill_at: int | None = None) -> Child:
         return self.wait(self.start(*argv, kill_at=kill_at))

@@ -2,17 +2,20 @@
 
 Run as ``python -m tests.fork_server``. It imports simsearch once, then answers JSON lines on stdin:
 
-- ``{"op": "start", "argv": [...], "log": PATH, "out": PATH, "kill_at": N, "pause_at": N, "release": PATH}``
-  forks a child that runs ``simsearch <argv>`` (the real CLI entry point) and answers ``{"pid": PID}``.
+- ``{"op": "start", "argv": [...], "log": PATH, "out": PATH, "kill_at": N, "pause_at": N, "release": PATH,
+  "step_delay": S}`` forks a child that runs ``simsearch <argv>`` (the real CLI entry point) and answers
+  ``{"pid": PID}``.
 - ``{"op": "wait", "pid": PID, "timeout": S}`` waits for that child and answers ``{"exit": CODE}``, ``{"signal": SIG}``
   or, if it ran past ``timeout`` seconds (it is then killed), ``{"timeout": true}``.
+- ``{"op": "poll", "pid": PID}`` answers ``{"running": true}`` at once if the child has not ended, else as ``wait``.
 
 The child writes its stdout and stderr to ``out``, and appends one line per *event* to ``log`` (unbuffered, so a
 killed child's log is complete up to its death): ``event <n> <what>`` at each step of a commit (a generation
 file written to its temporary name, renamed into place, the manifest swapped, stale files removed) and after
 each embedded batch, and ``embed <path>`` for every image it decodes to embed. At event ``kill_at`` the child
 sends itself SIGKILL — the same death as ``kill -9`` from outside, at a known moment; at ``pause_at`` it waits
-(holding whatever it holds, such as the writer lock) until the file ``release`` exists. Nothing here is part of
+(holding whatever it holds, such as the writer lock) until the file ``release`` exists; ``step_delay`` makes it
+sleep after every event (a slow writer, for readers to race with). Nothing here is part of
 simsearch: the hooks wrap its methods in the child only.
 """
 
@@ -42,6 +45,7 @@ Image.init()  # Pillow imports its format plugins on first use: do it once here 
 def _install_hooks(request: dict[str, Any]) -> None:
     log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     kill_at, pause_at, release = request.get("kill_at"), request.get("pause_at"), request.get("release")
+    step_delay = request.get("step_delay") or 0.0
     count = [0]
 
     def note(line: str) -> None:
@@ -57,6 +61,7 @@ def _install_hooks(request: dict[str, Any]) -> None:
             note("paused")
             while not os.path.exists(release):
                 time.sleep(0.01)
+        time.sleep(step_delay)
 
     collection_cls = simsearch.collection.Collection
     write_file, write_dir, remove_stale = (
@@ -151,6 +156,14 @@ def main() -> None:
                 time.sleep(0.005)
             if status == -1:
                 reply = {"timeout": True}
+            elif os.WIFSIGNALED(status):
+                reply = {"signal": os.WTERMSIG(status)}
+            else:
+                reply = {"exit": os.WEXITSTATUS(status)}
+        elif request["op"] == "poll":
+            done, status = os.waitpid(request["pid"], os.WNOHANG)
+            if not done:
+                reply = {"running": True}
             elif os.WIFSIGNALED(status):
                 reply = {"signal": os.WTERMSIG(status)}
             else:

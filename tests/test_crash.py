@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,27 +24,12 @@ from PIL import Image
 from simsearch.collection import Collection, Snapshot, embeddings_of
 from simsearch.errors import CollectionNotFound
 from simsearch.indexing import IndexConfig, index_folder
-from tests.conftest import Child, ForkServer, pattern, write_folder
+from tests.conftest import Child, ForkServer, consistent_snapshot, pattern, write_folder
 
 # Small batches and a checkpoint after each one: many commits in a small folder.
 FAST = ["--model", "pixels", "--batch-size", "2", "--checkpoint-every", "2", "--workers", "1", "--device", "cpu"]
 
 Rows = dict[str, tuple[int, str, bytes]]  # path → (id, sha256, embedding bytes)
-
-
-def consistent_snapshot(collection: Collection) -> Snapshot:
-    """Load the collection and check that its generation is whole: manifest, metadata and vectors agree."""
-    snapshot = collection.load()
-    meta, index = snapshot.meta, snapshot.index
-    ids = meta.column("id").to_numpy()
-    assert snapshot.manifest["count"] == meta.num_rows == index.ntotal
-    assert len(set(ids.tolist())) == len(ids) and len(set(meta.column("path").to_pylist())) == len(ids)
-    stored_ids = faiss.vector_to_array(index.id_map)
-    np.testing.assert_array_equal(np.sort(stored_ids), np.sort(ids))
-    by_id = dict(zip(ids.tolist(), embeddings_of(meta), strict=True))
-    for position, row_id in enumerate(stored_ids):  # FAISS vector i is the embedding of the row with its id
-        np.testing.assert_array_equal(index.index.reconstruct(position), by_id[int(row_id)])
-    return snapshot
 
 
 def rows_of(snapshot: Snapshot) -> Rows:
