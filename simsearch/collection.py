@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -41,8 +42,13 @@ from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFou
 FORMAT = "simsearch.collection/1"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few kilobytes; anything this large is not one
+GENERATION_KEYS = ("meta", "skipped", "vectors")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 GENERATION_FILE = re.compile(r"^(vectors|meta|skipped)-(\d+)\.(faiss|parquet)$")
+
+
+REBUILD = "rebuild with 'simsearch index IMAGES --rebuild'"
 
 
 def meta_schema(dim: int) -> pa.Schema:
@@ -145,10 +151,13 @@ class Collection:
                 + (f" --name {self.path.name}'" if self.path.name != "default" else "'")
             )
         try:
+            if self.manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+                raise ValueError(f"over {MAX_MANIFEST_BYTES:,} bytes")
             manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON; deep nesting
             raise CollectionError(
-                f"{self.manifest_path}: unreadable ({exc}) — rebuild with 'simsearch index IMAGES --rebuild'"
+                f"{self.manifest_path}: unreadable ({type(exc).__name__}: {str(exc)[:200]}) — "
+                "rebuild with 'simsearch index IMAGES --rebuild'"
             ) from None
         problems = _manifest_problems(manifest)
         if problems:
@@ -180,7 +189,7 @@ class Collection:
         from simsearch import vectors
 
         files = manifest["files"]
-        paths = {key: self.path / files[key] for key in ("meta", "skipped", "vectors")}
+        paths = {key: self.path / files[key] for key in GENERATION_KEYS}
         try:
             with contextlib.ExitStack() as stack:
                 handles = {key: stack.enter_context(open(path, "rb")) for key, path in paths.items()}
@@ -188,27 +197,37 @@ class Collection:
         except FileNotFoundError:
             raise  # removed by a commit since the manifest was read: load() reads the new one
         except OSError as exc:
-            raise CollectionError(
-                f"{self.path}: a generation file is unreadable ({exc}) — rebuild with --rebuild"
-            ) from None
+            raise CollectionError(f"{self.path}: a generation file is unreadable ({exc}) — {REBUILD}") from None
+        checksums = manifest.get("sha256") or {}  # absent from manifests written before checksums were kept
+        for key in GENERATION_KEYS:
+            if key in checksums and hashlib.sha256(data[key]).hexdigest() != checksums[key]:
+                raise CollectionError(
+                    f"{paths[key]}: its sha256 does not match {MANIFEST} — the file was changed or damaged; {REBUILD}"
+                )
+        dim = int(manifest["dim"])
         try:
             meta = pq.read_table(pa.BufferReader(data["meta"]))
             skipped = pq.read_table(pa.BufferReader(data["skipped"]))
         except (OSError, pa.ArrowException) as exc:
-            raise CollectionError(
-                f"{self.path}: a generation file is unreadable ({exc}) — rebuild with --rebuild"
-            ) from None
+            raise CollectionError(f"{self.path}: a generation file is unreadable ({exc}) — {REBUILD}") from None
+        for key, table, schema in (("meta", meta, meta_schema(dim)), ("skipped", skipped, SKIPPED_SCHEMA)):
+            if not table.schema.equals(schema):
+                raise CollectionError(f"{paths[key]}: its columns are not those of a simsearch collection — {REBUILD}")
         try:
             index = vectors.deserialize(data["vectors"])
-        except RuntimeError:
+        except (RuntimeError, MemoryError):
+            raise CollectionError(f"{paths['vectors']}: not a valid FAISS index (damaged?) — {REBUILD}") from None
+        problem = vectors.index_problem(index, dim, str(manifest["metric"]))
+        if problem:
+            raise CollectionError(f"{paths['vectors']}: {problem} — {REBUILD}")
+        if not index.ntotal == meta.num_rows == manifest["count"]:
             raise CollectionError(
-                f"{paths['vectors']}: not a valid FAISS index (damaged?) — rebuild with 'simsearch index IMAGES --rebuild'"
-            ) from None
-        if index.ntotal != meta.num_rows or index.d != int(manifest["dim"]):
-            raise CollectionError(
-                f"{self.path}: vectors ({index.ntotal}×{index.d}) do not match the metadata "
-                f"({meta.num_rows} rows, d={manifest['dim']}) — rebuild with --rebuild"
+                f"{self.path}: the vectors ({index.ntotal}), the metadata ({meta.num_rows} rows) and the manifest "
+                f"(count {manifest['count']}) disagree — {REBUILD}"
             )
+        ids = meta.column("id").to_numpy()
+        if not np.array_equal(np.sort(vectors.index_ids(index)), np.sort(ids)) or len(np.unique(ids)) != len(ids):
+            raise CollectionError(f"{self.path}: the ids of the vectors and of the metadata differ — {REBUILD}")
         return Snapshot(self.path, manifest, meta, skipped, index)
 
     def load_encoder(self, manifest: dict[str, Any] | None = None, device: str = "cpu") -> Encoder:
@@ -249,11 +268,13 @@ class Collection:
         previous: dict[str, Any] | None,
         roots: list[str],
         index_info: dict[str, Any] | None = None,
+        write_encoder: bool = False,
     ) -> dict[str, Any]:
         """Write a new generation and switch the manifest to it. Call inside ``lock()``.
 
         ``encoder`` is written into the collection when it is new (no ``previous`` manifest, or a different
-        fingerprint). Returns the new manifest.
+        fingerprint), or when ``write_encoder`` says so (a rebuild: the old copy may be what was damaged).
+        Returns the new manifest.
         """
         from simsearch import vectors
 
@@ -269,12 +290,14 @@ class Collection:
         }
         fingerprint = encoder.fingerprint
         self.path.mkdir(parents=True, exist_ok=True)
-        if previous is None or previous["encoder"]["fingerprint"] != fingerprint:
+        if write_encoder or previous is None or previous["encoder"]["fingerprint"] != fingerprint:
             files["encoder"] = "encoder" if previous is None else f"encoder-{gen}"
             self._write_dir(files["encoder"], encoder.write_into)
-        self._write_file(files["meta"], lambda p: pq.write_table(meta, p, compression="zstd"))
-        self._write_file(files["skipped"], lambda p: pq.write_table(skipped, p, compression="zstd"))
-        self._write_file(files["vectors"], lambda p: p.write_bytes(vectors.serialize(index)))
+        checksums = {
+            "meta": self._write_file(files["meta"], lambda p: pq.write_table(meta, p, compression="zstd")),
+            "skipped": self._write_file(files["skipped"], lambda p: pq.write_table(skipped, p, compression="zstd")),
+            "vectors": self._write_file(files["vectors"], lambda p: p.write_bytes(vectors.serialize(index))),
+        }
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         ids = meta.column("id").to_numpy()
         manifest = {
@@ -287,29 +310,34 @@ class Collection:
             "index": index_info or {"type": "flat", "exact": True, "factory": "IDMap2,Flat"},
             "next_id": max(int(ids.max()) + 1 if len(ids) else 0, int(previous.get("next_id", 0)) if previous else 0),
             "roots": roots,
-            "created": previous["created"] if previous else now,
+            "created": previous.get("created", now) if previous else now,
             "updated": now,
             "simsearch_version": __version__,
             "files": files,
+            "sha256": checksums,
         }
         self._write_file(MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
         self._remove_stale(files)
         return manifest
 
-    def _write_file(self, name: str, write: Any) -> None:
-        """Write to a temporary name, fsync, rename into place, fsync the folder."""
+    def _write_file(self, name: str, write: Any) -> str:
+        """Write to a temporary name, fsync, rename into place, fsync the folder. Returns the file's sha256."""
         fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
             write(tmp)
+            digest = hashlib.sha256()
             with open(tmp, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
                 os.fsync(f.fileno())
             os.replace(tmp, self.path / name)
             _fsync_dir(self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        return digest.hexdigest()
 
     def _write_dir(self, name: str, write: Any) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.path))
@@ -324,11 +352,11 @@ class Collection:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def remove_leftovers(self) -> None:
+    def remove_leftovers(self, snapshot: Snapshot) -> None:
         """Remove what an interrupted writer left behind: temporary files, and the previous generation when it
-        died between the manifest swap and the clean-up. Call inside ``lock()``."""
-        if self.exists():
-            self._remove_stale(self.read_manifest()["files"])
+        died between the manifest swap and the clean-up. Call inside ``lock()``, with the snapshot just
+        loaded and after its encoder loaded: only a generation that loaded whole is known to be the one to keep."""
+        self._remove_stale(snapshot.manifest["files"])
 
     def _remove_stale(self, files: dict[str, str]) -> None:
         """Remove older generations' files, superseded encoder folders, and leftovers of crashed writes."""
@@ -357,20 +385,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_KIND_NAMES = {int: "an integer", str: "a string", dict: "an object"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _manifest_problems(manifest: Any) -> str:
+    """What is wrong with a parsed manifest, or "" (every field the code reads has the type it expects)."""
     if not isinstance(manifest, dict):
         return "not a JSON object"
     if manifest.get("format") != FORMAT:
-        return f"format is {manifest.get('format')!r}, expected {FORMAT!r}"
+        return f"format is {str(manifest.get('format'))[:50]!r}, expected {FORMAT!r}"
     required = {"generation": int, "count": int, "dim": int, "metric": str, "encoder": dict, "files": dict}
     for key, kind in required.items():
-        if not isinstance(manifest.get(key), kind):
-            return f"'{key}' is missing or not a {kind.__name__}"
+        value = manifest.get(key)
+        if not (_is_int(value) if kind is int else isinstance(value, kind)):
+            return f"'{key}' is missing or not {_KIND_NAMES[kind]}"
+    if manifest["generation"] < 0 or manifest["count"] < 0 or manifest["dim"] < 1:
+        return "'generation', 'count' or 'dim' is out of range"
+    if manifest["metric"] not in ("l2", "cosine"):
+        return f"unknown metric {manifest['metric'][:20]!r}"
     files = manifest["files"]
-    for key in ("vectors", "meta", "skipped", "encoder"):
+    for key in (*GENERATION_KEYS, "encoder"):
         name = files.get(key)
-        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", "..", MANIFEST, LOCK):
             return f"files.{key} is missing or not a plain file name"
     if not isinstance(manifest["encoder"].get("fingerprint"), str):
         return "encoder.fingerprint is missing"
+    optional = {"next_id": _is_int, "index": lambda v: isinstance(v, dict), "created": lambda v: isinstance(v, str)}
+    optional["roots"] = lambda v: isinstance(v, list) and all(isinstance(r, str) for r in v)
+    optional["sha256"] = lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values())
+    for key, valid in optional.items():
+        if key in manifest and not valid(manifest[key]):
+            return f"'{key}' has the wrong type"
     return ""

@@ -157,12 +157,16 @@ def index_folder(
         raise DataError(f"{root / skipped[0].rel}: {skipped[0].reason} — fix or remove it, or drop --strict")
     report = IndexReport(collection.path, root_key, found=len(entries))
     with collection.lock(wait=config.wait):
-        collection.remove_leftovers()
-        manifest = collection.read_manifest() if collection.exists() else None
+        if config.rebuild:
+            manifest = _manifest_to_replace(collection)
+        else:
+            manifest = collection.read_manifest() if collection.exists() else None
         previous = None if config.rebuild else (collection.load() if manifest else None)
         encoder, trained = choose_encoder(
             collection, previous.manifest if previous else None, entries, config, progress
         )
+        if previous is not None:  # its files and its encoder loaded whole: what is not theirs is a leftover
+            collection.remove_leftovers(previous)
         device = resolve_device(config.device)
         encoder.to(device)
         report.trained, report.device = trained, device.type
@@ -191,9 +195,11 @@ def index_folder(
                 },
                 schema=SKIPPED_SCHEMA,
             )
+            first_of_rebuild = config.rebuild and state["manifest"] is manifest
             state["manifest"] = collection.commit(
-                state["meta"], pa.concat_tables([others, mine]), index, encoder, state["manifest"], roots
-            )
+                state["meta"], pa.concat_tables([others, mine]), index, encoder, state["manifest"], roots,
+                write_encoder=first_of_rebuild,
+            )  # fmt: skip
             report.committed = True
 
         if trained and manifest is None and not config.strict:
@@ -273,6 +279,14 @@ def index_folder(
         report.skipped = sorted(skipped, key=lambda s: s.rel)
         report.seconds = time.monotonic() - started
         return report
+
+
+def _manifest_to_replace(collection: Collection) -> dict[str, Any] | None:
+    """With --rebuild, the old manifest only numbers the new generation; a damaged one is simply replaced."""
+    try:
+        return collection.read_manifest() if collection.exists() else None
+    except CollectionError:
+        return None
 
 
 def _reason(error: ImageError, rel: str) -> str:

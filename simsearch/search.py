@@ -18,7 +18,7 @@ import numpy as np
 
 from simsearch import vectors
 from simsearch.collection import Collection, embeddings_of
-from simsearch.errors import ImageError, UsageError
+from simsearch.errors import ImageError, ModelError, UsageError
 from simsearch.images import LoadedImage, load_images
 
 
@@ -105,6 +105,14 @@ class Searcher:
         """
         if k < 1:
             raise UsageError(f"-k must be at least 1, not {k}")
+        dim = self.embeddings.shape[1]
+        if queries.ndim != 2 or queries.shape[1] != dim:
+            raise UsageError(f"query embeddings must have shape (q, {dim}), not {queries.shape}")
+        if not np.isfinite(queries).all():  # FAISS would answer with made-up neighbours
+            raise ModelError(
+                f"{self.collection.path}: the encoder gave a NaN or infinite embedding — check the query images, "
+                "or rebuild the collection with another model"
+            )
         _, ids = vectors.search(self.index, queries, k, self.metric)
         rows = self.rows_of(ids)
         distances = vectors.exact_distances(queries, self.embeddings[rows], self.metric)

@@ -63,6 +63,20 @@ def remove_ids(index: Any, ids: np.ndarray) -> int:
     return int(index.remove_ids(faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))))
 
 
+def index_problem(index: Any, dim: int, metric: str) -> str:
+    """What makes ``index`` unfit to hold a collection's vectors of ``dim`` and ``metric``, or ""."""
+    if getattr(index, "id_map", None) is None:
+        return f"holds a FAISS {type(index).__name__}, not an index with ids (IndexIDMap2)"
+    if index.d != dim:
+        return f"its vectors have d={index.d}, the collection d={dim}"
+    expected = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    if index.metric_type != expected:
+        return f"its metric does not match the collection's ({metric})"
+    if faiss.vector_to_array(index.id_map).size != index.ntotal:
+        return "its id map and its vectors disagree"
+    return ""
+
+
 def index_ids(index: Any) -> np.ndarray:
     """The ids stored in an ``IndexIDMap`` (n,) int64, in storage order."""
     return faiss.vector_to_array(index.id_map).astype(np.int64)

@@ -75,8 +75,9 @@ def _install_hooks(request: dict[str, Any]) -> None:
             write(path)
             event(f"wrote temporary {name}")
 
-        write_file(self, name, write_then_note)
+        digest = write_file(self, name, write_then_note)
         event(f"renamed {name}")
+        return digest
 
     def hooked_write_dir(self, name, write):
         def write_then_note(path):
