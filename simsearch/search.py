@@ -115,7 +115,13 @@ class Searcher:
             )
         _, ids = vectors.search(self.index, queries, k, self.metric)
         rows = self.rows_of(ids)
-        distances = vectors.exact_distances(queries, self.embeddings[rows], self.metric)
+        with np.errstate(over="ignore"):
+            distances = vectors.exact_distances(queries, self.embeddings[rows], self.metric)
+        if not np.isfinite(distances).all():  # float32 overflow: the order would be meaningless
+            raise ModelError(
+                f"{self.collection.path}: a query embedding is too large to compare with the collection's "
+                "(its distances overflow) — check the query images, or rebuild the collection with another model"
+            )
         order = np.argsort(distances, axis=1, kind="stable")
         return np.take_along_axis(distances, order, 1), np.take_along_axis(rows, order, 1)
 
