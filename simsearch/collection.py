@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -243,8 +243,19 @@ class Collection:
     def lock(self, wait: bool = False) -> Iterator[None]:
         """Hold the writer lock. Without ``wait``, a held lock raises ``CollectionLocked`` at once."""
         created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK, "a+")  # noqa: SIM115 - held for the whole block
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle: IO[bytes] = open(self.path / LOCK, "ab")  # noqa: SIM115 - held for the whole block
+        except OSError as exc:
+            if not (self.path / LOCK).is_file():
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise CollectionError(
+                    f"{self.path}: cannot write to the collection folder ({reason}) — make it writable, "
+                    "or choose another --home or --name"
+                ) from None
+            # A read-only folder: a read-only descriptor still takes the lock, and a run with nothing to
+            # commit succeeds; a commit fails with its own clear error.
+            handle = open(self.path / LOCK, "rb")  # noqa: SIM115
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -289,15 +300,9 @@ class Collection:
             "encoder": previous["files"]["encoder"] if previous else "encoder",
         }
         fingerprint = encoder.fingerprint
-        self.path.mkdir(parents=True, exist_ok=True)
-        if write_encoder or previous is None or previous["encoder"]["fingerprint"] != fingerprint:
+        new_encoder = write_encoder or previous is None or previous["encoder"]["fingerprint"] != fingerprint
+        if new_encoder:
             files["encoder"] = "encoder" if previous is None else f"encoder-{gen}"
-            self._write_dir(files["encoder"], encoder.write_into)
-        checksums = {
-            "meta": self._write_file(files["meta"], lambda p: pq.write_table(meta, p, compression="zstd")),
-            "skipped": self._write_file(files["skipped"], lambda p: pq.write_table(skipped, p, compression="zstd")),
-            "vectors": self._write_file(files["vectors"], lambda p: p.write_bytes(vectors.serialize(index))),
-        }
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         ids = meta.column("id").to_numpy()
         manifest = {
@@ -314,11 +319,62 @@ class Collection:
             "updated": now,
             "simsearch_version": __version__,
             "files": files,
-            "sha256": checksums,
         }
-        self._write_file(MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
-        self._remove_stale(files)
-        return manifest
+        writing = files["encoder"] if new_encoder else files["meta"]
+        try:
+            if new_encoder:
+                self._write_dir(files["encoder"], encoder.write_into)
+            checksums = {}
+            for key, write in (
+                ("meta", lambda p: _write_parquet(meta, p)),
+                ("skipped", lambda p: _write_parquet(skipped, p)),
+                ("vectors", lambda p: p.write_bytes(vectors.serialize(index))),
+            ):
+                writing = files[key]
+                checksums[key] = self._write_file(writing, write)
+            manifest["sha256"] = checksums
+            writing = MANIFEST
+            self._write_file(MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
+        except OSError as exc:
+            # Raised below, outside this block: the OSError's frames (and the half-written file a library may
+            # still hold open in them) must not live on in the new error's context.
+            failure = (
+                os.strerror(exc.errno) if exc.errno else str(exc),
+                self._discard_unless_current(generation, files, new_encoder),
+            )
+        except BaseException:
+            self._discard_unless_current(generation, files, new_encoder)
+            raise
+        else:
+            self._remove_stale(files)
+            return manifest
+        reason, switched = failure
+        if switched:
+            raise CollectionError(
+                f"{self.path}: generation {generation} was committed, but then {reason} ({writing}) — "
+                "check the disk before trusting this collection"
+            )
+        kept = f"generation {previous['generation']}, {previous['count']} images" if previous else "still empty"
+        raise CollectionError(
+            f"{self.path}: could not write {writing} ({reason}) — the collection is as it was ({kept}); "
+            "free some space or make the folder writable, then run the same command again"
+        )
+
+    def _discard_unless_current(self, generation: int, files: dict[str, str], new_encoder: bool) -> bool:
+        """After a failed commit: remove the files it wrote, unless the manifest already names them (the
+        failure came after the switch). Returns whether the switch happened."""
+        try:
+            current = json.loads(self.manifest_path.read_text()).get("generation") if self.exists() else None
+        except (OSError, ValueError, AttributeError):
+            current = None
+        if current == generation:
+            return True
+        for key in GENERATION_KEYS:
+            with contextlib.suppress(OSError):
+                (self.path / files[key]).unlink(missing_ok=True)
+        if new_encoder:
+            shutil.rmtree(self.path / files["encoder"], ignore_errors=True)
+        return False
 
     def _write_file(self, name: str, write: Any) -> str:
         """Write to a temporary name, fsync, rename into place, fsync the folder. Returns the file's sha256."""
@@ -370,11 +426,18 @@ class Collection:
                 or (name.startswith("encoder") and entry.is_dir())
                 or (name.startswith(".") and name.endswith(".tmp"))
             )
-            if stale:
+            if stale:  # what cannot be removed now (a read-only folder) is removed by a later commit
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
-                    entry.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        entry.unlink(missing_ok=True)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    # The file is opened here, not by pyarrow: when a write fails (a full disk), it is closed all the same.
+    with pa.OSFile(str(path), "wb") as sink:
+        pq.write_table(table, sink, compression="zstd")
 
 
 def _fsync_dir(path: Path) -> None:
