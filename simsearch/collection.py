@@ -9,9 +9,11 @@ Layout of ``indexes/<name>/``::
     skipped-<gen>.parquet     files that could not be indexed, with the reason
     .lock                     held by the one process allowed to write
 
-A commit writes the new generation's files, fsyncs them, then renames a new ``manifest.json`` over the old
-one. A reader that read the manifest sees one consistent generation; a crash at any moment leaves the
-previous generation intact. Older generations are removed after the commit.
+A commit writes the new generation's files, fsyncs them, then renames a new ``manifest.json`` (which records
+each file's sha256) over the old one. A reader that read the manifest sees one consistent generation; a crash
+at any moment leaves the previous generation intact. Older generations are removed after the commit; a commit
+that fails removes what it wrote, and what a killed writer left behind is removed by the next ``index``.
+The formats themselves (manifest fields, Parquet schemas) are in ``formats.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,60 +40,25 @@ import pyarrow.parquet as pq
 from simsearch import __version__
 from simsearch.encoder import Encoder
 from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound
-
-FORMAT = "simsearch.collection/1"
-MANIFEST = "manifest.json"
-LOCK = ".lock"
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few kilobytes; anything this large is not one
-GENERATION_KEYS = ("meta", "skipped", "vectors")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-GENERATION_FILE = re.compile(r"^(vectors|meta|skipped)-(\d+)\.(faiss|parquet)$")
-
-
-REBUILD = "rebuild with 'simsearch index IMAGES --rebuild'"
-
-
-def meta_schema(dim: int) -> pa.Schema:
-    """The columns of ``meta-<gen>.parquet``."""
-    return pa.schema(
-        [
-            pa.field("id", pa.int64(), nullable=False),
-            pa.field("path", pa.string(), nullable=False),
-            pa.field("root", pa.string(), nullable=False),
-            pa.field("label", pa.string(), nullable=True),
-            pa.field("sha256", pa.string(), nullable=False),
-            pa.field("bytes", pa.int64(), nullable=False),
-            pa.field("mtime", pa.float64(), nullable=False),
-            pa.field("width", pa.int32(), nullable=False),
-            pa.field("height", pa.int32(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
-        ]
-    )
-
-
-SKIPPED_SCHEMA = pa.schema(
-    [
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("root", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
-    ]
+from simsearch.formats import (
+    FORMAT,
+    GENERATION_KEYS,
+    LOCK,
+    MANIFEST,
+    SKIPPED_SCHEMA,
+    embeddings_of,
+    manifest_problems,
+    meta_schema,
+    meta_table,
 )
 
+# The formats are re-exported: callers import them from here.
+__all__ = ["SKIPPED_SCHEMA", "Collection", "Snapshot", "embeddings_of", "meta_schema", "meta_table", "resolve_path"]
 
-def meta_table(rows: Mapping[str, Sequence[Any] | np.ndarray], embeddings: np.ndarray, dim: int) -> pa.Table:
-    """Build a metadata table from column lists and ``embeddings`` (n, dim) float32."""
-    emb = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1, dim)
-    schema = meta_schema(dim)
-    columns = [pa.array(rows[f.name], type=f.type) for f in schema if f.name != "embedding"]
-    columns.append(pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), dim))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def embeddings_of(table: pa.Table) -> np.ndarray:
-    """The ``embedding`` column as (n, dim) float32."""
-    column = table.column("embedding").combine_chunks()
-    dim = column.type.list_size
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few kilobytes; anything this large is not one
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+GENERATION_FILE = re.compile(r"^(vectors|meta|skipped)-(\d+)\.(faiss|parquet)$")
+REBUILD = "rebuild with 'simsearch index IMAGES --rebuild'"  # the remedy for a damaged collection
 
 
 def resolve_path(name: str, home: Path) -> Path:
@@ -156,12 +123,11 @@ class Collection:
             manifest = json.loads(self.manifest_path.read_text())
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON; deep nesting
             raise CollectionError(
-                f"{self.manifest_path}: unreadable ({type(exc).__name__}: {str(exc)[:200]}) — "
-                "rebuild with 'simsearch index IMAGES --rebuild'"
+                f"{self.manifest_path}: unreadable ({type(exc).__name__}: {str(exc)[:200]}) — {REBUILD}"
             ) from None
-        problems = _manifest_problems(manifest)
+        problems = manifest_problems(manifest)
         if problems:
-            raise CollectionError(f"{self.manifest_path}: {problems} — rebuild with 'simsearch index IMAGES --rebuild'")
+            raise CollectionError(f"{self.manifest_path}: {problems} — {REBUILD}")
         return manifest
 
     def load(self, attempts: int = 50) -> Snapshot:
@@ -180,7 +146,7 @@ class Collection:
                 if self.read_manifest().get("generation") == manifest.get("generation") or attempt + 1 == attempts:
                     raise CollectionError(
                         f"{self.path}: the manifest names '{Path(exc.filename or '?').name}', which is missing — "
-                        "rebuild with 'simsearch index IMAGES --rebuild'"
+                        f"{REBUILD}"
                     ) from None
                 time.sleep(0.001 * attempt)
         raise AssertionError("unreachable")
@@ -446,41 +412,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-_KIND_NAMES = {int: "an integer", str: "a string", dict: "an object"}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _manifest_problems(manifest: Any) -> str:
-    """What is wrong with a parsed manifest, or "" (every field the code reads has the type it expects)."""
-    if not isinstance(manifest, dict):
-        return "not a JSON object"
-    if manifest.get("format") != FORMAT:
-        return f"format is {str(manifest.get('format'))[:50]!r}, expected {FORMAT!r}"
-    required = {"generation": int, "count": int, "dim": int, "metric": str, "encoder": dict, "files": dict}
-    for key, kind in required.items():
-        value = manifest.get(key)
-        if not (_is_int(value) if kind is int else isinstance(value, kind)):
-            return f"'{key}' is missing or not {_KIND_NAMES[kind]}"
-    if manifest["generation"] < 0 or manifest["count"] < 0 or manifest["dim"] < 1:
-        return "'generation', 'count' or 'dim' is out of range"
-    if manifest["metric"] not in ("l2", "cosine"):
-        return f"unknown metric {manifest['metric'][:20]!r}"
-    files = manifest["files"]
-    for key in (*GENERATION_KEYS, "encoder"):
-        name = files.get(key)
-        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", "..", MANIFEST, LOCK):
-            return f"files.{key} is missing or not a plain file name"
-    if not isinstance(manifest["encoder"].get("fingerprint"), str):
-        return "encoder.fingerprint is missing"
-    optional = {"next_id": _is_int, "index": lambda v: isinstance(v, dict), "created": lambda v: isinstance(v, str)}
-    optional["roots"] = lambda v: isinstance(v, list) and all(isinstance(r, str) for r in v)
-    optional["sha256"] = lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values())
-    for key, valid in optional.items():
-        if key in manifest and not valid(manifest[key]):
-            return f"'{key}' has the wrong type"
-    return ""
