@@ -49,7 +49,7 @@ def test_autoencoder_learns_and_keeps_best_weights(fast_train: TrainConfig) -> N
     rng = np.random.default_rng(0)
     images = rng.normal(size=(64, 1, 16, 16)).astype(np.float32)
     images[:32] += 2.0
-    config = replace(fast_train, epochs=6, patience=10)
+    config = replace(fast_train, epochs=6, patience=10, max_seconds=600)  # epochs, not the clock, must stop it
     encoder = train_neural(images, [None] * 64, Preprocess(size=(16, 16)), config)
     losses = [h["val_loss"] for h in encoder.history]
     assert len(losses) == 6
