@@ -252,7 +252,7 @@ def test_a_bad_encoder_json_is_refused(tmp_path: Path, case: str) -> None:
     with pytest.raises(ModelError, match=r"encoder\.json|weights\.safetensors") as info:
         Encoder.load(model)
     assert message in str(info.value)
-    assert time.monotonic() - started < 5  # the giant is measured, never built
+    assert time.monotonic() - started < 10  # the giant is measured, never built (building it takes minutes)
 
 
 def test_a_bad_encoder_json_inside_a_collection(home: Path, image_folder: Path) -> None:
