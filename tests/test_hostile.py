@@ -212,6 +212,28 @@ def test_tampered_parquet_files(home: Path, image_folder: Path, tmp_path: Path, 
     assert_refused(home, image_folder, manifest["files"][key])
 
 
+def test_index_checks_know_every_index_that_keeps_ids() -> None:
+    """The load-time checks accept the index types a collection can hold (ids in an IndexIDMap2, or in an
+    IVF index's inverted lists) and name what they refuse."""
+    import faiss
+
+    from simsearch import vectors
+
+    x = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    ids = np.arange(300, dtype=np.int64) * 7
+    flat = vectors.new_index(8)
+    vectors.add_vectors(flat, x, ids)
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(8), 8, 4)
+    ivf.train(x)
+    ivf.add_with_ids(x, ids)
+    for index in (flat, ivf, vectors.deserialize(vectors.serialize(ivf))):
+        assert vectors.index_problem(index, 8, "l2") == ""
+        np.testing.assert_array_equal(np.sort(vectors.index_ids(index)), ids)
+    assert "metric does not match" in vectors.index_problem(ivf, 8, "cosine")
+    assert "d=8, the collection d=4" in vectors.index_problem(ivf, 4, "l2")
+    assert "not an index with ids" in vectors.index_problem(faiss.IndexFlatL2(8), 8, "l2")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # encoder.json and weights.safetensors, in a model folder and inside a collection
 
