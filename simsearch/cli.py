@@ -144,6 +144,9 @@ def index(
     wait: bool = typer.Option(False, "--wait", help="If another process is writing to the collection, wait for it."),
     workers: int = typer.Option(0, "--workers", min=0, help="Decoding threads (0: one per core, at most 8)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images embedded per batch."),
+    checkpoint_every: int = typer.Option(
+        10_000, "--checkpoint-every", min=1, help="Commit after this many newly embedded images (resume point)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     index_type: str = typer.Option(
         "auto",
@@ -172,6 +175,7 @@ def index(
             wait=wait,
             workers=workers,
             batch_size=batch_size,
+            checkpoint_every=checkpoint_every,
             device=device,
             index_type=index_type,
             train=_train_config("autoencoder", dim, size, epochs, max_seconds, seed, device),

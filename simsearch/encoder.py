@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -33,6 +33,7 @@ WEIGHTS = "weights.safetensors"
 CONFIG = "encoder.json"
 HISTORY = "history.jsonl"
 METRICS = ("l2", "cosine")
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # encoder.json is a few kilobytes
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -156,7 +157,13 @@ class Encoder:
 
     @classmethod
     def load(cls, folder: Path, device: str | torch.device = "cpu") -> Encoder:
-        """Load and verify a model folder; any inconsistency is a ``ModelError`` naming the file and the fix."""
+        """Load and verify a model folder; any inconsistency is a ``ModelError`` naming the file and the fix.
+
+        Nothing in the folder can run code or make simsearch allocate more than the weights file holds:
+        ``encoder.json`` is checked field by field, the weights are tensors in safetensors format (never
+        pickle), and the architecture is first built on torch's ``meta`` device (no memory) and compared,
+        tensor by tensor, with the shapes in the weights file's header before anything is allocated.
+        """
         folder = Path(folder)
         config_path, weights_path = folder / CONFIG, folder / WEIGHTS
         if not config_path.is_file():
@@ -165,50 +172,103 @@ class Encoder:
                 "or one of: " + ", ".join(FAMILIES)
             )
         try:
+            if config_path.stat().st_size > MAX_CONFIG_BYTES:
+                raise ValueError(f"over {MAX_CONFIG_BYTES:,} bytes")
             config = json.loads(config_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"{config_path}: not valid JSON ({exc}) — re-train the model") from None
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON; deep nesting
+            raise ModelError(f"{config_path}: not valid JSON ({str(exc)[:200]}) — re-train the model") from None
         if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise ModelError(f"{config_path}: not a simsearch encoder (format must be {FORMAT!r})")
         try:
-            family = str(config["family"])
-            arch = dict(config["arch"])
-            metric = str(config.get("metric", "l2"))
-            preprocess = Preprocess.from_json(config["preprocess"])
-            dim = int(config["dim"])
-            weights_sha = str(config["weights_sha256"])
-        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            family, arch, metric, preprocess, dim, weights_sha = _parse_config(config)
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ModelError(f"{config_path}: missing or malformed field ({exc}) — re-train the model") from None
-        if family not in FAMILIES:
-            raise ModelError(f"{config_path}: unknown family {family!r}; known: {', '.join(FAMILIES)}")
         if int(arch.get("dim", -1)) != dim:
             raise ModelError(f"{config_path}: 'dim' is {dim} but the architecture says {arch.get('dim')}")
         if not weights_path.is_file():
             raise ModelError(f"{weights_path}: missing — the model folder is incomplete; re-train or re-copy it")
-        data = weights_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != weights_sha:
+        if _sha256_of(weights_path) != weights_sha:
             raise ModelError(
                 f"{weights_path}: its sha256 does not match {CONFIG} — the weights were changed or damaged; "
                 "re-train or re-copy the model folder"
             )
         try:
-            module = build_module(family, arch)
-        except (TypeError, ValueError) as exc:
+            with torch.device("meta"):  # shapes only: a hostile architecture allocates nothing here
+                expected = {k: tuple(v.shape) for k, v in build_module(family, arch).state_dict().items()}
+        except (TypeError, ValueError, RuntimeError, KeyError, OverflowError) as exc:
             raise ModelError(f"{config_path}: cannot build the {family} architecture ({exc})") from None
         try:
+            with safe_open(str(weights_path), framework="pt") as f:  # reads the header only
+                stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(
+                f"{weights_path}: not a safetensors file ({str(exc)[:200]}) — re-train or re-copy the model folder"
+            ) from None
+        if stored != expected:
+            raise ModelError(
+                f"{weights_path}: tensors do not fit the {family} architecture ({_mismatch(expected, stored)}) — "
+                "re-train or re-copy the model folder"
+            )
+        try:
+            module = build_module(family, arch)
             state = load_file(str(weights_path))
             module.load_state_dict(state, strict=True)
-        except (SafetensorError, RuntimeError, OSError) as exc:
+        except (SafetensorError, RuntimeError, OSError, TypeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{weights_path}: tensors do not fit the {family} architecture ({first})") from None
-        encoder = cls(family, arch, preprocess, module, metric, config.get("threshold"), config.get("training") or {})
-        probe = encoder.embed(np.zeros((1, preprocess.channels, *preprocess.size), dtype=np.float32))
+            raise ModelError(
+                f"{weights_path}: tensors do not fit the {family} architecture ({first}) — "
+                "re-train or re-copy the model folder"
+            ) from None
+        if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
+            raise ModelError(f"{weights_path}: some weights are NaN or infinite — re-train the model")
+        threshold, training = config.get("threshold"), config.get("training")
+        if not isinstance(threshold, (dict, type(None))) or not isinstance(training, (dict, type(None))):
+            raise ModelError(f"{config_path}: 'threshold' and 'training' must be objects or null — re-train the model")
+        encoder = cls(family, arch, preprocess, module, metric, threshold, training or {})
+        try:
+            probe = encoder.embed(np.zeros((1, preprocess.channels, *preprocess.size), dtype=np.float32))
+        except RuntimeError as exc:
+            raise ModelError(f"{config_path}: the {family} architecture does not run ({str(exc)[:200]})") from None
         if probe.shape != (1, dim):
             raise ModelError(f"{config_path}: 'dim' is {dim} but the model produces {probe.shape[1]}")
-        stored = config.get("fingerprint")
-        if stored is not None and stored != encoder.fingerprint:
+        stored_fingerprint = config.get("fingerprint")
+        if stored_fingerprint is not None and stored_fingerprint != encoder.fingerprint:
             raise ModelError(f"{config_path}: fingerprint does not match the weights — re-train the model")
         return encoder.to(device)
+
+
+def _parse_config(config: dict[str, Any]) -> tuple[str, dict[str, Any], str, Preprocess, int, str]:
+    """The fields of ``encoder.json`` that rebuild a model, type-checked (``ValueError`` names the bad one)."""
+    family, arch, metric = config["family"], config["arch"], config.get("metric", "l2")
+    dim, weights_sha = config["dim"], config["weights_sha256"]
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ValueError(f"unknown family {str(family)[:40]!r}; known: {', '.join(FAMILIES)}")
+    if not isinstance(arch, dict) or not isinstance(metric, str) or not isinstance(weights_sha, str):
+        raise ValueError("'arch' must be an object, 'metric' and 'weights_sha256' strings")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric[:20]!r}; expected one of {', '.join(METRICS)}")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ValueError(f"'dim' must be a positive integer, not {str(dim)[:40]}")
+    return family, arch, metric, Preprocess.from_json(config["preprocess"]), dim, weights_sha
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _mismatch(expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]]) -> str:
+    """The first difference between the tensors an architecture needs and those a weights file holds."""
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing:
+        return f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    if unexpected:
+        return f"unexpected {unexpected[0]}" + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
+    name = next(k for k in sorted(expected) if expected[k] != stored[k])
+    return f"{name} is {list(stored[name])}, the architecture needs {list(expected[name])}"
 
 
 def is_model_folder(path: Path) -> bool:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ from simsearch.errors import ImageError
 MAX_PIXELS = 64_000_000
 # A file this large is not decoded at all.
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# The longest side of an encoder input (the largest --size).
+MAX_SIDE = 1024
 
 # Extensions that announce an image: a file with one of these that is not an image is *skipped with a reason*;
 # any other non-image file (README.txt, .json) is simply not an image and is ignored.
@@ -135,7 +139,9 @@ def find_images(root: Path) -> tuple[list[ImageFileEntry], list[Skipped]]:
             announced = path.suffix.lower() in IMAGE_SUFFIXES
             try:
                 st = path.stat()
-                if not path.is_file():
+                if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read below forever
+                    if announced:
+                        skipped.append(Skipped(rel, "not a regular file (a pipe, socket or device)"))
                     continue
                 with open(path, "rb") as f:
                     head = f.read(32)
@@ -238,10 +244,15 @@ class Preprocess:
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, not {self.channels}")
-        if len(self.size) != 2 or min(self.size) < 1:
-            raise ValueError(f"size must be (H, W) with positive sides, not {self.size}")
+        if len(self.size) != 2 or not all(1 <= side <= MAX_SIDE for side in self.size):
+            raise ValueError(f"size must be (H, W) with sides 1..{MAX_SIDE}, not {self.size}")
         if self.resize != "letterbox":
             raise ValueError(f"unknown resize mode {self.resize!r}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, self.channels) or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be 1 or {self.channels} finite numbers, not {values}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, not {self.std}")
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -254,19 +265,38 @@ class Preprocess:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> Preprocess:
-        size = data["size"]
-        mean = data.get("mean", [0.0])
-        std = data.get("std", [1.0])
-        assert isinstance(size, list) and isinstance(mean, list) and isinstance(std, list)
+    def from_json(cls, data: object) -> Preprocess:
+        """The spec stored in ``encoder.json``; ``ValueError`` says which field is malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("preprocess must be an object")
+        size, channels = data.get("size"), data.get("channels")
+        mean, std = data.get("mean", [0.0]), data.get("std", [1.0])
+        invert, resize = data.get("invert", False), data.get("resize", "letterbox")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(side) for side in size)):
+            raise ValueError(f"preprocess.size must be [H, W], not {str(size)[:40]}")
+        if not _is_int(channels):
+            raise ValueError(f"preprocess.channels must be 1 or 3, not {str(channels)[:40]}")
+        for name, values in (("mean", mean), ("std", std)):
+            if not (isinstance(values, list) and all(_is_number(v) for v in values)):
+                raise ValueError(f"preprocess.{name} must be a list of numbers, not {str(values)[:40]}")
+        if not isinstance(invert, bool) or not isinstance(resize, str):
+            raise ValueError("preprocess.invert must be true or false, and preprocess.resize a name")
         return cls(
-            size=(int(size[0]), int(size[1])),
-            channels=int(data["channels"]),  # type: ignore[call-overload]
-            invert=bool(data.get("invert", False)),
+            size=(size[0], size[1]),
+            channels=channels,  # type: ignore[arg-type]
+            invert=invert,
             mean=tuple(float(m) for m in mean),
             std=tuple(float(s) for s in std),
-            resize=str(data.get("resize", "letterbox")),
+            resize=resize,
         )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def letterbox(img: Image.Image, size: tuple[int, int]) -> Image.Image:

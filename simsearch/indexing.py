@@ -171,11 +171,16 @@ def index_folder(
         raise DataError(f"{root / skipped[0].rel}: {skipped[0].reason} — fix or remove it, or drop --strict")
     report = IndexReport(collection.path, root_key, found=len(entries))
     with collection.lock(wait=config.wait):
-        manifest = collection.read_manifest() if collection.exists() else None
+        if config.rebuild:
+            manifest = _manifest_to_replace(collection)
+        else:
+            manifest = collection.read_manifest() if collection.exists() else None
         previous = None if config.rebuild else (collection.load() if manifest else None)
         encoder, trained = choose_encoder(
             collection, previous.manifest if previous else None, entries, config, progress
         )
+        if previous is not None:  # its files and its encoder loaded whole: what is not theirs is a leftover
+            collection.remove_leftovers(previous)
         device = resolve_device(config.device)
         encoder.to(device)
         report.trained, report.device = trained, device.type
@@ -204,6 +209,7 @@ def index_folder(
             if final:
                 retype(state)
             others = skipped_table.filter(pc.not_equal(skipped_table.column("root"), root_key))
+            skipped.sort(key=lambda s: s.rel)
             mine = pa.table(
                 {
                     "path": [s.rel for s in skipped],
@@ -212,13 +218,14 @@ def index_folder(
                 },
                 schema=SKIPPED_SCHEMA,
             )
+            first_of_rebuild = config.rebuild and state["manifest"] is manifest
             state["manifest"] = collection.commit(
                 state["meta"], pa.concat_tables([others, mine]), state["index"], encoder, state["manifest"], roots,
-                state["info"],
+                state["info"], write_encoder=first_of_rebuild,
             )  # fmt: skip
             report.committed = True
 
-        if trained and manifest is None:
+        if trained and manifest is None and not config.strict:
             commit(_Pending(encoder.dim))  # keep the trained encoder even if indexing is interrupted
 
         old = _rows_of_root(state["meta"], root_key)
@@ -307,9 +314,17 @@ def index_folder(
         assert final_manifest is not None
         report.count = int(final_manifest["count"])
         report.generation = int(final_manifest["generation"])
-        report.skipped = skipped
+        report.skipped = sorted(skipped, key=lambda s: s.rel)
         report.seconds = time.monotonic() - started
         return report
+
+
+def _manifest_to_replace(collection: Collection) -> dict[str, Any] | None:
+    """With --rebuild, the old manifest only numbers the new generation; a damaged one is simply replaced."""
+    try:
+        return collection.read_manifest() if collection.exists() else None
+    except CollectionError:
+        return None
 
 
 def _reason(error: ImageError, rel: str) -> str:

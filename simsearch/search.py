@@ -18,7 +18,7 @@ import numpy as np
 
 from simsearch import vectors
 from simsearch.collection import Collection, embeddings_of
-from simsearch.errors import ImageError, UsageError
+from simsearch.errors import ImageError, ModelError, UsageError
 from simsearch.images import LoadedImage, find_images, load_images
 
 
@@ -133,12 +133,26 @@ class Searcher:
         """
         if k < 1:
             raise UsageError(f"-k must be at least 1, not {k}")
+        dim = self.embeddings.shape[1]
+        if queries.ndim != 2 or queries.shape[1] != dim:
+            raise UsageError(f"query embeddings must have shape (q, {dim}), not {queries.shape}")
+        if not np.isfinite(queries).all():  # FAISS would answer with made-up neighbours
+            raise ModelError(
+                f"{self.collection.path}: the encoder gave a NaN or infinite embedding — check the query images, "
+                "or rebuild the collection with another model"
+            )
         # Approximate indexes with coarse codes (IVF-PQ) fetch refine·k candidates for the exact re-ranking.
         _, ids = vectors.search(self.index, queries, k * (self.spec.refine or 1), self.metric)
         k = min(k, self.count)
         found = ids >= 0  # an approximate index may return fewer than asked for
         rows = self.rows_of(np.where(found, ids, self.sorted_ids[0] if self.count else 0))
-        distances = vectors.exact_distances(queries, self.embeddings[rows], self.metric)
+        with np.errstate(over="ignore"):
+            distances = vectors.exact_distances(queries, self.embeddings[rows], self.metric)
+        if not np.isfinite(distances[found]).all():  # float32 overflow: the order would be meaningless
+            raise ModelError(
+                f"{self.collection.path}: a query embedding is too large to compare with the collection's "
+                "(its distances overflow) — check the query images, or rebuild the collection with another model"
+            )
         distances[~found] = np.inf
         order = np.argsort(distances, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(distances, order, 1), np.take_along_axis(rows, order, 1)

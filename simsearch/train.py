@@ -24,7 +24,15 @@ from simsearch import metrics
 from simsearch.data import Split, encode_labels, scoring_pairs, split_for_validation
 from simsearch.encoder import Encoder, resolve_device
 from simsearch.errors import DataError, UsageError
-from simsearch.images import ImageError, ImageFileEntry, Preprocess, find_images, load_images, survey_images
+from simsearch.images import (
+    MAX_SIDE,
+    ImageError,
+    ImageFileEntry,
+    Preprocess,
+    find_images,
+    load_images,
+    survey_images,
+)
 from simsearch.losses import LOSSES
 from simsearch.models.autoencoder import ConvEncoder
 from simsearch.models.baseline import PCAEncoder, PixelEncoder
@@ -90,8 +98,8 @@ def parse_size(text: str) -> tuple[int, int] | None:
         dims = []
     if len(dims) == 1:
         dims = dims * 2
-    if len(dims) != 2 or min(dims) < 1 or max(dims) > 1024:
-        raise UsageError(f"--size must be 'auto' or HxW such as 64x64 (sides 1..1024), not {text!r}")
+    if len(dims) != 2 or min(dims) < 1 or max(dims) > MAX_SIDE:
+        raise UsageError(f"--size must be 'auto' or HxW such as 64x64 (sides 1..{MAX_SIDE}), not {text!r}")
     return dims[0], dims[1]
 
 

@@ -65,9 +65,33 @@ def remove_ids(index: Any, ids: np.ndarray) -> int:
     return int(index.remove_ids(faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))))
 
 
+def index_problem(index: Any, dim: int, metric: str) -> str:
+    """What makes ``index`` unfit to hold a collection's vectors of ``dim`` and ``metric``, or ""."""
+    if getattr(index, "id_map", None) is None and faiss.try_extract_index_ivf(index) is None:
+        return f"holds a FAISS {type(index).__name__}, not an index with ids (IndexIDMap2 or IVF)"
+    if index.d != dim:
+        return f"its vectors have d={index.d}, the collection d={dim}"
+    if index.metric_type != (faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT):
+        return f"its metric does not match the collection's ({metric})"
+    if index_ids(index).size != index.ntotal:
+        return "its ids and its vectors disagree"
+    return ""
+
+
 def index_ids(index: Any) -> np.ndarray:
-    """The ids stored in an ``IndexIDMap`` (n,) int64, in storage order."""
-    return faiss.vector_to_array(index.id_map).astype(np.int64)
+    """The ids an index holds (n,) int64, in storage order: an ``IndexIDMap``'s id map, or the ids an IVF
+    index keeps in its inverted lists."""
+    id_map = getattr(index, "id_map", None)
+    if id_map is not None:
+        return faiss.vector_to_array(id_map).astype(np.int64)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        raise ValueError(f"a FAISS {type(index).__name__} keeps no ids")
+    lists: Any = ivf.invlists
+    parts = [
+        faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(ivf.nlist) if lists.list_size(i)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def search(index: Any, queries: np.ndarray, k: int, metric: str = "l2") -> tuple[np.ndarray, np.ndarray]:

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from simsearch.collection import Collection, Snapshot
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -29,6 +46,28 @@ def pattern(kind: str, rng: np.random.Generator, size: int = 16) -> np.ndarray:
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
+def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    """``img`` saved in format ``fmt`` (Pillow's name), as bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+def handmade_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares width×height 8-bit grey pixels but whose data is a few bytes."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + png_chunk(b"IEND", b"")
+    )
+
+
 def write_folder(root: Path, per_class: int = 5, seed: int = 0, kinds=("hbars", "vbars", "blob")) -> list[Path]:
     rng = np.random.default_rng(seed)
     paths = []
@@ -39,6 +78,44 @@ def write_folder(root: Path, per_class: int = 5, seed: int = 0, kinds=("hbars", 
             Image.fromarray(pattern(kind, rng)).save(path)
             paths.append(path)
     return paths
+
+
+def run_with_timeout(fn, timeout: float):
+    """Run fn() on a daemon thread; fail (instead of hanging the suite) if it takes longer than timeout."""
+    result: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # pragma: no cover - re-raised below
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"did not finish within {timeout}s"
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["value"]
+
+
+def consistent_snapshot(collection: Collection) -> Snapshot:
+    """Load the collection and check that its generation is whole: manifest, metadata and vectors agree."""
+    import faiss
+
+    from simsearch.collection import embeddings_of
+
+    snapshot = collection.load()
+    meta, index = snapshot.meta, snapshot.index
+    ids = meta.column("id").to_numpy()
+    assert snapshot.manifest["count"] == meta.num_rows == index.ntotal
+    assert len(set(ids.tolist())) == len(ids) and len(set(meta.column("path").to_pylist())) == len(ids)
+    stored_ids = faiss.vector_to_array(index.id_map)
+    np.testing.assert_array_equal(np.sort(stored_ids), np.sort(ids))
+    by_id = dict(zip(ids.tolist(), embeddings_of(meta), strict=True))
+    for position, row_id in enumerate(stored_ids):  # FAISS vector i is the embedding of the row with its id
+        np.testing.assert_array_equal(index.index.reconstruct(position), by_id[int(row_id)])
+    return snapshot
 
 
 @pytest.fixture
@@ -90,3 +167,130 @@ def calibrated_pixels_model(images: Path, out: Path) -> Path:
 def pixels_model(tmp_path: Path, image_folder: Path) -> Path:
     """A calibrated pixels model folder for ``image_folder`` (see ``calibrated_pixels_model``)."""
     return calibrated_pixels_model(image_folder, tmp_path / "model")
+
+
+@dataclass
+class Child:
+    """One process started by the fork server: its pid, event log and output files, and how it ended."""
+
+    pid: int
+    log: Path
+    out: Path
+    status: dict = field(default_factory=dict)
+
+    def lines(self, kind: str) -> list[str]:
+        text = self.log.read_text() if self.log.exists() else ""
+        return [line[len(kind) + 1 :] for line in text.splitlines() if line.startswith(kind + " ")]
+
+    def events(self) -> list[str]:
+        """What the child did, one entry per event, in order (the number is the index)."""
+        return [line.split(" ", 1)[1] for line in self.lines("event")]
+
+    def embedded(self) -> list[str]:
+        """The paths (relative to their root) of the images the child decoded to embed."""
+        return self.lines("embed")
+
+    def output(self) -> str:
+        return self.out.read_text() if self.out.exists() else ""
+
+    @property
+    def killed(self) -> bool:
+        return self.status.get("signal") == signal.SIGKILL
+
+
+class ForkServer:
+    """Client of tests/fork_server.py: starts real ``simsearch`` processes in a few milliseconds each."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.count = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fork_server"],
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def _ask(self, request: dict) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "the fork server died"
+        return json.loads(line)
+
+    def start(
+        self,
+        *argv: object,
+        kill_at: int | None = None,
+        pause_at: int | None = None,
+        release: Path | None = None,
+        step_delay: float = 0.0,
+    ) -> Child:
+        """Start ``simsearch *argv``; it SIGKILLs itself at event ``kill_at``, or waits at ``pause_at`` until
+        the file ``release`` exists, and sleeps ``step_delay`` seconds after every event."""
+        self.count += 1
+        log, out = self.workdir / f"{self.count}.log", self.workdir / f"{self.count}.out"
+        reply = self._ask(
+            {
+                "op": "start",
+                "argv": [str(a) for a in argv],
+                "log": str(log),
+                "out": str(out),
+                "kill_at": kill_at,
+                "pause_at": pause_at,
+                "release": str(release) if release else None,
+                "step_delay": step_delay,
+            }
+        )
+        return Child(reply["pid"], log, out)
+
+    def wait(self, child: Child, timeout: float = 120) -> Child:
+        if not child.status:
+            child.status = self._ask({"op": "wait", "pid": child.pid, "timeout": timeout})
+        assert "timeout" not in child.status, f"simsearch {child.pid} hung: {child.output()}"
+        return child
+
+    def running(self, child: Child) -> bool:
+        """True while the child runs; once it has ended, its status is recorded."""
+        reply = self._ask({"op": "poll", "pid": child.pid})
+        if reply.get("running"):
+            return True
+        child.status = reply
+        return False
+
+    def run(self, *argv: object, kill_at: int | None = None) -> Child:
+        return self.wait(self.start(*argv, kill_at=kill_at))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def quick_tmp(tmp_path: Path) -> Iterator[Path]:
+    """A temporary folder in RAM (/dev/shm) when there is one, else ``tmp_path``.
+
+    For tests that run simsearch dozens of times: fsync on a real disk costs tens of milliseconds per commit,
+    on tmpfs nothing. What a killed process leaves behind is the same on both (its writes are in the page
+    cache either way; fsync matters only when the machine itself goes down).
+    """
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="simsearch-test-", dir=shm))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fork_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    """One fork server for the session (it imports torch once; each simsearch process then starts at once)."""
+    server = ForkServer(tmp_path_factory.mktemp("fork-server"))
+    yield server
+    server.close()

@@ -89,7 +89,7 @@ def test_pickle_in_place_of_weights_is_refused_without_running(tmp_path: Path) -
     config = json.loads((tmp_path / "m" / "encoder.json").read_text())
     config["weights_sha256"] = hashlib.sha256((tmp_path / "m" / "weights.safetensors").read_bytes()).hexdigest()
     (tmp_path / "m" / "encoder.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="do not fit"):
+    with pytest.raises(ModelError, match="not a safetensors file"):
         Encoder.load(tmp_path / "m")
     assert not marker.exists()
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import struct
-import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +35,7 @@ from simsearch.images import (
     survey_images,
     to_array,
 )
+from tests.conftest import encode, handmade_png, run_with_timeout
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -46,12 +44,6 @@ GIF_MAGIC = b"GIF89a"
 
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def gradient(width: int, height: int, mode: str = "L", seed: int = 0) -> Image.Image:
@@ -70,18 +62,6 @@ def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-
-
-def handmade_png(width: int, height: int) -> bytes:
-    """A PNG whose header declares width×height 8-bit grey pixels but whose data is a few bytes."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        PNG_MAGIC + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + png_chunk(b"IEND", b"")
-    )
 
 
 def pixels(img: Image.Image) -> np.ndarray:
@@ -250,25 +230,6 @@ def test_find_images_directory_named_like_an_image(tmp_path: Path) -> None:
     assert [e.rel for e in found] == ["x.png/inner.png"]
     assert found[0].label == "x.png"
     assert skipped == []
-
-
-def run_with_timeout(fn, timeout: float):
-    """Run fn() on a daemon thread; fail (instead of hanging the suite) if it takes longer than timeout."""
-    result: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = fn()
-        except BaseException as exc:  # pragma: no cover - re-raised below
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), f"did not finish within {timeout}s"
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result["value"]
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")

@@ -1,0 +1,99 @@
+"""The collection's file formats: the manifest's fields and the Parquet schemas, and how to check them.
+
+Readable without simsearch (README, "Formats"); this module only names and checks them. ``collection.py``
+reads and writes the files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+FORMAT = "simsearch.collection/1"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+GENERATION_KEYS = ("meta", "skipped", "vectors")  # the files of one generation, each with its sha256
+
+
+def meta_schema(dim: int) -> pa.Schema:
+    """The columns of ``meta-<gen>.parquet``."""
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("root", pa.string(), nullable=False),
+            pa.field("label", pa.string(), nullable=True),
+            pa.field("sha256", pa.string(), nullable=False),
+            pa.field("bytes", pa.int64(), nullable=False),
+            pa.field("mtime", pa.float64(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+
+
+SKIPPED_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("root", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+
+def meta_table(rows: Mapping[str, Sequence[Any] | np.ndarray], embeddings: np.ndarray, dim: int) -> pa.Table:
+    """Build a metadata table from column lists and ``embeddings`` (n, dim) float32."""
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1, dim)
+    schema = meta_schema(dim)
+    columns = [pa.array(rows[f.name], type=f.type) for f in schema if f.name != "embedding"]
+    columns.append(pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), dim))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def embeddings_of(table: pa.Table) -> np.ndarray:
+    """The ``embedding`` column as (n, dim) float32."""
+    column = table.column("embedding").combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
+_KIND_NAMES = {int: "an integer", str: "a string", dict: "an object"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def manifest_problems(manifest: Any) -> str:
+    """What is wrong with a parsed manifest, or "" (every field the code reads has the type it expects)."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    if manifest.get("format") != FORMAT:
+        return f"format is {str(manifest.get('format'))[:50]!r}, expected {FORMAT!r}"
+    required = {"generation": int, "count": int, "dim": int, "metric": str, "encoder": dict, "files": dict}
+    for key, kind in required.items():
+        value = manifest.get(key)
+        if not (_is_int(value) if kind is int else isinstance(value, kind)):
+            return f"'{key}' is missing or not {_KIND_NAMES[kind]}"
+    if manifest["generation"] < 0 or manifest["count"] < 0 or manifest["dim"] < 1:
+        return "'generation', 'count' or 'dim' is out of range"
+    if manifest["metric"] not in ("l2", "cosine"):
+        return f"unknown metric {manifest['metric'][:20]!r}"
+    files = manifest["files"]
+    for key in (*GENERATION_KEYS, "encoder"):
+        name = files.get(key)
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", "..", MANIFEST, LOCK):
+            return f"files.{key} is missing or not a plain file name"
+    if not isinstance(manifest["encoder"].get("fingerprint"), str):
+        return "encoder.fingerprint is missing"
+    optional = {"next_id": _is_int, "index": lambda v: isinstance(v, dict), "created": lambda v: isinstance(v, str)}
+    optional["roots"] = lambda v: isinstance(v, list) and all(isinstance(r, str) for r in v)
+    optional["sha256"] = lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values())
+    for key, valid in optional.items():
+        if key in manifest and not valid(manifest[key]):
+            return f"'{key}' has the wrong type"
+    return ""
