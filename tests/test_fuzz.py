@@ -225,3 +225,42 @@ def test_every_odd_image_the_fuzzer_makes_is_read(searcher: Searcher, tmp_path: 
     assert loaded is not None and (loaded.width, loaded.height) == (16, 16)
     [result] = searcher.query_files([path], k=3)
     assert len(result.neighbours) == 3 and all(np.isfinite(n.distance) for n in result.neighbours)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(FUZZ, max_examples=80)
+@given(data=any_file, convert=st.booleans())
+def test_verify_decides_or_raises_a_simsearch_error(
+    searcher: Searcher, scratch: Path, data: bytes, convert: bool
+) -> None:
+    from simsearch.verification import Verifier, operating_point
+
+    path = scratch / "verify.png"
+    path.write_bytes(data)
+    good = next(Path(searcher.roots[0]).rglob("*.png"))
+    verifier = Verifier(searcher.encoder, convert=convert)
+    point = operating_point(searcher.encoder, "1.0")
+    try:
+        verdict = verifier.verify(path, good, point)
+    except SimsearchError:
+        return
+    assert np.isfinite(verdict.distance) and verdict.distance >= 0
+    assert verdict.match == (verdict.distance <= 1.0)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(FUZZ, max_examples=40)
+@given(data=any_file)
+def test_the_verify_command_never_prints_a_traceback(collection: Collection, scratch: Path, data: bytes) -> None:
+    path = scratch / "verify-cli.png"
+    path.write_bytes(data)
+    args = ["verify", str(path), str(path), "--name", str(collection.path), "--threshold", "0.5", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    if result.exit_code == 0:  # an image compared with itself is at distance 0: a match
+        assert result.stderr == "" and '"match": true' in result.stdout
+    else:
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: "), result.stderr
