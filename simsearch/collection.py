@@ -47,13 +47,23 @@ from simsearch.formats import (
     MANIFEST,
     SKIPPED_SCHEMA,
     embeddings_of,
+    int64_column,
     manifest_problems,
     meta_schema,
     meta_table,
 )
 
 # The formats are re-exported: callers import them from here.
-__all__ = ["SKIPPED_SCHEMA", "Collection", "Snapshot", "embeddings_of", "meta_schema", "meta_table", "resolve_path"]
+__all__ = [
+    "SKIPPED_SCHEMA",
+    "Collection",
+    "Snapshot",
+    "embeddings_of",
+    "int64_column",
+    "meta_schema",
+    "meta_table",
+    "resolve_path",
+]
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few kilobytes; anything this large is not one
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -172,8 +182,9 @@ class Collection:
                 )
         dim = int(manifest["dim"])
         try:
-            meta = pq.read_table(pa.BufferReader(data["meta"]))
-            skipped = pq.read_table(pa.BufferReader(data["skipped"]))
+            # ParquetFile rather than read_table: read_table imports pyarrow.dataset (and pandas with it).
+            meta = pq.ParquetFile(pa.BufferReader(data["meta"])).read()
+            skipped = pq.ParquetFile(pa.BufferReader(data["skipped"])).read()
         except (OSError, pa.ArrowException) as exc:
             raise CollectionError(f"{self.path}: a generation file is unreadable ({exc}) — {REBUILD}") from None
         for key, table, schema in (("meta", meta, meta_schema(dim)), ("skipped", skipped, SKIPPED_SCHEMA)):
@@ -191,7 +202,7 @@ class Collection:
                 f"{self.path}: the vectors ({index.ntotal}), the metadata ({meta.num_rows} rows) and the manifest "
                 f"(count {manifest['count']}) disagree — {REBUILD}"
             )
-        ids = meta.column("id").to_numpy()
+        ids = int64_column(meta, "id")
         if not np.array_equal(np.sort(vectors.index_ids(index)), np.sort(ids)) or len(np.unique(ids)) != len(ids):
             raise CollectionError(f"{self.path}: the ids of the vectors and of the metadata differ — {REBUILD}")
         return Snapshot(self.path, manifest, meta, skipped, index)
@@ -270,7 +281,7 @@ class Collection:
         if new_encoder:
             files["encoder"] = "encoder" if previous is None else f"encoder-{gen}"
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        ids = meta.column("id").to_numpy()
+        ids = int64_column(meta, "id")
         manifest = {
             "format": FORMAT,
             "generation": generation,

@@ -55,10 +55,28 @@ def meta_table(rows: Mapping[str, Sequence[Any] | np.ndarray], embeddings: np.nd
 
 
 def embeddings_of(table: pa.Table) -> np.ndarray:
-    """The ``embedding`` column as (n, dim) float32."""
+    """The ``embedding`` column as (n, dim) float32 (a read-only view of the table's memory)."""
     column = table.column("embedding").combine_chunks()
     dim = column.type.list_size
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+    values = column.values
+    return _view(values, np.float32, column.offset * dim, len(column) * dim).reshape(-1, dim)
+
+
+def int64_column(table: pa.Table, name: str) -> np.ndarray:
+    """A non-null int64 column (``id``) as a read-only numpy view."""
+    column = table.column(name).combine_chunks()
+    return _view(column, np.int64, 0, len(column))
+
+
+def _view(array: pa.Array, dtype: type, start: int, count: int) -> np.ndarray:
+    """``count`` values of a fixed-width, null-free arrow array from ``start``, without ``to_numpy``: pyarrow's
+    ``to_numpy`` imports pandas whenever it is installed, which costs a cold ``query`` about a second."""
+    if array.null_count:
+        raise ValueError("a column that must not hold nulls holds some")
+    if count == 0:
+        return np.zeros(0, dtype)
+    itemsize = np.dtype(dtype).itemsize
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=count, offset=(array.offset + start) * itemsize)
 
 
 _KIND_NAMES = {int: "an integer", str: "a string", dict: "an object"}

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simsearch import vectors
-from simsearch.collection import SKIPPED_SCHEMA, Collection, embeddings_of, meta_schema, meta_table
+from simsearch.collection import SKIPPED_SCHEMA, Collection, embeddings_of, int64_column, meta_schema, meta_table
 from simsearch.encoder import Encoder, is_model_folder, resolve_device
 from simsearch.errors import CollectionError, DataError, ImageError, ModelError, UsageError
 from simsearch.images import ImageFileEntry, Skipped, find_images, load_images
@@ -154,7 +154,7 @@ class _Pending:
                 vectors.add_vectors(index, emb, np.asarray(self.rows["id"], dtype=np.int64), metric)
             meta = pa.concat_tables([meta, meta_table(self.rows, emb, self.dim)])
         if rebuild:
-            index = vectors.build_index(spec, embeddings_of(meta), meta.column("id").to_numpy(), metric)
+            index = vectors.build_index(spec, embeddings_of(meta), int64_column(meta, "id"), metric)
         self.clear()
         return meta, index
 
@@ -303,7 +303,7 @@ def index_folder(
             if wanted is None:
                 return
             progress("building the index", 0, 1, wanted.type)
-            x, ids = embeddings_of(state["meta"]), state["meta"].column("id").to_numpy()
+            x, ids = embeddings_of(state["meta"]), int64_column(state["meta"], "id")
             state["index"], state["spec"], state["info"] = vectors.build_tuned(wanted, x, ids, encoder.metric)
             progress("building the index", 1, 1, wanted.type)
 

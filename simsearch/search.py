@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from simsearch import vectors
-from simsearch.collection import Collection, embeddings_of
+from simsearch.collection import Collection, embeddings_of, int64_column
 from simsearch.errors import ImageError, ModelError, UsageError
 from simsearch.images import LoadedImage, find_images, load_images
 
@@ -103,7 +103,7 @@ class Searcher:
         self.spec = replace(spec, nprobe=nprobe or spec.nprobe, ef=ef or spec.ef)
         vectors.set_search_params(self.index, self.spec)
         meta = snapshot.meta
-        self.ids = meta.column("id").to_numpy()
+        self.ids = int64_column(meta, "id")
         self.order = np.argsort(self.ids, kind="stable")
         self.sorted_ids = self.ids[self.order]
         self.paths = meta.column("path").to_pylist()

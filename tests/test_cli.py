@@ -217,3 +217,29 @@ def test_query_a_folder_batches_every_image_and_lists_unreadable_ones(indexed: P
     assert "fake.png: not an image" in result.stderr and "notes.txt" not in result.stderr
     missing = invoke("query", image_folder / "nope", "--home", indexed)
     assert missing.exit_code == 1 and "no such image file or folder" in missing.output
+
+
+QUERY_IMPORTS = """
+import sys
+from simsearch.cli import main
+sys.argv = ["simsearch", "query", sys.argv[1], "-k", "2", "--home", sys.argv[2], "--json"]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+heavy = ("pandas", "sklearn", "matplotlib", "pytorch_metric_learning", "scipy")
+print(" ".join(m for m in heavy if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_query_imports_only_what_it_needs(indexed: Path, image_folder: Path) -> None:
+    """A cold query pays for torch and faiss; pandas (which pyarrow's to_numpy would pull in whenever it is
+    installed), scikit-learn, matplotlib and pytorch-metric-learning cost it nothing."""
+    done = subprocess.run(
+        [sys.executable, "-c", QUERY_IMPORTS, str(image_folder / "hbars" / "0.png"), str(indexed)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["vote"] == "hbars"
+    assert done.stderr.strip() == ""

@@ -122,9 +122,9 @@ def test_commits_landing_while_a_reader_reads_do_not_disturb_it(
     collection = Collection(tmp_path / "c")
     index_folder(image_folder, collection, config)
     started_with = collection.read_manifest()["generation"]
-    read_table, busy, commits = pq.read_table, [False], []
+    parquet_file, busy, commits = pq.ParquetFile, [False], []
 
-    def read_table_while_a_commit_lands(source, *args, **kwargs):
+    def parquet_file_while_a_commit_lands(source, *args, **kwargs):
         if not busy[0] and len(commits) < 8:
             busy[0] = True
             Image.fromarray(pattern("blob", np.random.default_rng(len(commits)))).save(
@@ -132,9 +132,9 @@ def test_commits_landing_while_a_reader_reads_do_not_disturb_it(
             )
             commits.append(index_folder(image_folder, Collection(collection.path), config).generation)
             busy[0] = False
-        return read_table(source, *args, **kwargs)
+        return parquet_file(source, *args, **kwargs)
 
-    monkeypatch.setattr(simsearch.collection.pq, "read_table", read_table_while_a_commit_lands)
+    monkeypatch.setattr(simsearch.collection.pq, "ParquetFile", parquet_file_while_a_commit_lands)
     snapshot = collection.load()
     assert commits == [started_with + 1, started_with + 2]  # both landed mid-read, and removed its files
     assert not (collection.path / snapshot.manifest["files"]["meta"]).exists()
