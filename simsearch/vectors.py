@@ -335,23 +335,41 @@ def recall_at_k(
     metric: str = "l2",
     refine: int | None = None,
     query_ids: np.ndarray | None = None,
+    truth: np.ndarray | None = None,
 ) -> float:
-    """Share of the exact k nearest ``ids`` (brute force over ``vectors``) that ``index`` returns (after
-    re-ranking ``refine``·k candidates, when given). With ``query_ids``, the queries are stored vectors: each
-    one's own id is left out of both lists (its k nearest others are compared)."""
-    exact = new_index(vectors.shape[1], metric)
-    add_vectors(exact, vectors, ids, metric)
+    """Share of the exact k nearest ``ids`` (brute force over ``vectors``, or ``truth`` from
+    ``exact_neighbours``) that ``index`` returns (after re-ranking ``refine``·k candidates, when given). With
+    ``query_ids``, the queries are stored vectors: each one's own id is left out of both lists."""
+    if truth is None:
+        truth = exact_neighbours(vectors, ids, queries, k, metric, query_ids)
     extra = 1 if query_ids is not None else 0
-    _, truth = search(exact, queries, k + extra, metric)
     if refine:
         _, found = search_refined(index, queries, k + extra, metric, refine, lookup(vectors, ids))
     else:
         _, found = search(index, queries, k + extra, metric)
     if query_ids is not None:
-        truth = np.array([[i for i in row if i != own][:k] for row, own in zip(truth, query_ids, strict=True)])
         found = np.array([[i for i in row if i != own][:k] for row, own in zip(found, query_ids, strict=True)])
     hits = sum(len(set(t[t >= 0]) & set(f[f >= 0])) for t, f in zip(truth, found, strict=True))
     return hits / max(1, truth.size)
+
+
+def exact_neighbours(
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    queries: np.ndarray,
+    k: int = 10,
+    metric: str = "l2",
+    query_ids: np.ndarray | None = None,
+) -> np.ndarray:
+    """The ids (q, k) of each query's k nearest ``vectors`` by brute force (its own id left out, with
+    ``query_ids``): the ground truth that recall is measured against."""
+    exact = new_index(vectors.shape[1], metric)
+    add_vectors(exact, vectors, ids, metric)
+    extra = 1 if query_ids is not None else 0
+    _, truth = search(exact, queries, k + extra, metric)
+    if query_ids is not None:
+        truth = np.array([[i for i in row if i != own][:k] for row, own in zip(truth, query_ids, strict=True)])
+    return truth
 
 
 def tune(
@@ -372,10 +390,11 @@ def tune(
     ivf = spec.type in ("ivf", "ivfpq")
     limit = (spec.nlist or 1) if ivf else 4096
     value = 1 if ivf else 16
+    truth = exact_neighbours(vectors, ids, queries, k, metric, query_ids)
     while True:
         candidate = replace(spec, nprobe=min(value, limit)) if ivf else replace(spec, ef=min(value, limit))
         set_search_params(index, candidate)
-        recall = recall_at_k(index, vectors, ids, queries, k, metric, candidate.refine, query_ids)
+        recall = recall_at_k(index, vectors, ids, queries, k, metric, candidate.refine, query_ids, truth)
         if recall >= target or value >= limit:
             return candidate, recall
         value *= 2
