@@ -323,6 +323,12 @@ def train(
     augment: float = typer.Option(
         0.5, "--augment", min=0, help="Siamese: strength of the random warps, noise and erasing."
     ),
+    class_augment: str = typer.Option(
+        "none",
+        "--class-augment",
+        help="Labelled losses: none, rot4 (each label turned by 90°, 180°, 270° is a new label) or rot4flip "
+        "(mirror images too). For characters and symbols, not for faces or signatures; needs square inputs.",
+    ),
     patience: int = typer.Option(
         12, "--patience", min=1, help="Stop after this many epochs without a better validation score."
     ),
@@ -339,8 +345,9 @@ def train(
     with _errors():
         config = TrainConfig(
             family=family, loss=loss, margin=margin, beta=beta, contrastive_weight=contrastive_weight, dim=dim,
-            size=size, invert=invert, epochs=epochs, batch_size=batch_size, augment=augment, patience=patience,
-            max_seconds=max_seconds, seed=seed, device=device,
+            size=size, invert=invert, epochs=epochs, batch_size=batch_size, augment=augment,
+            class_augment=class_augment, patience=patience, max_seconds=max_seconds, seed=seed,
+            device=device,
         )  # fmt: skip
         target = out_dir or Path("models") / (images.resolve().name or "model")
         with _RichProgress() as progress:

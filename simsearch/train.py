@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from simsearch import metrics
-from simsearch.data import Split, encode_labels, scoring_pairs, split_for_validation
+from simsearch.data import (
+    CLASS_AUGMENTS,
+    Split,
+    add_transformed_classes,
+    encode_labels,
+    scoring_pairs,
+    split_for_validation,
+)
 from simsearch.encoder import Encoder, resolve_device
 from simsearch.errors import DataError, UsageError
 from simsearch.images import ImageError, ImageFileEntry, Preprocess, find_images, load_images, survey_images
@@ -45,6 +52,7 @@ class TrainConfig:
     beta: float = 1.0
     contrastive_weight: float = 0.0
     augment: float = 0.5
+    class_augment: str = "none"
     dim: int = 64
     size: str = "auto"
     max_side: int = 64
@@ -70,6 +78,13 @@ class TrainConfig:
             raise UsageError(f"--batch-size must be at least 2, not {self.batch_size}")
         if self.dim < 1:
             raise UsageError(f"--dim must be at least 1, not {self.dim}")
+        if self.class_augment not in CLASS_AUGMENTS:
+            raise UsageError(f"--class-augment must be one of {', '.join(CLASS_AUGMENTS)}, not {self.class_augment!r}")
+        if self.class_augment != "none" and not self.uses_labels:
+            raise UsageError(
+                "--class-augment makes new labels, so it needs a labelled loss: --family siamese with --loss "
+                "contrastive or triplet, or --contrastive-weight"
+            )
         if self.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, not {self.epochs}")
         if self.max_seconds <= 0:
@@ -77,6 +92,11 @@ class TrainConfig:
         if self.beta < 0 or self.contrastive_weight < 0 or (self.margin is not None and self.margin <= 0):
             raise UsageError("--beta and --contrastive-weight must be ≥ 0, and --margin > 0")
         parse_size(self.size)
+
+    @property
+    def uses_labels(self) -> bool:
+        """Whether training reads the labels (the Siamese labelled losses, or an autoencoder's contrastive term)."""
+        return (self.family == "siamese" and self.loss != "ntxent") or self.contrastive_weight > 0
 
 
 def parse_size(text: str) -> tuple[int, int] | None:
@@ -240,14 +260,14 @@ def train_neural(
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     y, classes = encode_labels(labels)
-    needs_labels = (config.family == "siamese" and config.loss != "ntxent") or config.contrastive_weight > 0
-    if needs_labels and len(classes) < 2:
+    if config.uses_labels and len(classes) < 2:
         raise DataError(
             f"--family {config.family} with this loss needs labels: put each class in its own sub-folder "
             "(at least 2), or use --loss ntxent, which needs none"
         )
     split = split_for_validation(y, config.val_fraction, config.seed)
-    objective = build_objective(torch.from_numpy(images).to(device), y, split, spec, config)
+    x_train, y_train, split_train = with_class_augment(images, y, split, config.class_augment)
+    objective = build_objective(torch.from_numpy(x_train).to(device), y_train, split_train, spec, config)
     objective.model.to(device)
     task = f"training {config.family}" + (f" ({config.loss})" if config.family == "siamese" else "")
     history = fit(objective, config, progress, task)
@@ -261,8 +281,30 @@ def train_neural(
     }
     encoder = Encoder(config.family, arch, spec, module, history=history)
     encoder.training = provenance(config, len(images), classes, split, history, device)
+    if config.class_augment != "none":
+        trained_on = y_train[split_train.train]
+        encoder.training["class_augment"] = {
+            "images": len(trained_on),
+            "labels": len(np.unique(trained_on[trained_on >= 0])),
+        }
     encoder.threshold = calibrate_threshold(encoder, images, y, split)
     return encoder
+
+
+def with_class_augment(
+    images: np.ndarray, y: np.ndarray, split: Split, mode: str
+) -> tuple[np.ndarray, np.ndarray, Split]:
+    """The training images grown by ``mode``'s symmetries of the labelled training rows, each a new label (see
+    ``data.add_transformed_classes``); validation rows and their labels stay as they are."""
+    if mode == "none":
+        return images, y, split
+    if images.shape[2] != images.shape[3]:
+        raise UsageError(
+            f"--class-augment {mode} turns images by 90°, so it needs square inputs, not "
+            f"{images.shape[2]}×{images.shape[3]}: add --size 64x64 (say)"
+        )
+    x, labels, rows = add_transformed_classes(images, y, split.train, mode)
+    return x, labels, Split(rows, split.val, split.mode)
 
 
 def calibrate_threshold(encoder: Encoder, images: np.ndarray, y: np.ndarray, split: Split) -> dict[str, Any] | None:

@@ -209,3 +209,28 @@ def test_autoencoder_with_contrastive_term(image_folder: Path, fast_train: Train
     config = replace(fast_train, contrastive_weight=0.5, epochs=2)
     encoder = train_on_folder(image_folder, config)
     assert encoder.training["config"]["contrastive_weight"] == 0.5 and len(encoder.history) == 2
+
+
+def test_class_augment_needs_a_labelled_loss_and_square_inputs(tmp_path: Path, fast_train: TrainConfig) -> None:
+    with pytest.raises(UsageError, match="--class-augment must be one of"):
+        TrainConfig(family="siamese", class_augment="rot3")
+    for family, loss in (("autoencoder", "contrastive"), ("siamese", "ntxent"), ("pca", "contrastive")):
+        with pytest.raises(UsageError, match="labelled loss"):
+            TrainConfig(family=family, loss=loss, class_augment="rot4")
+    images = np.zeros((6, 1, 8, 12), np.float32)
+    config = replace(fast_train, family="siamese", class_augment="rot4")
+    with pytest.raises(UsageError, match="square"):
+        train_neural(images, ["a", "a", "b", "b", "c", "c"], Preprocess(size=(8, 12)), config)
+
+
+def test_siamese_trains_on_turned_and_mirrored_classes(tmp_path: Path, fast_train: TrainConfig) -> None:
+    from tests.conftest import write_folder
+
+    write_folder(tmp_path / "imgs", per_class=8)
+    config = replace(fast_train, family="siamese", class_augment="rot4flip", epochs=2, val_fraction=0.3)
+    encoder = train_on_folder(tmp_path / "imgs", config)
+    trained = 24 - encoder.training["validation"]["images"]  # 3 labels × 8 images, some held out ("images" split)
+    assert encoder.training["class_augment"] == {"images": 8 * trained, "labels": 24}
+    assert encoder.training["labels"] == 3
+    assert encoder.threshold is not None  # calibrated on the held-out originals
+    assert encoder.embed(np.zeros((2, 1, 16, 16), np.float32)).shape == (2, 8)
