@@ -106,6 +106,31 @@ def pk_batches(y: np.ndarray, p: int, k: int, rng: np.random.Generator) -> list[
     return batches
 
 
+def similar_pk_batches(
+    y: np.ndarray, p: int, k: int, group: int, neighbours: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Like ``pk_batches``, but the ``p`` labels of a batch come in groups of ``group`` labels alike: a random
+    label and its nearest labels not yet in the batch, so that every batch holds hard negatives.
+    ``neighbours[i]`` lists the indices into ``np.unique(y[y >= 0])`` by increasing distance from label i."""
+    classes = np.unique(y[y >= 0])
+    members = {c: np.flatnonzero(y == c) for c in classes}
+    p = min(p, len(classes))
+    n_batches = max(1, math.ceil((y >= 0).sum() / (p * k)))
+    batches = []
+    for _ in range(n_batches):
+        taken = np.zeros(len(classes), bool)
+        chosen: list[int] = []
+        while len(chosen) < p:
+            seed = int(rng.choice(np.flatnonzero(~taken)))
+            near = [int(c) for c in neighbours[seed] if not taken[c] and c != seed][: group - 1]
+            for c in [seed, *near][: p - len(chosen)]:
+                taken[c] = True
+                chosen.append(c)
+        picked = [rng.choice(members[classes[c]], size=k, replace=len(members[classes[c]]) < k) for c in chosen]
+        batches.append(np.concatenate(picked))
+    return batches
+
+
 def verification_pairs(
     y: np.ndarray, rng: np.random.Generator, max_genuine: int = 20_000, impostor_ratio: int = 4
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

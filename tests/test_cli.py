@@ -179,6 +179,7 @@ def test_train_siamese_reports_its_calibrated_threshold(tmp_path: Path) -> None:
     result = invoke(
         "train", tmp_path / "imgs", "--family", "siamese", "--loss", "triplet", "--out", model,
         "--epochs", "2", "--dim", "8", "--device", "cpu", "--batch-size", "12", "--class-augment", "rot4",
+        "--resize", "trim", "--ema", "0.9", "--projection", "16", "--similar-labels", "2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Trained a siamese encoder" in result.output and "Verification threshold" in result.output

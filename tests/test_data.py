@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from simsearch.data import (
     class_symmetries,
     encode_labels,
     pk_batches,
+    similar_pk_batches,
     split_for_validation,
     verification_pairs,
 )
@@ -112,3 +115,19 @@ def test_class_augment_of_the_turns_is_exact_rot90() -> None:
         add_transformed_classes(np.zeros((2, 1, 3, 4), np.float32), np.array([0, 1]), np.array([0, 1]), "rot4")
     with pytest.raises(ValueError, match="rot4flip"):
         class_symmetries("rot3")
+
+
+def test_similar_pk_batches_group_nearest_labels() -> None:
+    y = np.repeat(np.arange(8), 5)
+    # labels 0-3 are alike, and so are labels 4-7: each label's neighbours are its own half first
+    neighbours = np.array([sorted(range(8), key=lambda j, i=i: (j // 4 != i // 4, abs(j - i))) for i in range(8)])
+    batches = similar_pk_batches(y, 4, 3, 4, neighbours, np.random.default_rng(0))
+    assert len(batches) == math.ceil(40 / 12)
+    for batch in batches:
+        labels = y[batch].reshape(4, 3)
+        assert (labels == labels[:, :1]).all()  # k images of each label, in order
+        assert len(set(labels[:, 0])) == 4 and len({int(c) // 4 for c in labels[:, 0]}) == 1  # one half only
+    pairs = similar_pk_batches(y, 4, 2, 2, neighbours, np.random.default_rng(1))
+    for batch in pairs:
+        firsts = y[batch][::2]
+        assert len(set(firsts)) == 4 and firsts[0] // 4 == firsts[1] // 4 and firsts[2] // 4 == firsts[3] // 4
