@@ -368,6 +368,12 @@ def train(
     ),
     dim: int = typer.Option(64, "--dim", min=1, help="Embedding size."),
     size: str = typer.Option("auto", "--size", help="Input size HxW, or auto (aspect kept, never upscaled)."),
+    resize: str = typer.Option(
+        "letterbox",
+        "--resize",
+        help="letterbox (fit the whole image, aspect kept) or trim (crop the background margin first: drawings, "
+        "characters, signatures on a plain sheet).",
+    ),
     invert: str = typer.Option("auto", "--invert", help="auto (invert light backgrounds), yes or no."),
     epochs: int = typer.Option(60, "--epochs", min=1, help="Most epochs (training also stops early)."),
     batch_size: int | None = typer.Option(
@@ -376,8 +382,34 @@ def train(
     augment: float = typer.Option(
         0.5, "--augment", min=0, help="Siamese: strength of the random warps, noise and erasing."
     ),
+    class_augment: str = typer.Option(
+        "none",
+        "--class-augment",
+        help="Labelled losses: none, rot4 (each label turned by 90°, 180°, 270° is a new label) or rot4flip "
+        "(mirror images too). For characters and symbols, not for faces or signatures; needs square inputs.",
+    ),
     patience: int = typer.Option(
         12, "--patience", min=1, help="Stop after this many epochs without a better validation score."
+    ),
+    ema: float = typer.Option(
+        0.0,
+        "--ema",
+        min=0,
+        help="Validate and keep a moving average of the weights, with this decay per step (0.995, say; 0: off).",
+    ),
+    projection: int = typer.Option(
+        0,
+        "--projection",
+        min=0,
+        help="Siamese: compute the loss on a head of this many hidden units over the "
+        "embedding, dropped after training (helps with labels never seen in training; 0: off).",
+    ),
+    similar_labels: int = typer.Option(
+        0,
+        "--similar-labels",
+        min=0,
+        help="Siamese, labelled: build each batch from groups of this many labels "
+        "that the encoder finds alike, so that it learns from hard negatives (0: off).",
     ),
     max_seconds: float = typer.Option(1800.0, "--max-seconds", min=1, help="Time limit for training."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
@@ -392,8 +424,10 @@ def train(
     with _errors():
         config = TrainConfig(
             family=family, loss=loss, margin=margin, beta=beta, contrastive_weight=contrastive_weight, dim=dim,
-            size=size, invert=invert, epochs=epochs, batch_size=batch_size, augment=augment, patience=patience,
-            max_seconds=max_seconds, seed=seed, device=device,
+            size=size, resize=resize, invert=invert, epochs=epochs, batch_size=batch_size, augment=augment,
+            class_augment=class_augment, patience=patience, ema=ema, projection=projection,
+            similar_labels=similar_labels, max_seconds=max_seconds, seed=seed,
+            device=device,
         )  # fmt: skip
         target = out_dir or Path("models") / (images.resolve().name or "model")
         with _RichProgress() as progress:

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 #: so that no class is missing from training.
 MIN_IDENTITIES_TO_HOLD_OUT = 20
 
+#: Class augmentation: every transform but the identity turns each training label into a new label of its own.
+CLASS_AUGMENTS = ("none", "rot4", "rot4flip")
+
 
 def encode_labels(labels: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
     """String labels → (n,) int64 codes (-1 for no label) and the sorted class names."""
@@ -49,6 +52,46 @@ def split_for_validation(y: np.ndarray, fraction: float, seed: int) -> Split:
     return Split(np.sort(order[n_val:]), np.sort(order[:n_val]), mode)
 
 
+def class_symmetries(mode: str) -> list[tuple[int, bool]]:
+    """The symmetries that ``mode`` names, as (quarter turns, mirrored), the identity first: ``rot4`` = turns by
+    0, 90, 180 and 270°; ``rot4flip`` = those and their mirror images (the 8 symmetries of the square)."""
+    if mode not in CLASS_AUGMENTS:
+        raise ValueError(f"unknown class augmentation {mode!r}; expected one of {', '.join(CLASS_AUGMENTS)}")
+    turns = {"none": 1, "rot4": 4, "rot4flip": 4}[mode]
+    mirrors = (False, True) if mode == "rot4flip" else (False,)
+    return [(k, m) for m in mirrors for k in range(turns)]
+
+
+def transform(x: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
+    """Images (n, C, H, W) turned ``turns`` quarter turns anticlockwise, then mirrored left to right."""
+    out = np.rot90(x, turns, axes=(2, 3))
+    return np.ascontiguousarray(out[..., ::-1] if mirrored else out)
+
+
+def add_transformed_classes(
+    x: np.ndarray, y: np.ndarray, rows: np.ndarray, mode: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Append transformed copies of the labelled images among ``x[rows]`` (see ``class_symmetries``); each
+    symmetry t gives its copies new labels ``y + t · (y.max() + 1)``: a character turned upside down is another
+    character. Returns (images, labels, rows): the originals first, with their row numbers unchanged (so a
+    validation split still holds), then the copies; and ``rows`` followed by the copies' row numbers. Quarter
+    turns need square images.
+    """
+    symmetries = class_symmetries(mode)[1:]
+    labelled = rows[y[rows] >= 0]
+    if not symmetries or len(labelled) == 0:
+        return x, y, rows
+    if x.shape[2] != x.shape[3]:
+        raise ValueError(f"class augmentation {mode!r} turns images by 90°: it needs square images, not {x.shape[2:]}")
+    n_labels = int(y.max()) + 1
+    images, labels, grown = [x], [y], [rows]
+    for t, (turns, mirrored) in enumerate(symmetries, start=1):
+        images.append(transform(x[labelled], turns, mirrored))
+        labels.append(y[labelled] + t * n_labels)
+        grown.append(len(x) + (t - 1) * len(labelled) + np.arange(len(labelled)))
+    return np.concatenate(images), np.concatenate(labels), np.concatenate(grown)
+
+
 def pk_batches(y: np.ndarray, p: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
     """One epoch of class-balanced batches: each holds ``p`` labels × ``k`` images of each (sampled with
     replacement when a label has fewer than ``k``). Every image is drawn about once per epoch."""
@@ -60,6 +103,31 @@ def pk_batches(y: np.ndarray, p: int, k: int, rng: np.random.Generator) -> list[
     for _ in range(n_batches):
         chosen = rng.choice(classes, size=p, replace=False)
         batches.append(np.concatenate([rng.choice(members[c], size=k, replace=len(members[c]) < k) for c in chosen]))
+    return batches
+
+
+def similar_pk_batches(
+    y: np.ndarray, p: int, k: int, group: int, neighbours: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Like ``pk_batches``, but the ``p`` labels of a batch come in groups of ``group`` labels alike: a random
+    label and its nearest labels not yet in the batch, so that every batch holds hard negatives.
+    ``neighbours[i]`` lists the indices into ``np.unique(y[y >= 0])`` by increasing distance from label i."""
+    classes = np.unique(y[y >= 0])
+    members = {c: np.flatnonzero(y == c) for c in classes}
+    p = min(p, len(classes))
+    n_batches = max(1, math.ceil((y >= 0).sum() / (p * k)))
+    batches = []
+    for _ in range(n_batches):
+        taken = np.zeros(len(classes), bool)
+        chosen: list[int] = []
+        while len(chosen) < p:
+            seed = int(rng.choice(np.flatnonzero(~taken)))
+            near = [int(c) for c in neighbours[seed] if not taken[c] and c != seed][: group - 1]
+            for c in [seed, *near][: p - len(chosen)]:
+                taken[c] = True
+                chosen.append(c)
+        picked = [rng.choice(members[classes[c]], size=k, replace=len(members[classes[c]]) < k) for c in chosen]
+        batches.append(np.concatenate(picked))
     return batches
 
 

@@ -226,12 +226,17 @@ def _normalise_mode(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV
 
 
+#: How an image is fitted to the encoder's input size (see ``Preprocess``).
+RESIZE_MODES = ("letterbox", "trim")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes an encoder input: ``(channels, H, W)`` float32 ``(x/255 [inverted] - mean) / std``.
 
     ``resize`` is ``letterbox``: scale to fit inside H×W keeping the aspect ratio, pad the rest with the
-    median colour of the image's border.
+    median colour of the image's border; or ``trim``: first crop away the margin of that border colour (see
+    ``trim``), then letterbox — the drawing, not the sheet it is on, fills the input.
     """
 
     size: tuple[int, int]
@@ -246,8 +251,8 @@ class Preprocess:
             raise ValueError(f"channels must be 1 or 3, not {self.channels}")
         if len(self.size) != 2 or not all(1 <= side <= MAX_SIDE for side in self.size):
             raise ValueError(f"size must be (H, W) with sides 1..{MAX_SIDE}, not {self.size}")
-        if self.resize != "letterbox":
-            raise ValueError(f"unknown resize mode {self.resize!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {self.resize!r}; expected one of {', '.join(RESIZE_MODES)}")
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, self.channels) or not all(math.isfinite(v) for v in values):
                 raise ValueError(f"{name} must be 1 or {self.channels} finite numbers, not {values}")
@@ -299,6 +304,35 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def border_colour(arr: np.ndarray) -> np.ndarray:
+    """The median colour of an image array's outermost rows and columns: its background, usually."""
+    border = np.concatenate(
+        [
+            arr[0].reshape(-1, *arr.shape[2:]),
+            arr[-1].reshape(-1, *arr.shape[2:]),
+            arr[:, 0].reshape(-1, *arr.shape[2:]),
+            arr[:, -1].reshape(-1, *arr.shape[2:]),
+        ]
+    )
+    return np.median(border, axis=0).astype(np.uint8)
+
+
+def trim(img: Image.Image, tolerance: int = 64, pad: float = 0.03) -> Image.Image:
+    """Crop ``img`` to the box around every pixel that differs from the border colour by more than
+    ``tolerance`` (of 255) in some channel, widened by ``pad`` × the image's long side (at least one pixel) on
+    each side. An image with nothing on its background is returned as it is."""
+    arr = np.asarray(img)
+    distance = np.abs(arr.astype(np.int16) - border_colour(arr).astype(np.int16))
+    differs: np.ndarray = np.any(distance.reshape(arr.shape[0], arr.shape[1], -1) > tolerance, axis=2)
+    rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
+    if len(rows) == 0:
+        return img
+    margin = max(1, round(pad * max(img.size)))
+    top, bottom = max(0, rows[0] - margin), min(arr.shape[0], rows[-1] + 1 + margin)
+    left, right = max(0, cols[0] - margin), min(arr.shape[1], cols[-1] + 1 + margin)
+    return img.crop((int(left), int(top), int(right), int(bottom)))
+
+
 def letterbox(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Fit ``img`` inside ``size`` = (H, W) keeping its aspect ratio; pad with its border's median colour."""
     height, width = size
@@ -309,16 +343,7 @@ def letterbox(img: Image.Image, size: tuple[int, int]) -> Image.Image:
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     if (new_w, new_h) == (width, height):
         return img
-    arr = np.asarray(img)
-    border = np.concatenate(
-        [
-            arr[0].reshape(-1, *arr.shape[2:]),
-            arr[-1].reshape(-1, *arr.shape[2:]),
-            arr[:, 0].reshape(-1, *arr.shape[2:]),
-            arr[:, -1].reshape(-1, *arr.shape[2:]),
-        ]
-    )
-    fill = np.median(border, axis=0).astype(np.uint8)
+    fill = border_colour(np.asarray(img))
     canvas = Image.new(img.mode, (width, height), tuple(int(v) for v in np.atleast_1d(fill)))
     canvas.paste(img, ((width - new_w) // 2, (height - new_h) // 2))
     return canvas
@@ -327,7 +352,7 @@ def letterbox(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 def to_array(img: Image.Image, spec: Preprocess) -> np.ndarray:
     """Preprocess a decoded image: ``(channels, H, W)`` float32, normalised as ``spec`` says."""
     img = img.convert("L" if spec.channels == 1 else "RGB")
-    img = letterbox(img, spec.size)
+    img = letterbox(trim(img) if spec.resize == "trim" else img, spec.size)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     arr = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     if spec.invert:
@@ -389,7 +414,9 @@ def load_image(
     if digest == known_sha256:
         return None
     width, height = image_size(data)
-    img = decode_image(data, name or str(path), draft=spec.size)
+    # A JPEG may be decoded reduced when the whole picture is letterboxed; a trimmed one keeps every pixel,
+    # as the crop may be a small part of it.
+    img = decode_image(data, name or str(path), draft=spec.size if spec.resize == "letterbox" else None)
     return LoadedImage(
         array=to_array(img, spec),
         sha256=digest,

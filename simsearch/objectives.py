@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simsearch import metrics
-from simsearch.data import augment, pk_batches, scoring_pairs
+from simsearch.data import augment, pk_batches, scoring_pairs, similar_pk_batches
 from simsearch.losses import MetricLoss, contrastive_loss, metric_loss, vae_loss
 from simsearch.models.autoencoder import ConvAutoencoder, ConvEncoder, VariationalAutoencoder
 
@@ -57,12 +57,28 @@ class Objective:
             if len(rows) >= 2:
                 yield rows
 
-    def balanced_batches(self) -> Iterator[Any]:
-        """One epoch of P×K batches: P labels × K images each, K ≥ 4 and P·K ≈ the batch size."""
+    def balanced_batches(self, similar: int = 0) -> Iterator[Any]:
+        """One epoch of P×K batches: P labels × K images each, K ≥ 4 and P·K ≈ the batch size. With ``similar``
+        > 1, the labels come in groups of that many labels whose images the current encoder finds most alike."""
         y = self.labels[self.train_rows].cpu().numpy()
         k = max(4, self.batch_size // max(1, len(np.unique(y[y >= 0]))))
-        for batch in pk_batches(y, max(2, self.batch_size // k), k, self.rng):
+        p = max(2, self.batch_size // k)
+        if similar > 1:
+            neighbours = self.label_neighbours(y)
+            batches = similar_pk_batches(y, p, k, similar, neighbours, self.rng)
+        else:
+            batches = pk_batches(y, p, k, self.rng)
+        for batch in batches:
             yield self.train_rows[batch]
+
+    def label_neighbours(self, y: np.ndarray, per_label: int = 2) -> np.ndarray:
+        """For each label of ``y`` (rows of ``train_rows``), the labels by increasing distance between the mean
+        embeddings of ``per_label`` random images of each."""
+        members = [np.flatnonzero(y == c) for c in np.unique(y[y >= 0])]
+        picks = np.stack([self.rng.choice(m, size=per_label, replace=len(m) < per_label) for m in members])
+        z = self.embed_rows(self.train_rows[picks.ravel()]).view(len(members), per_label, -1).mean(dim=1)
+        z = F.normalize(z, dim=1)
+        return torch.cdist(z, z).argsort(dim=1).cpu().numpy()
 
     def loss(self, rows: np.ndarray) -> torch.Tensor:
         raise NotImplementedError
@@ -131,9 +147,29 @@ class Siamese(Objective):
     """Metric learning on augmented images. Validation: verification EER on held-out pairs, when labelled."""
 
     def __init__(
-        self, encoder: ConvEncoder, *args: Any, loss: str, margin: float | None, augment: float, **kw: Any
+        self,
+        encoder: ConvEncoder,
+        *args: Any,
+        loss: str,
+        margin: float | None,
+        augment: float,
+        projection: int = 0,
+        similar_labels: int = 0,
+        **kw: Any,
     ) -> None:
-        super().__init__(encoder, encoder, *args, **kw)
+        # SimCLR's projection head: the loss sees g(z), search uses z, which then keeps more than the training
+        # labels need, and so serves unseen labels better. Trained along, dropped afterwards.
+        self.projector: nn.Module | None = None
+        if projection > 0:
+            self.projector = nn.Sequential(
+                nn.Linear(encoder.dim, projection),
+                nn.BatchNorm1d(projection),
+                nn.ReLU(inplace=True),
+                nn.Linear(projection, encoder.dim),
+            )
+        model = encoder if self.projector is None else nn.ModuleDict({"encoder": encoder, "projector": self.projector})
+        super().__init__(encoder, model, *args, **kw)
+        self.similar_labels = similar_labels
         self.loss_name = loss
         self.strength = augment
         self.criterion = metric_loss(loss, margin)
@@ -143,15 +179,19 @@ class Siamese(Objective):
             self.metric_name = "val_eer"
 
     def batches(self) -> Iterator[Any]:
-        return super().batches() if self.loss_name == "ntxent" else self.balanced_batches()
+        return super().batches() if self.loss_name == "ntxent" else self.balanced_batches(self.similar_labels)
+
+    def embed_for_loss(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x)
+        return z if self.projector is None else F.normalize(self.projector(z), dim=1)
 
     def loss(self, rows: np.ndarray) -> torch.Tensor:
         x = self.images[rows]
         if self.loss_name == "ntxent":
             views = torch.cat([augment(x, self.generator, self.strength), augment(x, self.generator, self.strength)])
             ids = torch.arange(len(x), device=x.device).repeat(2)
-            return self.criterion(self.encoder(views), ids)
-        return self.criterion(self.encoder(augment(x, self.generator, self.strength)), self.labels[rows])
+            return self.criterion(self.embed_for_loss(views), ids)
+        return self.criterion(self.embed_for_loss(augment(x, self.generator, self.strength)), self.labels[rows])
 
     @torch.no_grad()
     def validate(self) -> float:

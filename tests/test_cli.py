@@ -96,6 +96,8 @@ def test_bad_usage_exits_2(indexed: Path, image_folder: Path) -> None:
     assert invoke("index").exit_code == 2
     result = invoke("train", image_folder, "--family", "gan")
     assert result.exit_code == 2 and "unknown family" in result.stderr
+    result = invoke("train", image_folder, "--family", "siamese", "--class-augment", "rot3")
+    assert result.exit_code == 2 and "--class-augment must be one of none, rot4, rot4flip" in result.stderr
 
 
 def test_train_writes_a_model_folder_that_index_uses(image_folder: Path, tmp_path: Path) -> None:
@@ -176,13 +178,17 @@ def test_train_siamese_reports_its_calibrated_threshold(tmp_path: Path) -> None:
     model = tmp_path / "sig"
     result = invoke(
         "train", tmp_path / "imgs", "--family", "siamese", "--loss", "triplet", "--out", model,
-        "--epochs", "2", "--dim", "8", "--device", "cpu", "--batch-size", "12",
+        "--epochs", "2", "--dim", "8", "--device", "cpu", "--batch-size", "12", "--class-augment", "rot4",
+        "--resize", "trim", "--ema", "0.9", "--projection", "16", "--similar-labels", "2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Trained a siamese encoder" in result.output and "Verification threshold" in result.output
     stored = json.loads((model / "encoder.json").read_text())
     assert stored["family"] == "siamese" and stored["threshold"]["operating_point"] == "eer"
     assert stored["training"]["config"]["loss"] == "triplet"
+    assert (
+        stored["training"]["config"]["class_augment"] == "rot4" and stored["training"]["class_augment"]["labels"] == 12
+    )
 
 
 def test_train_rejects_unknown_loss_and_unlabelled_siamese(tmp_path: Path, image_folder: Path) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import torch
 
 from simsearch.data import (
     MIN_IDENTITIES_TO_HOLD_OUT,
+    add_transformed_classes,
     augment,
+    class_symmetries,
     encode_labels,
     pk_batches,
+    similar_pk_batches,
     split_for_validation,
     verification_pairs,
 )
@@ -73,3 +79,55 @@ def test_augment_keeps_shape_is_seeded_and_vanishes_at_strength_zero() -> None:
     assert not torch.allclose(a, x, atol=1e-2)
     identity = augment(x, torch.Generator().manual_seed(3), strength=0.0)
     torch.testing.assert_close(identity, x, atol=1e-5, rtol=0)
+
+
+def test_class_augment_makes_new_labels_of_exact_turns_and_mirrors() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 1, 5, 5)).astype(np.float32)
+    y = np.array([0, 0, 1, 1, 2, -1])
+    train = np.array([0, 1, 2, 5])  # rows 3 and 4 held out; row 5 has no label
+    assert class_symmetries("none") == [(0, False)]
+    assert len(class_symmetries("rot4")) == 4 and len(set(class_symmetries("rot4flip"))) == 8
+    for mode, n in (("rot4", 4), ("rot4flip", 8)):
+        xa, ya, rows = add_transformed_classes(x, y, train, mode)
+        labelled = np.array([0, 1, 2])
+        assert len(xa) == len(x) + (n - 1) * 3 and len(ya) == len(xa)
+        np.testing.assert_array_equal(xa[: len(x)], x)  # originals first, row numbers unchanged
+        np.testing.assert_array_equal(ya[: len(x)], y)
+        assert rows[:4].tolist() == train.tolist() and len(rows) == 4 + (n - 1) * 3
+        for t, (turns, mirrored) in enumerate(class_symmetries(mode)[1:], start=1):
+            copies = rows[4 + (t - 1) * 3 : 4 + t * 3]
+            expected = np.rot90(x[labelled], turns, axes=(2, 3))
+            np.testing.assert_array_equal(xa[copies], expected[..., ::-1] if mirrored else expected)
+            assert ya[copies].tolist() == (y[labelled] + 3 * t).tolist()  # a new label per symmetry
+        assert len(np.unique(ya[rows][ya[rows] >= 0])) == 2 * n  # labels 0 and 1, times n symmetries
+    xa, ya, rows = add_transformed_classes(x, y, train, "none")
+    assert xa is x and ya is y and rows is train
+
+
+def test_class_augment_of_the_turns_is_exact_rot90() -> None:
+    x = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 1, 3, 3)
+    xa, ya, _ = add_transformed_classes(x, np.array([0, 1]), np.array([0, 1]), "rot4")
+    np.testing.assert_array_equal(xa[2, 0], np.rot90(x[0, 0]))  # one quarter turn, anticlockwise
+    np.testing.assert_array_equal(xa[4, 0], x[0, 0, ::-1, ::-1])  # half a turn
+    assert ya.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+    with pytest.raises(ValueError, match="square"):
+        add_transformed_classes(np.zeros((2, 1, 3, 4), np.float32), np.array([0, 1]), np.array([0, 1]), "rot4")
+    with pytest.raises(ValueError, match="rot4flip"):
+        class_symmetries("rot3")
+
+
+def test_similar_pk_batches_group_nearest_labels() -> None:
+    y = np.repeat(np.arange(8), 5)
+    # labels 0-3 are alike, and so are labels 4-7: each label's neighbours are its own half first
+    neighbours = np.array([sorted(range(8), key=lambda j, i=i: (j // 4 != i // 4, abs(j - i))) for i in range(8)])
+    batches = similar_pk_batches(y, 4, 3, 4, neighbours, np.random.default_rng(0))
+    assert len(batches) == math.ceil(40 / 12)
+    for batch in batches:
+        labels = y[batch].reshape(4, 3)
+        assert (labels == labels[:, :1]).all()  # k images of each label, in order
+        assert len(set(labels[:, 0])) == 4 and len({int(c) // 4 for c in labels[:, 0]}) == 1  # one half only
+    pairs = similar_pk_batches(y, 4, 2, 2, neighbours, np.random.default_rng(1))
+    for batch in pairs:
+        firsts = y[batch][::2]
+        assert len(set(firsts)) == 4 and firsts[0] // 4 == firsts[1] // 4 and firsts[2] // 4 == firsts[3] // 4

@@ -34,6 +34,7 @@ from simsearch.images import (
     sniff_format,
     survey_images,
     to_array,
+    trim,
 )
 from tests.conftest import encode, handmade_png, run_with_timeout
 
@@ -651,6 +652,32 @@ def test_to_array_letterboxes() -> None:
     assert out.shape == (1, 32, 32)
     assert np.allclose(out[0, :8], 200 / 255.0)
     assert np.allclose(out[0, 24:], 200 / 255.0)
+
+
+def test_trim_crops_the_background_margin_with_a_little_padding() -> None:
+    arr = np.full((100, 100), 250, np.uint8)
+    arr[40:50, 20:70] = 10  # a dark stroke on light paper, with a faint stain the tolerance ignores
+    arr[5, 5] = 230
+    out = trim(Image.fromarray(arr))
+    assert out.size == (50 + 2 * 3, 10 + 2 * 3)  # (W, H): the stroke's box, 3% of the long side on each side
+    assert np.asarray(out)[3:-3, 3:-3].max() == 10
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[2:4, 25:29, 1] = 200  # green only: any channel counts
+    assert trim(Image.fromarray(rgb, "RGB")).size == (6, 4)  # clipped at the right and top edges
+    blank = Image.new("L", (12, 9), 128)
+    assert trim(blank) is blank
+
+
+def test_to_array_trims_then_letterboxes() -> None:
+    arr = np.full((64, 64), 255, np.uint8)
+    arr[10:20, 30:40] = 0  # a small square drawing in a corner of the sheet
+    out = to_array(Image.fromarray(arr), Preprocess(size=(16, 16), resize="trim", invert=True))
+    assert out.shape == (1, 16, 16)
+    assert out[0, 3:13, 3:13].min() > 0.9  # the square fills the input, less its padding
+    assert out[0, :2].max() < 0.1 and out[0, :, -2:].max() < 0.1
+    plain = to_array(Image.fromarray(arr), Preprocess(size=(16, 16), invert=True))
+    assert plain.sum() < out.sum() / 4
+    assert Preprocess.from_json(Preprocess(size=(4, 4), resize="trim").to_json()).resize == "trim"
 
 
 @pytest.mark.parametrize(

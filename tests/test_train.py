@@ -209,3 +209,79 @@ def test_autoencoder_with_contrastive_term(image_folder: Path, fast_train: Train
     config = replace(fast_train, contrastive_weight=0.5, epochs=2)
     encoder = train_on_folder(image_folder, config)
     assert encoder.training["config"]["contrastive_weight"] == 0.5 and len(encoder.history) == 2
+
+
+def test_class_augment_needs_a_labelled_loss_and_square_inputs(tmp_path: Path, fast_train: TrainConfig) -> None:
+    with pytest.raises(UsageError, match="--class-augment must be one of"):
+        TrainConfig(family="siamese", class_augment="rot3")
+    for family, loss in (("autoencoder", "contrastive"), ("siamese", "ntxent"), ("pca", "contrastive")):
+        with pytest.raises(UsageError, match="labelled loss"):
+            TrainConfig(family=family, loss=loss, class_augment="rot4")
+    images = np.zeros((6, 1, 8, 12), np.float32)
+    config = replace(fast_train, family="siamese", class_augment="rot4")
+    with pytest.raises(UsageError, match="square"):
+        train_neural(images, ["a", "a", "b", "b", "c", "c"], Preprocess(size=(8, 12)), config)
+
+
+def test_siamese_trains_on_turned_and_mirrored_classes(tmp_path: Path, fast_train: TrainConfig) -> None:
+    from tests.conftest import write_folder
+
+    write_folder(tmp_path / "imgs", per_class=8)
+    config = replace(fast_train, family="siamese", class_augment="rot4flip", epochs=2, val_fraction=0.3)
+    encoder = train_on_folder(tmp_path / "imgs", config)
+    trained = 24 - encoder.training["validation"]["images"]  # 3 labels × 8 images, some held out ("images" split)
+    assert encoder.training["class_augment"] == {"images": 8 * trained, "labels": 24}
+    assert encoder.training["labels"] == 3
+    assert encoder.threshold is not None  # calibrated on the held-out originals
+    assert encoder.embed(np.zeros((2, 1, 16, 16), np.float32)).shape == (2, 8)
+
+
+def test_resize_trim_is_stored_in_the_spec(image_folder: Path, tmp_path: Path, fast_train: TrainConfig) -> None:
+    from simsearch.encoder import Encoder
+
+    with pytest.raises(UsageError, match="--resize must be one of letterbox, trim"):
+        TrainConfig(resize="stretch")
+    encoder = train_on_folder(image_folder, replace(fast_train, resize="trim", epochs=1))
+    assert encoder.preprocess.resize == "trim"
+    encoder.save(tmp_path / "m")
+    assert Encoder.load(tmp_path / "m").preprocess.resize == "trim"
+    assert (
+        train_on_folder(image_folder, replace(fast_train, family="pixels", resize="trim")).preprocess.resize == "trim"
+    )
+
+
+def test_weight_average_follows_the_weights_and_swaps_them_in() -> None:
+    from simsearch.train import WeightAverage
+
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(module, decay=0.75)
+    start = {k: v.clone() for k, v in module.state_dict().items()}
+    with torch.no_grad():
+        module[0].weight.add_(4.0)
+        module[1].num_batches_tracked.fill_(7)
+    average.update(module)
+    np.testing.assert_allclose(average.state["0.weight"], start["0.weight"] + 1.0)  # 0.75·w + 0.25·(w + 4)
+    assert int(average.state["1.num_batches_tracked"]) == 7  # integer buffers are copied
+    own = module[0].weight.detach().clone()
+    with average.applied(module):
+        np.testing.assert_allclose(module[0].weight.detach(), start["0.weight"] + 1.0)
+    np.testing.assert_array_equal(module[0].weight.detach(), own)
+
+
+def test_siamese_options_validate_and_train(tmp_path: Path, fast_train: TrainConfig) -> None:
+    from simsearch.encoder import Encoder
+    from tests.conftest import write_folder
+
+    for bad in ({"ema": 1.0}, {"projection": -1}, {"family": "vae", "projection": 8}, {"similar_labels": 2}):
+        with pytest.raises(UsageError):
+            TrainConfig(**bad)
+    with pytest.raises(UsageError, match="--similar-labels"):
+        TrainConfig(family="siamese", loss="ntxent", similar_labels=2)
+    write_folder(tmp_path / "imgs", per_class=8)
+    config = replace(fast_train, family="siamese", epochs=2, val_fraction=0.3, ema=0.9, projection=16, similar_labels=2)
+    encoder = train_on_folder(tmp_path / "imgs", config)
+    assert len(encoder.history) == 2 and encoder.threshold is not None
+    assert not any(name.startswith("projector") for name in encoder.module.state_dict())  # the head is dropped
+    encoder.save(tmp_path / "m")
+    x = np.random.default_rng(0).normal(size=(3, 1, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(Encoder.load(tmp_path / "m").embed(x), encoder.embed(x))
