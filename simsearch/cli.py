@@ -142,7 +142,12 @@ def index(
     rebuild: bool = typer.Option(False, "--rebuild", help="Re-embed everything (needed to change the encoder)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable file instead of skipping it."),
     wait: bool = typer.Option(False, "--wait", help="If another process is writing to the collection, wait for it."),
-    workers: int = typer.Option(0, "--workers", min=0, help="Decoding threads (0: one per core, at most 8)."),
+    workers: int = typer.Option(
+        0,
+        "--workers",
+        min=0,
+        help="Decoding worker processes (0: one per core, at most 8; runs under 2,000 images use threads).",
+    ),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images embedded per batch."),
     checkpoint_every: int = typer.Option(
         10_000, "--checkpoint-every", min=1, help="Commit after this many newly embedded images (resume point)."

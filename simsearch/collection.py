@@ -305,7 +305,7 @@ class Collection:
             for key, write in (
                 ("meta", lambda p: _write_parquet(meta, p)),
                 ("skipped", lambda p: _write_parquet(skipped, p)),
-                ("vectors", lambda p: p.write_bytes(vectors.serialize(index))),
+                ("vectors", lambda p: vectors.write_file(index, p)),
             ):
                 writing = files[key]
                 checksums[key] = self._write_file(writing, write)
@@ -411,10 +411,15 @@ class Collection:
                         entry.unlink(missing_ok=True)
 
 
+#: Rows per Parquet row group: the writer holds one encoded row group in memory, so this bounds what a commit
+#: adds to the peak (pyarrow's default, a million rows, would buffer the whole table of most collections).
+ROW_GROUP_ROWS = 16_384
+
+
 def _write_parquet(table: pa.Table, path: Path) -> None:
     # The file is opened here, not by pyarrow: when a write fails (a full disk), it is closed all the same.
     with pa.OSFile(str(path), "wb") as sink:
-        pq.write_table(table, sink, compression="zstd")
+        pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 def _fsync_dir(path: Path) -> None:

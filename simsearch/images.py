@@ -7,13 +7,17 @@ image, ``notes.png`` holding text is not. Every failure comes back as a reason (
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import math
+import multiprocessing
 import os
+import signal
 import stat
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -466,6 +470,96 @@ def load_images(
         return
     with ThreadPoolExecutor(n_workers) as pool:
         yield from pool.map(one, range(len(paths)))
+
+
+#: Below this many images a run decodes on threads: starting worker processes would cost more than it saves.
+PROCESS_MIN_IMAGES = 2_000
+
+
+@dataclass(frozen=True)
+class LoadJob:
+    """One batch of files to load: their paths, the names errors use, and the sha256 each had (or None)."""
+
+    paths: Sequence[Path]
+    names: Sequence[str]
+    known_sha256: Sequence[str | None]
+
+
+def _load_chunk(spec: Preprocess, paths: Sequence[Path], names: Sequence[str], known: Sequence[str | None]) -> list:
+    out: list[LoadedImage | ImageError | None] = []
+    for path, name, sha in zip(paths, names, known, strict=True):
+        try:
+            out.append(load_image(path, spec, name, sha))
+        except ImageError as exc:
+            out.append(exc)
+    return out
+
+
+def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the run; its workers need not print tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def load_batches(
+    jobs: Iterable[LoadJob], spec: Preprocess, workers: int = 0, total: int = 0, ahead: int = 2
+) -> Generator[list[LoadedImage | ImageError | None], None, None]:
+    """``load_images`` for a stream of batches, decoded ``ahead`` batches in front of the caller.
+
+    With ``total`` ≥ ``PROCESS_MIN_IMAGES`` images and more than one worker, each batch is split across
+    worker processes (hashing, decoding and resizing hold the GIL in part, and the caller's embedding runs
+    meanwhile), and at most ``ahead + 1`` batches are held in memory at once. Smaller runs decode each batch on
+    threads when it is asked for. Results come back in input order, one list per job.
+    """
+    n_workers = workers or min(8, os.cpu_count() or 1)
+    if n_workers <= 1 or total < PROCESS_MIN_IMAGES:
+        for job in jobs:
+            yield list(load_images(job.paths, spec, workers, job.names, job.known_sha256))
+        return
+    # Forked workers, as torch's DataLoader does on Linux: they only decode (Pillow and numpy, never torch), and
+    # unlike spawned ones they need no `if __name__ == "__main__"` guard in the caller's script.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ProcessPoolExecutor(n_workers, mp_context=context, initializer=_worker_init) as pool:
+        queue: collections.deque[list[Future]] = collections.deque()
+        iterator = iter(jobs)
+
+        def submit() -> bool:
+            job = next(iterator, None)
+            if job is None:
+                return False
+            step = -(-len(job.paths) // n_workers)
+            queue.append(
+                [
+                    pool.submit(
+                        _load_chunk,
+                        spec,
+                        job.paths[i : i + step],
+                        job.names[i : i + step],
+                        job.known_sha256[i : i + step],
+                    )
+                    for i in range(0, len(job.paths), step)
+                ]
+            )
+            return True
+
+        try:
+            for _ in range(ahead + 1):
+                if not submit():
+                    break
+            while queue:
+                futures = queue.popleft()
+                try:
+                    batch = [result for future in futures for result in future.result()]
+                except BrokenProcessPool:
+                    raise ImageError(
+                        "a decoding worker process died (killed, or out of memory?) — run again, with fewer --workers"
+                    ) from None
+                submit()
+                yield batch
+        finally:
+            for futures in queue:
+                for future in futures:
+                    future.cancel()
 
 
 @dataclass(frozen=True)

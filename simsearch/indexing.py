@@ -7,6 +7,7 @@ resumes where it stopped (the committed files now hash as unchanged).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from simsearch import vectors
 from simsearch.collection import SKIPPED_SCHEMA, Collection, embeddings_of, int64_column, meta_schema, meta_table
 from simsearch.encoder import Encoder, is_model_folder, resolve_device
 from simsearch.errors import CollectionError, DataError, ImageError, ModelError, UsageError
-from simsearch.images import ImageFileEntry, Skipped, find_images, load_images
+from simsearch.images import ImageFileEntry, LoadJob, Skipped, find_images, load_batches
 from simsearch.progress import Progress, no_progress
 from simsearch.train import TRAINABLE, TrainConfig, train_encoder
 
@@ -237,57 +238,66 @@ def index_folder(
                 pending.remove.append(row_id)
         report.removed = len(pending.remove)
         since_commit = 0
-        for start in range(0, len(entries), config.batch_size):
-            batch = entries[start : start + config.batch_size]
-            known = [old[e.rel][1] if e.rel in old else None for e in batch]
-            arrays: list[np.ndarray] = []
-            loaded = load_images(
-                [e.path for e in batch], encoder.preprocess, config.workers, [e.rel for e in batch], known
+        starts = range(0, len(entries), config.batch_size)
+        jobs = (
+            LoadJob(
+                [e.path for e in batch],
+                [e.rel for e in batch],
+                [old[e.rel][1] if e.rel in old else None for e in batch],
             )
-            for entry, result in zip(batch, loaded, strict=True):
-                if result is None:
-                    report.unchanged += 1
-                    continue
-                if isinstance(result, ImageError):
-                    if config.strict:
-                        raise DataError(
-                            f"{root / entry.rel}: {_reason(result, entry.rel)} — fix or remove it, or drop --strict"
-                        )
-                    skipped.append(Skipped(entry.rel, _reason(result, entry.rel)))
+            for batch in (entries[start : start + config.batch_size] for start in starts)
+        )
+        with contextlib.closing(load_batches(jobs, encoder.preprocess, config.workers, len(entries))) as batches:
+            for start, loaded in zip(starts, batches, strict=True):
+                batch = entries[start : start + config.batch_size]
+                arrays: list[np.ndarray] = []
+                for entry, result in zip(batch, loaded, strict=True):
+                    if result is None:
+                        report.unchanged += 1
+                        continue
+                    if isinstance(result, ImageError):
+                        if config.strict:
+                            raise DataError(
+                                f"{root / entry.rel}: {_reason(result, entry.rel)} — fix or remove it, or drop --strict"
+                            )
+                        skipped.append(Skipped(entry.rel, _reason(result, entry.rel)))
+                        if entry.rel in old:
+                            pending.remove.append(old[entry.rel][0])
+                            report.removed += 1
+                        continue
                     if entry.rel in old:
-                        pending.remove.append(old[entry.rel][0])
-                        report.removed += 1
-                    continue
-                if entry.rel in old:
-                    row_id = old[entry.rel][0]
-                    pending.remove.append(row_id)
-                    report.updated += 1
-                else:
-                    row_id = next_id
-                    next_id += 1
-                    report.added += 1
-                for key, value in (
-                    ("id", row_id),
-                    ("path", entry.rel),
-                    ("root", root_key),
-                    ("label", entry.label),
-                    ("sha256", result.sha256),
-                    ("bytes", result.bytes),
-                    ("mtime", entry.mtime),
-                    ("width", result.width),
-                    ("height", result.height),
-                ):
-                    pending.rows[key].append(value)
-                arrays.append(result.array)
-            if arrays:
-                pending.embeddings.append(encoder.embed(np.stack(arrays), config.batch_size))
-                since_commit += len(arrays)
-            progress(
-                "embedding", min(start + len(batch), len(entries)), len(entries), f"{report.embedded} new or changed"
-            )
-            if since_commit >= config.checkpoint_every and not config.strict:
-                commit(pending)
-                since_commit = 0
+                        row_id = old[entry.rel][0]
+                        pending.remove.append(row_id)
+                        report.updated += 1
+                    else:
+                        row_id = next_id
+                        next_id += 1
+                        report.added += 1
+                    for key, value in (
+                        ("id", row_id),
+                        ("path", entry.rel),
+                        ("root", root_key),
+                        ("label", entry.label),
+                        ("sha256", result.sha256),
+                        ("bytes", result.bytes),
+                        ("mtime", entry.mtime),
+                        ("width", result.width),
+                        ("height", result.height),
+                    ):
+                        pending.rows[key].append(value)
+                    arrays.append(result.array)
+                if arrays:
+                    pending.embeddings.append(encoder.embed(np.stack(arrays), config.batch_size))
+                    since_commit += len(arrays)
+                progress(
+                    "embedding",
+                    min(start + len(batch), len(entries)),
+                    len(entries),
+                    f"{report.embedded} new or changed",
+                )
+                if since_commit >= config.checkpoint_every and not config.strict:
+                    commit(pending)
+                    since_commit = 0
         if not entries and not old:
             raise DataError(f"no images found under '{root}' — check the path (images are recognised by content)")
         old_skipped = set(

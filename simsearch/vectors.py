@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -130,6 +131,15 @@ def serialize(index: Any) -> bytes:
     if is_on_gpu(index):
         index = faiss.index_gpu_to_cpu(index)
     return faiss.serialize_index(index).tobytes()
+
+
+def write_file(index: Any, path: Path) -> None:
+    """Write the index to ``path`` in FAISS's own format (what ``serialize`` returns) in chunks of 1 MiB:
+    no copy of the whole index is made in memory."""
+    if is_on_gpu(index):
+        index = faiss.index_gpu_to_cpu(index)
+    with open(path, "wb") as f:  # through Python's file: a full disk raises OSError, as any other write does
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))  # type: ignore[attr-defined]
 
 
 def deserialize(data: bytes) -> Any:

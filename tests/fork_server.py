@@ -21,6 +21,7 @@ simsearch: the hooks wrap its methods in the child only.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -96,20 +97,32 @@ def _install_hooks(request: dict[str, Any]) -> None:
     collection_cls._write_dir = hooked_write_dir
     collection_cls._remove_stale = hooked_remove_stale
 
-    load_images, embed = simsearch.indexing.load_images, simsearch.encoder.Encoder.embed
+    load_batches, embed = simsearch.indexing.load_batches, simsearch.encoder.Encoder.embed
 
-    def logged_load_images(paths, spec, workers=0, names=None, known_sha256=None):
-        for name, result in zip(names, load_images(paths, spec, workers, names, known_sha256), strict=True):
-            if isinstance(result, simsearch.images.LoadedImage):
-                note(f"embed {name}")
-            yield result
+    def logged_load_batches(jobs, spec, workers=0, total=0, ahead=2):
+        taken = collections.deque()
+
+        def tap(jobs):
+            for job in jobs:
+                taken.append(job.names)
+                yield job
+
+        batches = load_batches(tap(jobs), spec, workers, total, ahead)
+        try:
+            for batch in batches:
+                for name, result in zip(taken.popleft(), batch, strict=True):
+                    if isinstance(result, simsearch.images.LoadedImage):
+                        note(f"embed {name}")
+                yield batch
+        finally:
+            batches.close()
 
     def hooked_embed(self, images, batch_size=256):
         out = embed(self, images, batch_size)
         event(f"embedded a batch of {len(images)}")
         return out
 
-    simsearch.indexing.load_images = logged_load_images
+    simsearch.indexing.load_batches = logged_load_batches
     simsearch.encoder.Encoder.embed = hooked_embed
 
 

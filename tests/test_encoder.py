@@ -154,3 +154,25 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_embed_runs_a_fused_copy_that_matches_the_trained_module() -> None:
+    enc = small_encoder(seed=3)
+    enc.module.train()
+    with torch.no_grad():  # running statistics far from the initial 0 and 1, so folding them changes weights
+        for _ in range(5):
+            enc.module(torch.from_numpy(batch(32, seed=9)) * 3 + 1)
+    enc.module.eval()
+    fingerprint = enc.fingerprint
+    weights = {k: v.clone() for k, v in enc.module.state_dict().items()}
+    x = batch(64, seed=4)
+    with torch.inference_mode():
+        expected = enc.module(torch.from_numpy(x)).numpy()
+    got = enc.embed(x, batch_size=16)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * float(np.abs(expected).max()))
+    fused = enc.inference_module()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in enc.module.modules()) > 0  # the original is untouched
+    assert all(torch.equal(weights[k], v) for k, v in enc.module.state_dict().items())
+    assert enc.fingerprint == fingerprint
+    np.testing.assert_array_equal(enc.embed(x, batch_size=64), got)  # batching does not change a result

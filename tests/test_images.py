@@ -912,3 +912,38 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale_with_their_true_size(tmp_pat
     png = tmp_path / "photo.png"
     photo.save(png)
     assert decode_image(png.read_bytes(), draft=spec.size).size == (640, 480)  # only JPEG has a draft mode
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_load_batches_gives_load_images_results_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
+) -> None:
+    import simsearch.images as images
+
+    monkeypatch.setattr(images, "PROCESS_MIN_IMAGES", 1 if processes else 10**9)
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(23):
+        path = tmp_path / f"{i:02d}.png"
+        if i % 7 == 3:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        else:
+            Image.fromarray(rng.integers(0, 256, (9 + i, 11), dtype=np.uint8)).save(path)
+        paths.append(path)
+    spec = Preprocess(size=(8, 8))
+    names = [p.name for p in paths]
+    known = [hashlib.sha256(p.read_bytes()).hexdigest() if i == 5 else None for i, p in enumerate(paths)]
+    expected = list(load_images(paths, spec, 1, names, known))
+    jobs = [images.LoadJob(paths[i : i + 5], names[i : i + 5], known[i : i + 5]) for i in range(0, 23, 5)]
+    batches = list(images.load_batches(iter(jobs), spec, workers=2, total=len(paths), ahead=1))
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+    got = [result for b in batches for result in b]
+    assert got[5] is None and expected[5] is None
+    for mine, theirs in zip(got, expected, strict=True):
+        assert type(mine) is type(theirs)
+        if isinstance(theirs, ImageError):
+            assert str(mine) == str(theirs)
+        elif theirs is not None:
+            np.testing.assert_array_equal(mine.array, theirs.array)
+            assert (mine.sha256, mine.width, mine.height) == (theirs.sha256, theirs.width, theirs.height)
+    assert sum(isinstance(r, ImageError) for r in got) == 3

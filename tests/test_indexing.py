@@ -227,6 +227,43 @@ def test_checkpoints_commit_partial_work(image_folder: Path, tmp_path: Path) -> 
     assert generations == [0, 4, 8, 12, 15]
 
 
+def test_worker_processes_index_what_threads_index(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import simsearch.images as images
+
+    (image_folder / "hbars" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    on_threads, _ = build(image_folder, tmp_path / "threads", batch_size=4)
+    monkeypatch.setattr(images, "PROCESS_MIN_IMAGES", 1)
+    on_processes, report = build(image_folder, tmp_path / "processes", batch_size=4)
+    assert report.added == 15 and [s.rel for s in report.skipped] == ["hbars/broken.png"]
+    a, b = on_threads.load().meta, on_processes.load().meta
+    assert a.drop(["mtime"]).equals(b.drop(["mtime"]))
+    np.testing.assert_array_equal(embeddings_of(a), embeddings_of(b))
+
+
+def test_an_interrupt_while_workers_decode_keeps_the_checkpoints(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import multiprocessing
+
+    import simsearch.images as images
+
+    monkeypatch.setattr(images, "PROCESS_MIN_IMAGES", 1)
+    collection = Collection(tmp_path / "c")
+
+    def progress(task: str, done: int, total: int, note: str = "") -> None:
+        if task == "embedding" and done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        index_folder(image_folder, collection, pixels_config(batch_size=4, checkpoint_every=4), progress)
+    assert collection.load().meta.num_rows == 4  # the checkpoint before the interrupted batch
+    assert multiprocessing.active_children() == []  # no decoding worker outlives the run
+    report = index_folder(image_folder, collection, pixels_config(batch_size=4))
+    assert report.unchanged == 4 and report.added == 11 and report.count == 15
+
+
 def test_second_root_adds_rows_and_keeps_the_first(image_folder: Path, tmp_path: Path) -> None:
     from tests.conftest import write_folder
 

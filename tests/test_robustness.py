@@ -25,6 +25,7 @@ import pytest
 from PIL import Image, ImageFile
 from typer.testing import CliRunner
 
+from simsearch import vectors
 from simsearch.cli import app
 from simsearch.collection import Collection, embeddings_of
 from simsearch.images import MAX_PIXELS
@@ -225,7 +226,7 @@ def failing(real, errno_: int, nth: int = 1):
 WRITE_FAILURES = {
     "meta-parquet-disk-full": ("pyarrow.parquet.write_table", 1, errno.ENOSPC, "meta-000003.parquet"),
     "skipped-parquet-quota": ("pyarrow.parquet.write_table", 2, errno.EDQUOT, "skipped-000003.parquet"),
-    "vectors-disk-full": ("pathlib.Path.write_bytes", 1, errno.ENOSPC, "vectors-000003.faiss"),
+    "vectors-disk-full": ("faiss.write_index", 1, errno.ENOSPC, "vectors-000003.faiss"),
     "manifest-disk-full": ("pathlib.Path.write_text", 1, errno.ENOSPC, "manifest.json"),
     "fsync-io-error": ("os.fsync", 3, errno.EIO, "skipped-000003.parquet"),
     "rename-read-only": ("os.replace", 1, errno.EROFS, "meta-000003.parquet"),
@@ -384,13 +385,15 @@ def test_ctrl_c_in_the_middle_of_a_commit_keeps_the_previous_generation(
     index_folder(image_folder, collection, pixels_config())
     before = files_of(collection.path)
     add_images(image_folder, 3, seed=1)
-    real = Path.write_bytes
+    real = vectors.write_file
 
-    def interrupted(self, data):  # the vectors file: after meta and skipped were renamed into place
-        real(self, data[: len(data) // 2])
+    def interrupted(index, path):  # the vectors file: after meta and skipped were renamed into place
+        real(index, path)
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Path, "write_bytes", interrupted)
+    monkeypatch.setattr(vectors, "write_file", interrupted)
     result = invoke("index", image_folder, "--home", tmp_path)
     assert result.exit_code == 130
     assert error_lines(result) == ["Interrupted: work committed so far is kept; run the same command again to resume."]
