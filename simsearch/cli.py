@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -672,6 +673,10 @@ def main() -> None:
     # images.py refuses over-large images itself, right after Pillow reads the header; Pillow's own warning
     # about them would only add noise to the skipped-files table.
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+    # torch's OpenMP threads spin between operations by default, taking the cores from the processes that
+    # decode the next batches; passive waiting made `index` 1.35× faster on 2 cores, training no slower.
+    # Read when torch is imported, which the commands do later; a value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app()
     except BrokenPipeError:  # e.g. `simsearch query … | head`

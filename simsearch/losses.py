@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import distances, losses, miners
 from torch import nn
+
+# pytorch-metric-learning is imported by the functions that build its losses: it brings scipy with it (0.8 s),
+# which `simsearch index --model M` and `query` never need.
 
 LOSSES = ("contrastive", "triplet", "ntxent")
 
@@ -30,11 +32,15 @@ class MetricLoss(nn.Module):
 
 def contrastive_loss(margin: float = 1.0) -> MetricLoss:
     """Same pairs pulled to distance 0, different pairs pushed beyond ``margin`` (Hadsell, Chopra, LeCun 2006)."""
+    from pytorch_metric_learning import distances, losses
+
     return MetricLoss(losses.ContrastiveLoss(pos_margin=0.0, neg_margin=margin, distance=distances.LpDistance()))
 
 
 def triplet_loss(margin: float = 0.2) -> MetricLoss:
     """Anchor closer to its positive than to its negative by ``margin``, on semi-hard triplets mined in the batch."""
+    from pytorch_metric_learning import distances, losses, miners
+
     distance = distances.LpDistance()
     return MetricLoss(
         losses.TripletMarginLoss(margin=margin, distance=distance),
