@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,13 +93,19 @@ def add_transformed_classes(
     return np.concatenate(images), np.concatenate(labels), np.concatenate(grown)
 
 
-def pk_batches(y: np.ndarray, p: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of class-balanced batches: each holds ``p`` labels × ``k`` images of each (sampled with
-    replacement when a label has fewer than ``k``). Every image is drawn about once per epoch."""
+def _pk_plan(y: np.ndarray, p: int, k: int) -> tuple[np.ndarray, dict[Any, np.ndarray], int, int]:
+    """What both P×K samplers start from: the labels, each label's rows, ``p`` capped at the number of labels,
+    and how many batches make one epoch (every labelled image drawn about once)."""
     classes = np.unique(y[y >= 0])
     members = {c: np.flatnonzero(y == c) for c in classes}
     p = min(p, len(classes))
-    n_batches = max(1, math.ceil((y >= 0).sum() / (p * k)))
+    return classes, members, p, max(1, math.ceil((y >= 0).sum() / (p * k)))
+
+
+def pk_batches(y: np.ndarray, p: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of class-balanced batches: each holds ``p`` labels × ``k`` images of each (sampled with
+    replacement when a label has fewer than ``k``). Every image is drawn about once per epoch."""
+    classes, members, p, n_batches = _pk_plan(y, p, k)
     batches = []
     for _ in range(n_batches):
         chosen = rng.choice(classes, size=p, replace=False)
@@ -112,10 +119,7 @@ def similar_pk_batches(
     """Like ``pk_batches``, but the ``p`` labels of a batch come in groups of ``group`` labels alike: a random
     label and its nearest labels not yet in the batch, so that every batch holds hard negatives.
     ``neighbours[i]`` lists the indices into ``np.unique(y[y >= 0])`` by increasing distance from label i."""
-    classes = np.unique(y[y >= 0])
-    members = {c: np.flatnonzero(y == c) for c in classes}
-    p = min(p, len(classes))
-    n_batches = max(1, math.ceil((y >= 0).sum() / (p * k)))
+    classes, members, p, n_batches = _pk_plan(y, p, k)
     batches = []
     for _ in range(n_batches):
         taken = np.zeros(len(classes), bool)

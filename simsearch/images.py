@@ -459,12 +459,9 @@ def load_images(
     known = list(known_sha256) if known_sha256 is not None else [None] * len(paths)
 
     def one(i: int) -> LoadedImage | ImageError | None:
-        try:
-            return load_image(paths[i], spec, name_list[i], known[i])
-        except ImageError as exc:
-            return exc
+        return _load_or_error(paths[i], spec, name_list[i], known[i])
 
-    n_workers = workers or min(8, os.cpu_count() or 1)
+    n_workers = _worker_count(workers)
     if n_workers <= 1 or len(paths) < 4:
         yield from (one(i) for i in range(len(paths)))
         return
@@ -485,14 +482,21 @@ class LoadJob:
     known_sha256: Sequence[str | None]
 
 
+def _load_or_error(path: Path, spec: Preprocess, name: str, known: str | None) -> LoadedImage | ImageError | None:
+    """``load_image``, with the ``ImageError`` that says why it failed returned rather than raised."""
+    try:
+        return load_image(path, spec, name, known)
+    except ImageError as exc:
+        return exc
+
+
+def _worker_count(workers: int) -> int:
+    """``--workers``: 0 means one per core, at most 8."""
+    return workers or min(8, os.cpu_count() or 1)
+
+
 def _load_chunk(spec: Preprocess, paths: Sequence[Path], names: Sequence[str], known: Sequence[str | None]) -> list:
-    out: list[LoadedImage | ImageError | None] = []
-    for path, name, sha in zip(paths, names, known, strict=True):
-        try:
-            out.append(load_image(path, spec, name, sha))
-        except ImageError as exc:
-            out.append(exc)
-    return out
+    return [_load_or_error(path, spec, name, sha) for path, name, sha in zip(paths, names, known, strict=True)]
 
 
 def _worker_init() -> None:
@@ -510,7 +514,7 @@ def load_batches(
     meanwhile), and at most ``ahead + 1`` batches are held in memory at once. Smaller runs decode each batch on
     threads when it is asked for. Results come back in input order, one list per job.
     """
-    n_workers = workers or min(8, os.cpu_count() or 1)
+    n_workers = _worker_count(workers)
     if n_workers <= 1 or total < PROCESS_MIN_IMAGES:
         for job in jobs:
             yield list(load_images(job.paths, spec, workers, job.names, job.known_sha256))

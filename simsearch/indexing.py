@@ -238,18 +238,18 @@ def index_folder(
                 pending.remove.append(row_id)
         report.removed = len(pending.remove)
         since_commit = 0
-        starts = range(0, len(entries), config.batch_size)
+        chunks = [entries[start : start + config.batch_size] for start in range(0, len(entries), config.batch_size)]
         jobs = (
             LoadJob(
                 [e.path for e in batch],
                 [e.rel for e in batch],
                 [old[e.rel][1] if e.rel in old else None for e in batch],
             )
-            for batch in (entries[start : start + config.batch_size] for start in starts)
+            for batch in chunks
         )
+        done = 0
         with contextlib.closing(load_batches(jobs, encoder.preprocess, config.workers, len(entries))) as batches:
-            for start, loaded in zip(starts, batches, strict=True):
-                batch = entries[start : start + config.batch_size]
+            for batch, loaded in zip(chunks, batches, strict=True):
                 arrays: list[np.ndarray] = []
                 for entry, result in zip(batch, loaded, strict=True):
                     if result is None:
@@ -289,12 +289,8 @@ def index_folder(
                 if arrays:
                     pending.embeddings.append(encoder.embed(np.stack(arrays), config.batch_size))
                     since_commit += len(arrays)
-                progress(
-                    "embedding",
-                    min(start + len(batch), len(entries)),
-                    len(entries),
-                    f"{report.embedded} new or changed",
-                )
+                done += len(batch)
+                progress("embedding", done, len(entries), f"{report.embedded} new or changed")
                 if since_commit >= config.checkpoint_every and not config.strict:
                     commit(pending)
                     since_commit = 0

@@ -128,18 +128,19 @@ def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str = "l2"
 def serialize(index: Any) -> bytes:
     """The index as bytes in FAISS's own format. Pass the CPU index: files are always CPU indexes,
     readable with ``faiss.read_index`` on any machine."""
-    if is_on_gpu(index):
-        index = faiss.index_gpu_to_cpu(index)
-    return faiss.serialize_index(index).tobytes()
+    return faiss.serialize_index(_on_cpu(index)).tobytes()
 
 
 def write_file(index: Any, path: Path) -> None:
     """Write the index to ``path`` in FAISS's own format (what ``serialize`` returns) in chunks of 1 MiB:
     no copy of the whole index is made in memory."""
-    if is_on_gpu(index):
-        index = faiss.index_gpu_to_cpu(index)
     with open(path, "wb") as f:  # through Python's file: a full disk raises OSError, as any other write does
-        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))  # type: ignore[attr-defined]
+        faiss.write_index(_on_cpu(index), faiss.PyCallbackIOWriter(f.write))  # type: ignore[attr-defined]
+
+
+def _on_cpu(index: Any) -> Any:
+    """What is written to disk: the index itself, or a CPU copy of a GPU one (files are always CPU indexes)."""
+    return faiss.index_gpu_to_cpu(index) if is_on_gpu(index) else index
 
 
 def deserialize(data: bytes) -> Any:
