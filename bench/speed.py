@@ -3,6 +3,7 @@
     python bench/speed.py                          # every section on this machine
     python bench/speed.py --only search types      # some sections
     python bench/speed.py --only search types --sizes 1000000 10000000 --device cuda --tag gpu
+    python bench/speed.py --only real --device cuda --tag gpu      # index types on 1M real embeddings
 
 Sections (issue "Fast at any size"):
   index   a) ``simsearch index`` throughput with the default encoder (trained once beforehand) over the
@@ -11,7 +12,10 @@ Sections (issue "Fast at any size"):
              index and queries;
   cli     c) ``simsearch --help`` wall time, and a cold ``simsearch query`` over ``python -c "import torch, faiss"``;
   types   d) generated vectors (a Gaussian mixture, like clustered embeddings): build time, QPS and recall@10 of
-             each index type, tuned to recall@10 ≥ 0.95 on held-out queries where it can be;
+             each index type, tuned to recall@10 ≥ 0.95 on held-out queries where it can be (CAGRA only where
+             FAISS has cuVS and a GPU);
+  real    d) the same on real embeddings: the default encoder's embeddings of variants of the Fashion-MNIST
+             images in ../shared/data (not run unless named: it trains an encoder first);
   rss     e) peak RSS of ``simsearch index`` over 10k versus 100k generated images.
 Results are merged into bench/results/speed[-TAG].json, one key per section.
 """
@@ -186,10 +190,9 @@ def build_collection(folder: Path, x: np.ndarray) -> Path:
 
 
 def section_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """b) QPS of ``Searcher.search_embeddings`` over raw FAISS ``index.search`` on the same index and queries."""
-    import faiss
-
-    from simsearch import vectors
+    """b) QPS of ``Searcher.search_embeddings`` over raw FAISS ``index.search`` on the same index and queries.
+    On a GPU, also with the index held in float16 (the searcher then re-ranks 2·k candidates exactly), and
+    that search's recall@10 against the float32 one (exact)."""
     from simsearch.collection import Collection
     from simsearch.search import Searcher
 
@@ -198,28 +201,48 @@ def section_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         x = mixture(n, 64, seed=1)
         queries = mixture(args.queries, 64, seed=2)
         folder = build_collection(work / f"search-{n}", x)
-        searcher = Searcher(Collection(folder), use_gpu=args.device != "cpu")
-        raw = searcher.index  # the very index the searcher uses (on the GPU when it is there)
-        raw.search(queries[:10], 10)
-        searcher.search_embeddings(queries[:10], 10)
-        t_raw, t_api = [], []
-        for _ in range(args.repeats):  # alternate, so that drift hits both alike
-            t_raw.append(median_time(raw.search, 1, queries, 10))
-            t_api.append(median_time(searcher.search_embeddings, 1, queries, 10))
-        qps_raw, qps_api = args.queries / statistics.median(t_raw), args.queries / statistics.median(t_api)
-        out[str(n)] = {
-            "vectors": n,
-            "queries": args.queries,
-            "k": 10,
-            "on_gpu": vectors.is_on_gpu(raw),
-            "raw_faiss_qps": round(qps_raw, 1),
-            "simsearch_qps": round(qps_api, 1),
-            "ratio": round(qps_api / qps_raw, 3),
-            "faiss_threads": faiss.omp_get_max_threads(),
-        }
-        print("search", out[str(n)], flush=True)
+        del x
+        rows: dict[str, Any] = {}
+        truth = None
+        for variant in ("float32", "float16") if args.device != "cpu" else ("float32",):
+            searcher = Searcher(Collection(folder), use_gpu=args.device != "cpu", float16=variant == "float16")
+            rows[variant] = search_ratio(searcher, queries, args.repeats)
+            _, found = searcher.search_embeddings(queries, 10)
+            if truth is None:
+                truth = found  # float32 flat search is exact
+            else:
+                rows[variant]["recall_at_10_vs_float32"] = round(
+                    float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found, strict=True)])), 4
+                )
+            print("search", n, variant, rows[variant], flush=True)
+            del searcher
+        out[str(n)] = {"vectors": n, "queries": args.queries, "k": 10, **rows}
         shutil.rmtree(folder)
     return out
+
+
+def search_ratio(searcher: Any, queries: np.ndarray, repeats: int) -> dict[str, Any]:
+    """Raw FAISS QPS on the searcher's own index against ``search_embeddings``, alternated, medians."""
+    import faiss
+
+    from simsearch import vectors
+
+    raw = searcher.index  # the very index the searcher uses (on the GPU when it is there)
+    raw.search(queries[:10], 10)
+    searcher.search_embeddings(queries[:10], 10)
+    t_raw, t_api = [], []
+    for _ in range(repeats):  # alternate, so that drift hits both alike
+        t_raw.append(median_time(raw.search, 1, queries, 10))
+        t_api.append(median_time(searcher.search_embeddings, 1, queries, 10))
+    qps_raw, qps_api = len(queries) / statistics.median(t_raw), len(queries) / statistics.median(t_api)
+    return {
+        "on_gpu": vectors.is_on_gpu(raw),
+        "index": vectors.describe(raw),
+        "raw_faiss_qps": round(qps_raw, 1),
+        "simsearch_qps": round(qps_api, 1),
+        "ratio": round(qps_api / qps_raw, 3),
+        "faiss_threads": faiss.omp_get_max_threads(),
+    }
 
 
 def section_cli(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -268,52 +291,122 @@ def section_cli(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def section_types(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """d) every index type on generated vectors: build seconds, QPS, recall@10 (tuned to 0.95 when it can)."""
-    from simsearch import vectors
-
     out: dict[str, Any] = {}
     for n in args.sizes:
         x = mixture(n, 64, seed=1)
-        ids = np.arange(n, dtype=np.int64)
         held_out = mixture(args.tune_queries, 64, seed=3)  # never in the index nor in any training sample
         queries = mixture(args.queries, 64, seed=2)
-        rows: dict[str, Any] = {}
-        for kind in args.types:
-            spec = vectors.default_spec(kind, n, 64)
-            started = time.perf_counter()
-            index = vectors.build_index(spec, x, ids)
-            if args.device != "cpu" and kind != "hnsw":
-                index = vectors.to_gpu(index)
-            build_s = time.perf_counter() - started
-            tuned, tune_recall = vectors.tune(spec, index, x, ids, held_out)
-            vectors.set_search_params(index, tuned)
-            lookup = vectors.lookup(x, ids)
-            nq = args.queries if kind != "flat" or args.device != "cpu" else min(args.queries, 1000)
-
-            batch = queries[:nq]
-            if tuned.refine:
-                search: Any = vectors.search_refined
-                search_args: tuple[Any, ...] = (index, batch, 10, "l2", tuned.refine, lookup)
-            else:
-                search, search_args = vectors.search, (index, batch, 10)
-            search(*search_args)
-            seconds = median_time(search, args.repeats, *search_args)
-            recall = vectors.recall_at_k(index, x, ids, queries[:1000], 10, "l2", tuned.refine)
-            rows[kind] = {
-                "spec": tuned.to_json(),
-                "on_gpu": vectors.is_on_gpu(index),
-                "build_s": round(build_s, 2),
-                "qps": round(nq / seconds, 1),
-                "recall_at_10": round(recall, 4),
-                "tuning_recall_at_10": round(tune_recall, 4),
-            }
-            print("types", n, kind, rows[kind], flush=True)
-            del index
-        flat_qps = rows.get("flat", {}).get("qps")
-        if flat_qps:
-            for row in rows.values():
-                row["speedup_over_flat"] = round(row["qps"] / flat_qps, 2)
-        out[str(n)] = rows
+        out[str(n)] = type_rows(x, held_out, queries, args, f"types {n}")
     return out
+
+
+def type_rows(
+    x: np.ndarray, held_out: np.ndarray, queries: np.ndarray, args: argparse.Namespace, label: str
+) -> dict[str, Any]:
+    """Build each of ``args.types`` over ``x`` (on the GPU with ``--device cuda``: IVF and CAGRA built there,
+    flat copied there; HNSW has no GPU form), tune it on ``held_out``, and time ``queries`` through it."""
+    from simsearch import vectors
+
+    gpu = args.device != "cpu"
+    ids = np.arange(len(x), dtype=np.int64)
+    lookup = vectors.lookup(x, ids)
+    truth = vectors.exact_neighbours(x, ids, queries[:1000], 10)
+    kinds = list(args.types) + (["flat_float16"] if gpu and "flat" in args.types else [])
+    rows: dict[str, Any] = {}
+    for kind in kinds:
+        if kind == "cagra" and not vectors.cagra_available():
+            rows[kind] = {"skipped": "this FAISS build has no CAGRA (cuVS), or sees no GPU"}
+            continue
+        spec = vectors.default_spec(kind.removesuffix("_float16"), len(x), x.shape[1])
+        started = time.perf_counter()
+        index = vectors.build_index(spec, x, ids, on_gpu=gpu and spec.type in vectors.GPU_BUILT)
+        if gpu and spec.type == "flat":
+            index = vectors.to_gpu(index, float16=kind == "flat_float16")
+        build_s = time.perf_counter() - started
+        tuned, tune_recall = vectors.tune(spec, index, x, ids, held_out)
+        vectors.set_search_params(index, tuned)
+        params = vectors.search_params(index, tuned)
+        nq = len(queries) if kind != "flat" or gpu else min(len(queries), 1000)
+        batch = queries[:nq]
+        if tuned.refine:
+            search: Any = vectors.search_refined
+            search_args: tuple[Any, ...] = (index, batch, 10, "l2", tuned.refine, lookup, params)
+        else:
+            search, search_args = vectors.search, (index, batch, 10, "l2", params)
+        search(*search_args)
+        seconds = median_time(search, args.repeats, *search_args)
+        recall = vectors.recall_at_k(index, x, ids, queries[:1000], 10, "l2", tuned.refine, truth=truth, params=params)
+        rows[kind] = {
+            "spec": tuned.to_json(),
+            "index": vectors.describe(index),
+            "on_gpu": vectors.is_on_gpu(index),
+            "build_s": round(build_s, 2),
+            "qps": round(nq / seconds, 1),
+            "recall_at_10": round(recall, 4),
+            "tuning_recall_at_10": round(tune_recall, 4),
+        }
+        print(label, kind, rows[kind], flush=True)
+        del index
+    flat_qps = rows.get("flat", {}).get("qps")
+    if flat_qps:
+        for row in rows.values():
+            if "qps" in row:
+                row["speedup_over_flat"] = round(row["qps"] / flat_qps, 2)
+    return rows
+
+
+def section_real(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """d) on real embeddings: the default encoder, trained on the Fashion-MNIST subset of ../shared/data,
+    embeds ``--real-size`` variants of its 8,058 images (shifted by up to 2 pixels, contrast ×0.8–1.2,
+    Gaussian noise σ 0.03); queries and tuning queries are other variants, never indexed."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from datasets import SHARED_DATA, export_fashion
+
+    from simsearch.encoder import Encoder
+    from simsearch.images import load_image
+
+    if not (SHARED_DATA / "fashion-mnist").exists():
+        return {"skipped": f"no benchmark data at {SHARED_DATA}"}
+    folder = work / "real-fashion"
+    export_fashion(folder / "train", "train")
+    export_fashion(folder / "t10k", "t10k")
+    model = work / "real-model"
+    if not model.exists():
+        started = time.perf_counter()
+        run([*SIMSEARCH, "train", str(folder), "--out", str(model), "--max-seconds", "60", "--device", args.device])
+        print("real: trained the default encoder in", round(time.perf_counter() - started, 1), "s", flush=True)
+    encoder = Encoder.load(model, device=args.device)
+    files = sorted(folder.rglob("*.png"))
+    base = np.stack([item.array for item in (load_image(f, encoder.preprocess) for f in files) if item is not None])
+
+    def variants(n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        out = np.empty((n, encoder.dim), np.float32)
+        for start in range(0, n, 65_536):
+            m = min(65_536, n - start)
+            batch = base[rng.integers(0, len(base), m)].copy()
+            shifts = rng.integers(-2, 3, (m, 2))
+            for dy, dx in {(int(a), int(b)) for a, b in shifts}:
+                pick = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
+                batch[pick] = np.roll(batch[pick], (dy, dx), axis=(2, 3))
+            batch *= rng.uniform(0.8, 1.2, (m, 1, 1, 1)).astype(np.float32)
+            batch += rng.normal(0, 0.03, batch.shape).astype(np.float32)
+            out[start : start + m] = encoder.embed(batch, 4096)
+        return out
+
+    started = time.perf_counter()
+    x = variants(args.real_size, 11)
+    embed_s = time.perf_counter() - started
+    held_out, queries = variants(args.tune_queries, 12), variants(args.queries, 13)
+    print("real: embedded", len(x), "variants in", round(embed_s, 1), "s", flush=True)
+    return {
+        "images": len(base),
+        "vectors": len(x),
+        "dim": encoder.dim,
+        "encoder": encoder.family,
+        "embed_s": round(embed_s, 1),
+        "types": type_rows(x, held_out, queries, args, "real"),
+    }
 
 
 def section_rss(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -371,15 +464,17 @@ SECTIONS = {
     "search": section_search,
     "cli": section_cli,
     "types": section_types,
+    "real": section_real,
     "rss": section_rss,
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=[s for s in SECTIONS if s != "real"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[1_000_000], help="vectors for search and types")
-    parser.add_argument("--types", nargs="+", default=["flat", "ivf", "ivfpq", "hnsw"])
+    parser.add_argument("--types", nargs="+", default=["flat", "ivf", "ivfpq", "hnsw", "cagra"])
+    parser.add_argument("--real-size", type=int, default=1_000_000, help="embeddings for the real section")
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--tune-queries", type=int, default=1000)
     parser.add_argument("--index-images", type=int, default=20_000)

@@ -39,11 +39,15 @@ class IndexConfig:
     batch_size: int = 256
     checkpoint_every: int = 10_000
     device: str = "auto"
-    index_type: str = "auto"  # auto, flat, ivf, ivfpq or hnsw (see vectors.plan)
+    index_type: str = "auto"  # auto, flat, ivf, ivfpq, hnsw or cagra (see vectors.plan)
 
     def __post_init__(self) -> None:
         if self.index_type not in ("auto", *vectors.INDEX_TYPES):
             raise UsageError(f"--type must be auto, {', '.join(vectors.INDEX_TYPES)}; not {self.index_type!r}")
+        if self.index_type == "cagra" and not vectors.cagra_available():
+            raise UsageError(
+                "--type cagra needs a GPU and a FAISS build with cuVS (faiss-gpu-cuvs) — use --type hnsw on this machine"
+            )
 
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -88,33 +89,52 @@ class Searcher:
         device: str = "auto",
         nprobe: int | None = None,
         ef: int | None = None,
+        float16: bool = False,
     ) -> None:
+        """``use_gpu``: search on the GPU when FAISS sees one (with ``float16``, a flat or IVF-Flat index is held
+        there in float16: half the memory; the candidates are re-ranked by exact float32 distances)."""
         self.collection = collection
         snapshot = collection.load()
         self.manifest = snapshot.manifest
         self.metric = snapshot.metric
         self.encoder = collection.load_encoder(snapshot.manifest, device=device)
-        self.index = vectors.to_gpu(snapshot.index) if use_gpu else snapshot.index
         info = snapshot.manifest.get("index") or {}
+        gpu = use_gpu and vectors.gpu_ready(info, snapshot.meta.num_rows)
+        self.index = vectors.to_gpu(snapshot.index, float16=float16) if gpu else snapshot.index
+        self.float16 = float16 and self.on_gpu
         spec = vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat")
         for name, value in (("nprobe", nprobe), ("ef", ef)):
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be at least 1, not {value}")
         self.spec = replace(spec, nprobe=nprobe or spec.nprobe, ef=ef or spec.ef)
         vectors.set_search_params(self.index, self.spec)
+        self.params = vectors.search_params(self.index, self.spec)
         meta = snapshot.meta
         self.ids = int64_column(meta, "id")
         self.order = np.argsort(self.ids, kind="stable")
         self.sorted_ids = self.ids[self.order]
-        self.paths = meta.column("path").to_pylist()
-        self.roots = meta.column("root").to_pylist()
-        self.labels = meta.column("label").to_pylist()
-        self.row_of_sha = {sha: row for row, sha in enumerate(meta.column("sha256").to_pylist())}
+        self.meta = meta  # paths, roots and labels stay Arrow columns: a row is read when it is an answer
         self.embeddings = embeddings_of(meta)
+        # Ids 0..n-1 in some order (a collection never re-indexed): a row is found by one gather.
+        self.dense_ids = bool(self.count) and int(self.sorted_ids[-1]) - int(self.sorted_ids[0]) == self.count - 1
+        self._rerank: Any = None
 
     @property
     def count(self) -> int:
         return len(self.ids)
+
+    @cached_property
+    def row_of_sha(self) -> dict[str, int]:
+        """Row of each stored content hash: made on the first query by file, not for embedding queries."""
+        return {sha: row for row, sha in enumerate(self.meta.column("sha256").to_pylist())}
+
+    @cached_property
+    def paths(self) -> list[str]:
+        return self.meta.column("path").to_pylist()
+
+    @cached_property
+    def roots(self) -> list[str]:
+        return self.meta.column("root").to_pylist()
 
     @property
     def on_gpu(self) -> bool:
@@ -122,6 +142,8 @@ class Searcher:
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Metadata row numbers of FAISS ids (any shape)."""
+        if self.dense_ids:
+            return self.order[ids - self.sorted_ids[0]]
         return self.order[np.searchsorted(self.sorted_ids, ids)]
 
     def search_embeddings(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,21 +163,28 @@ class Searcher:
                 f"{self.collection.path}: the encoder gave a NaN or infinite embedding — check the query images, "
                 "or rebuild the collection with another model"
             )
-        # Approximate indexes with coarse codes (IVF-PQ) fetch refine·k candidates for the exact re-ranking.
-        _, ids = vectors.search(self.index, queries, k * (self.spec.refine or 1), self.metric)
+        # Coarse codes (IVF-PQ) fetch refine·k candidates for the exact re-ranking; float16 vectors twice k.
+        wider = self.spec.refine or (2 if self.float16 else 1)
+        _, ids = vectors.search(self.index, queries, k * wider, self.metric, self.params)
         k = min(k, self.count)
         found = ids >= 0  # an approximate index may return fewer than asked for
         rows = self.rows_of(np.where(found, ids, self.sorted_ids[0] if self.count else 0))
-        with np.errstate(over="ignore"):
-            distances = vectors.exact_distances(queries, self.embeddings[rows], self.metric)
-        if not np.isfinite(distances[found]).all():  # float32 overflow: the order would be meaningless
-            raise ModelError(
+        if self.on_gpu and GpuRerank.available():
+            if self._rerank is None:
+                self._rerank = GpuRerank(self.embeddings, self.metric)
+            distances, order = self._rerank(queries, rows, found, k)
+        else:
+            with np.errstate(over="ignore"):
+                distances = vectors.exact_distances(queries, self.embeddings[rows], self.metric)
+            distances[~found] = np.inf
+            order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+            distances = np.take_along_axis(distances, order, 1)
+        if np.isnan(distances).any() or (np.isinf(distances) & np.take_along_axis(found, order, 1)).any():
+            raise ModelError(  # float32 overflow: the order would be meaningless
                 f"{self.collection.path}: a query embedding is too large to compare with the collection's "
                 "(its distances overflow) — check the query images, or rebuild the collection with another model"
             )
-        distances[~found] = np.inf
-        order = np.argsort(distances, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(distances, order, 1), np.take_along_axis(rows, order, 1)
+        return distances, np.take_along_axis(rows, order, 1)
 
     def query_arrays(self, images: np.ndarray, names: Sequence[str], k: int) -> list[QueryResult]:
         """Neighbours and votes for preprocessed ``images`` (q, C, H, W)."""
@@ -164,10 +193,12 @@ class Searcher:
     def query_embeddings(self, queries: np.ndarray, names: Sequence[str], k: int) -> list[QueryResult]:
         """Neighbours and votes for query embeddings (q, d)."""
         distances, rows = self.search_embeddings(queries, k)
+        # Cell by cell: Arrow's take would import pandas (a second on a cold query).
+        columns = [self.meta.column(c) for c in ("path", "root", "label")]
         results = []
         for name, dist_row, row_row in zip(names, distances, rows, strict=True):
             neighbours = [
-                Neighbour(rank + 1, int(self.ids[r]), float(d), self.paths[r], self.roots[r], self.labels[r])
+                Neighbour(rank + 1, int(self.ids[r]), float(d), *(c[int(r)].as_py() for c in columns))
                 for rank, (d, r) in enumerate(zip(dist_row, row_row, strict=True))
                 if np.isfinite(d)
             ]
@@ -220,6 +251,48 @@ class Searcher:
             if row is not None:
                 out[i] = self.embeddings[row]
         return out
+
+
+class GpuRerank:
+    """Exact re-ranking on the GPU: the collection's float32 embeddings held there (as torch tensors), and each
+    query's candidates gathered, measured and sorted there, so that a GPU search is not left waiting on the
+    CPU. The same float32 arithmetic as ``vectors.exact_distances``: a stored vector is at distance 0 from
+    itself."""
+
+    def __init__(self, embeddings: np.ndarray, metric: str) -> None:
+        import torch
+
+        self.torch, self.metric = torch, metric
+        self.device = torch.device("cuda")
+        x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(self.device)
+        if metric == "cosine":
+            x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.embeddings = x
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a dependency
+            return False
+        return torch.cuda.is_available()
+
+    def __call__(
+        self, queries: np.ndarray, rows: np.ndarray, found: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(distances (q, k), order (q, k)): the k nearest of each query's candidate ``rows``."""
+        torch = self.torch
+        q = torch.from_numpy(vectors.prepare(queries, self.metric)).to(self.device)
+        r = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self.device)
+        v = self.embeddings[r]  # (q, k', d)
+        if self.metric == "cosine":
+            distances = 1.0 - torch.einsum("qd,qkd->qk", q, v)
+        else:
+            diff = v - q[:, None, :]
+            distances = torch.einsum("qkd,qkd->qk", diff, diff).sqrt()
+        distances = distances.masked_fill(~torch.from_numpy(found).to(self.device), float("inf"))
+        distances, order = torch.sort(distances, dim=1, stable=True)
+        return distances[:, :k].cpu().numpy(), order[:, :k].cpu().numpy()
 
 
 def expand_query_paths(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:

@@ -95,16 +95,19 @@ def index_ids(index: Any) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def search(index: Any, queries: np.ndarray, k: int, metric: str = "l2") -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index: Any, queries: np.ndarray, k: int, metric: str = "l2", params: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours of ``queries`` (q, d): ``distances`` (q, k') float32 and ``ids`` (q, k') int64
-    with k' = min(k, ntotal), nearest first. Lower distance is closer."""
+    with k' = min(k, ntotal), nearest first. Lower distance is closer. ``params``: FAISS search parameters
+    (``search_params`` gives those an index needs)."""
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
     k_eff = min(k, index.ntotal)
     q = prepare(queries, metric)
     if k_eff == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    raw, ids = index.search(q, k_eff)
+    raw, ids = index.search(q, k_eff, params=params) if params is not None else index.search(q, k_eff)
     return to_distance(raw, metric), ids
 
 
@@ -122,7 +125,8 @@ def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str = "l2"
     if metric == "cosine":
         v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
         return (1.0 - np.einsum("qd,qkd->qk", q, v)).astype(np.float32)
-    return np.linalg.norm(v - q[:, None, :], axis=-1).astype(np.float32)
+    diff = v - q[:, None, :]
+    return np.sqrt(np.einsum("qkd,qkd->qk", diff, diff)).astype(np.float32)  # einsum: no (q, k, d) squares
 
 
 def serialize(index: Any) -> bytes:
@@ -158,32 +162,44 @@ def gpu_resources(device: int = 0) -> Any:
     return _GPU_RESOURCES[device]
 
 
-def to_gpu(index: Any, device: int = 0) -> Any:
-    """A GPU copy of ``index`` when FAISS sees a GPU, else ``index`` itself.
+def to_gpu(index: Any, device: int = 0, float16: bool = False) -> Any:
+    """A GPU copy of ``index`` when FAISS sees a GPU, else ``index`` itself. ``float16``: flat and IVF-Flat
+    vectors are held as float16 on the GPU (half the memory; distances rounded to about 3 digits).
 
     If FAISS cannot place this index on the GPU (no memory, an index type without a GPU version), the CPU
     index is returned: search still works, only slower.
     """
     if gpu_count() == 0:
         return index
+    options = faiss.GpuClonerOptions()
+    options.useFloat16 = float16
     try:
-        return faiss.index_cpu_to_gpu(gpu_resources(device), device, index)
+        return faiss.index_cpu_to_gpu(gpu_resources(device), device, index, options)
     except RuntimeError:
         return index
 
 
+def cagra_available() -> bool:
+    """True when this FAISS build has CAGRA (cuVS) and sees a GPU: the ``cagra`` index type can be built."""
+    return gpu_count() > 0 and hasattr(faiss, "GpuIndexCagra")
+
+
 def is_on_gpu(index: Any) -> bool:
     """True when the index, or the index an ``IndexIDMap`` wraps, lives on a GPU."""
+    return any(type(part).__name__.startswith("Gpu") for part in _layers(index))
+
+
+def _layers(index: Any) -> list[Any]:
+    """The index and, for an ``IndexIDMap``, the index it wraps (downcast to its own class)."""
     inner = getattr(index, "index", None)
-    names = [type(index).__name__]
-    if inner is not None:
-        names.append(type(faiss.downcast_index(inner)).__name__)
-    return any(name.startswith("Gpu") for name in names)
+    return [index] if inner is None else [index, faiss.downcast_index(inner)]
 
 
 # --- index types ------------------------------------------------------------------------------------------------
 
-INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
+INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw", "cagra")
+#: Types whose building is faster on a GPU: IVF training (k-means) and adds, and CAGRA (GPU only).
+GPU_BUILT = ("ivf", "ivfpq", "cagra")
 #: ``--type auto`` keeps exact search up to this many vectors: a flat search over them takes a few
 #: milliseconds per query on one core at d = 64, and it needs no training and loses no recall.
 EXACT_LIMIT = 200_000
@@ -194,8 +210,9 @@ RECALL_TARGET = 0.95
 @dataclass(frozen=True)
 class IndexSpec:
     """An index type and its parameters: ``nlist`` (IVF cells), ``pq_m`` (PQ sub-vectors) and ``pq_bits`` (bits
-    per sub-vector code), ``hnsw_m`` (graph
-    degree); and the search-time knobs ``nprobe`` (IVF cells visited), ``ef`` (HNSW search breadth) and
+    per sub-vector code), ``hnsw_m`` (graph degree; for CAGRA, the graph degree is 2·``hnsw_m``);
+    and the search-time knobs ``nprobe`` (IVF cells visited), ``ef`` (HNSW search breadth; CAGRA's
+    ``itopk_size`` on the GPU, HNSW's ``efSearch`` when the same graph is searched on the CPU) and
     ``refine`` (fetch ``refine``·k candidates and re-rank them by exact distance to the stored embeddings:
     PQ codes alone are too coarse for a good recall)."""
 
@@ -239,6 +256,8 @@ def default_spec(kind: str, n: int, dim: int) -> IndexSpec:
         return IndexSpec("flat")
     if kind == "hnsw":
         return IndexSpec("hnsw", hnsw_m=32, ef=64)
+    if kind == "cagra":
+        return IndexSpec("cagra", hnsw_m=16, ef=64)
     trainable = int(n * 0.9)  # build_tuned keeps up to a tenth out of training, to measure recall on
     nlist = 1 << max(4, round(math.log2(max(4 * math.sqrt(max(n, 1)), 16))))
     nlist = max(1, min(nlist, trainable // 39 or 1))
@@ -256,10 +275,16 @@ def _faiss_metric(metric: str) -> int:
 
 
 def empty_index(spec: IndexSpec, dim: int, metric: str = "l2") -> Any:
-    """An empty index of ``spec``'s type; IVF types need ``train`` before vectors are added."""
+    """An empty index of ``spec``'s type; IVF types need ``train`` before vectors are added. A ``cagra`` index
+    is a GPU index (``cagra_available``): its graph is built by its one ``add_with_ids``."""
     if spec.type == "flat":
         return new_index(dim, metric)
     fmetric = _faiss_metric(metric)
+    if spec.type == "cagra":
+        config = faiss.GpuIndexCagraConfig()  # type: ignore[attr-defined]
+        config.graph_degree = 2 * (spec.hnsw_m or 16)
+        config.intermediate_graph_degree = 4 * (spec.hnsw_m or 16)
+        return faiss.IndexIDMap2(faiss.GpuIndexCagra(gpu_resources(), dim, fmetric, config))  # type: ignore[attr-defined]
     if spec.type == "hnsw":
         graph = faiss.IndexHNSWFlat(dim, spec.hnsw_m or 32, fmetric)
         graph.hnsw.efConstruction = 80
@@ -281,13 +306,28 @@ def build_index(
     seed: int = 0,
     train_size: int | None = None,
     holdout: np.ndarray | None = None,
+    on_gpu: bool = False,
 ) -> Any:
     """An index of ``spec`` holding ``vectors`` under ``ids``; IVF types are first trained on a random sample
     of them (at most ``train_size``: default 64 per cell, at least 100,000) that leaves out the rows
     ``holdout`` (so that recall measured on those rows is measured on vectors the training never saw).
-    Search parameters are applied."""
+    Search parameters are applied.
+
+    With ``on_gpu``, IVF types are trained and filled on the GPU and the GPU index is returned (``_on_cpu``
+    copies it back); ``cagra`` is always built on the GPU, and returned there only with ``on_gpu``. Without a
+    GPU, a ``cagra`` spec is built as the HNSW graph it is searched as on a CPU."""
     x = prepare(vectors, metric)
+    if spec.type == "cagra" and not cagra_available():
+        spec = replace(spec, type="hnsw")
+    if spec.type == "cagra":
+        index = empty_index(spec, x.shape[1], metric)
+        if len(x):
+            index.train(x)  # builds the graph; the add that follows only takes the ids
+            index.add_with_ids(x, np.ascontiguousarray(ids, dtype=np.int64))
+        return index if on_gpu else _on_cpu(index)
     index = empty_index(spec, x.shape[1], metric)
+    if on_gpu and spec.type in GPU_BUILT:
+        index = to_gpu(index)
     if spec.type in ("ivf", "ivfpq"):
         rng = np.random.default_rng(seed)
         pool = np.setdiff1d(np.arange(len(x)), holdout) if holdout is not None else np.arange(len(x))
@@ -300,7 +340,10 @@ def build_index(
 
 
 def set_search_params(index: Any, spec: IndexSpec) -> None:
-    """Apply ``nprobe`` / ``ef`` to an index (CPU or GPU, bare or wrapped)."""
+    """Apply ``nprobe`` / ``ef`` to an index (CPU or GPU, bare or wrapped). A GPU CAGRA index takes its
+    breadth with each search instead: see ``search_params``."""
+    if is_cagra_on_gpu(index):
+        return
     space = (
         faiss.GpuParameterSpace()
         if is_on_gpu(index) and hasattr(faiss, "GpuParameterSpace")
@@ -308,22 +351,36 @@ def set_search_params(index: Any, spec: IndexSpec) -> None:
     )
     if spec.nprobe is not None and spec.type in ("ivf", "ivfpq"):
         space.set_index_parameter(index, "nprobe", int(spec.nprobe))
-    if spec.ef is not None and spec.type == "hnsw":
+    if spec.ef is not None and spec.type in ("hnsw", "cagra"):
         space.set_index_parameter(index, "efSearch", int(spec.ef))
 
 
+def is_cagra_on_gpu(index: Any) -> bool:
+    return any(type(part).__name__ == "GpuIndexCagra" for part in _layers(index))
+
+
+def search_params(index: Any, spec: IndexSpec) -> Any:
+    """The parameters ``search`` passes to FAISS with each call: ``itopk_size`` for a GPU CAGRA index (the
+    breadth of its search), None for every other index (``set_search_params`` has set theirs)."""
+    if not is_cagra_on_gpu(index) or spec.ef is None:
+        return None
+    params = faiss.SearchParametersCagra()  # type: ignore[attr-defined]
+    params.itopk_size = int(spec.ef)
+    return params
+
+
 def supports_removal(index: Any) -> bool:
-    """HNSW graphs cannot drop vectors: such an index is rebuilt from the stored embeddings instead."""
+    """HNSW graphs (CAGRA's too) cannot drop vectors: such an index is rebuilt from the stored embeddings."""
     inner = faiss.downcast_index(index.index) if hasattr(index, "index") and hasattr(index, "id_map") else index
     return not isinstance(inner, faiss.IndexHNSW)
 
 
 def search_refined(
-    index: Any, queries: np.ndarray, k: int, metric: str, refine: int, vectors_of: Any
+    index: Any, queries: np.ndarray, k: int, metric: str, refine: int, vectors_of: Any, params: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``search`` for ``refine``·k candidates, then exact distances to ``vectors_of(ids)`` (q, k', d) and the
     k nearest of them: (distances, ids), nearest first."""
-    _, ids = search(index, queries, k * max(1, refine), metric)
+    _, ids = search(index, queries, k * max(1, refine), metric, params)
     distances = exact_distances(queries, vectors_of(np.maximum(ids, 0)), metric)
     distances[ids < 0] = np.inf  # fewer results than asked for
     order = np.argsort(distances, axis=1, kind="stable")[:, :k]
@@ -347,6 +404,7 @@ def recall_at_k(
     refine: int | None = None,
     query_ids: np.ndarray | None = None,
     truth: np.ndarray | None = None,
+    params: Any = None,
 ) -> float:
     """Share of the exact k nearest ``ids`` (brute force over ``vectors``, or ``truth`` from
     ``exact_neighbours``) that ``index`` returns (after re-ranking ``refine``·k candidates, when given). With
@@ -355,9 +413,9 @@ def recall_at_k(
         truth = exact_neighbours(vectors, ids, queries, k, metric, query_ids)
     extra = 1 if query_ids is not None else 0
     if refine:
-        _, found = search_refined(index, queries, k + extra, metric, refine, lookup(vectors, ids))
+        _, found = search_refined(index, queries, k + extra, metric, refine, lookup(vectors, ids), params)
     else:
-        _, found = search(index, queries, k + extra, metric)
+        _, found = search(index, queries, k + extra, metric, params)
     if query_ids is not None:
         found = np.array([[i for i in row if i != own][:k] for row, own in zip(found, query_ids, strict=True)])
     hits = sum(len(set(t[t >= 0]) & set(f[f >= 0])) for t, f in zip(truth, found, strict=True))
@@ -394,18 +452,19 @@ def tune(
     k: int = 10,
     query_ids: np.ndarray | None = None,
 ) -> tuple[IndexSpec, float]:
-    """The smallest ``nprobe`` (IVF) or ``ef`` (HNSW) whose recall@k on ``queries`` reaches ``target``
+    """The smallest ``nprobe`` (IVF) or ``ef`` (HNSW, CAGRA) whose recall@k on ``queries`` reaches ``target``
     (doubling from 1, or 16 for ``ef``), and that recall; the largest tried when none reaches it."""
     if spec.exact:
         return spec, 1.0
     ivf = spec.type in ("ivf", "ivfpq")
-    limit = (spec.nlist or 1) if ivf else 4096
+    limit = (spec.nlist or 1) if ivf else 512 if is_cagra_on_gpu(index) else 4096
     value = 1 if ivf else 16
     truth = exact_neighbours(vectors, ids, queries, k, metric, query_ids)
     while True:
         candidate = replace(spec, nprobe=min(value, limit)) if ivf else replace(spec, ef=min(value, limit))
         set_search_params(index, candidate)
-        recall = recall_at_k(index, vectors, ids, queries, k, metric, candidate.refine, query_ids, truth)
+        params = search_params(index, candidate)
+        recall = recall_at_k(index, vectors, ids, queries, k, metric, candidate.refine, query_ids, truth, params)
         if recall >= target or value >= limit:
             return candidate, recall
         value *= 2
@@ -423,7 +482,9 @@ def plan(requested: str, n: int, dim: int, current: IndexSpec | None, trained_on
 
     ``auto`` keeps exact search up to ``EXACT_LIMIT`` vectors and an approximate type beyond (the current
     one if approximate, else IVF). An IVF index is retrained once the collection has grown four-fold since
-    its training, as its cells are then too crowded.
+    its training, as its cells are then too crowded. A CAGRA graph is rebuilt whenever the collection has
+    changed since it was built and a GPU can rebuild it: vectors added on a CPU go into its HNSW form only,
+    and the GPU takes only a graph that CAGRA built (see ``gpu_ready``).
     """
     if requested == "auto":
         kind = "flat" if n <= EXACT_LIMIT else (current.type if current and not current.exact else "ivf")
@@ -433,26 +494,52 @@ def plan(requested: str, n: int, dim: int, current: IndexSpec | None, trained_on
         return default_spec(kind, n, dim)
     if kind in ("ivf", "ivfpq") and trained_on and n > 4 * trained_on:
         return default_spec(kind, n, dim)
+    if kind == "cagra" and trained_on != n and cagra_available():
+        return default_spec(kind, n, dim)
     return None
+
+
+def gpu_ready(info: dict[str, Any], count: int) -> bool:
+    """Whether a collection's index (its manifest record ``info``, ``count`` vectors) may be copied to a GPU:
+    every type may, except a CAGRA graph that vectors were added to on a CPU since CAGRA built it."""
+    return info.get("type") != "cagra" or info.get("trained_on") == count
 
 
 def build_tuned(
     spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, metric: str = "l2", seed: int = 0, n_queries: int = 1000
 ) -> tuple[Any, IndexSpec, dict[str, Any]]:
     """Build ``spec`` over ``vectors``, tune its search breadth on up to ``n_queries`` stored vectors left out of
-    training, and return the index, the tuned spec and the record for the manifest (with its recall@10)."""
+    training, and return the CPU index, the tuned spec and the record for the manifest (with its recall@10).
+
+    When FAISS sees a GPU, IVF and CAGRA indexes are built and tuned there (``build_index``); a build the GPU
+    cannot take (no memory, PQ codes under 8 bits) is made on the CPU instead. Without a GPU, ``cagra`` is
+    recorded as the ``hnsw`` index it is then built as."""
     rng = np.random.default_rng(seed)
     n_held = min(n_queries, max(1, len(vectors) // 10))
     held = np.sort(rng.choice(len(vectors), n_held, replace=False)) if len(vectors) else np.zeros(0, np.int64)
-    index = build_index(spec, vectors, ids, metric, seed, holdout=held)
+    if spec.type == "cagra" and not cagra_available():
+        spec = default_spec("hnsw", len(vectors), vectors.shape[1])
+    on_gpu = gpu_count() > 0 and spec.type in GPU_BUILT
+    try:
+        index = build_index(spec, vectors, ids, metric, seed, holdout=held, on_gpu=on_gpu)
+    except RuntimeError:
+        if not on_gpu or spec.type == "cagra":
+            raise
+        on_gpu = False
+        index = build_index(spec, vectors, ids, metric, seed, holdout=held)
     recall = 1.0
     if not spec.exact and len(vectors) > 10:
         spec, recall = tune(spec, index, vectors, ids, vectors[held], metric, query_ids=ids[held])
+        set_search_params(index, spec)
+    on_gpu = is_on_gpu(index)
+    if on_gpu:
+        index = _on_cpu(index)
         set_search_params(index, spec)
     info = {
         **spec.to_json(),
         "exact": spec.exact,
         "factory": describe(index),
+        "built_on": "gpu" if on_gpu else "cpu",
         "trained_on": len(vectors),
         "recall_at_10": round(recall, 4) if not spec.exact else 1.0,
         "recall_queries": 0 if spec.exact else int(n_held),

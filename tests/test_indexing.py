@@ -313,8 +313,12 @@ def test_query_files_embeds_new_images_and_reuses_stored_ones(image_folder: Path
     np.testing.assert_allclose(searcher.embeddings[row], fresh[1], atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw", pytest.param("cagra", marks=pytest.mark.gpu)])
 def test_approximate_index_types_answer_like_exact_search(image_folder: Path, tmp_path: Path, kind: str) -> None:
+    from simsearch import vectors
+
+    if kind == "cagra" and not vectors.cagra_available():
+        pytest.skip("this FAISS build has no CAGRA (cuVS), or sees no GPU")
     write_folder(image_folder, per_class=40, seed=4, kinds=("hbars", "vbars", "blob", "dots"))
     exact, _ = build(image_folder, tmp_path / "exact")
     approx = Collection(tmp_path / "approx")
@@ -339,6 +343,10 @@ def test_approximate_index_types_answer_like_exact_search(image_folder: Path, tm
     snapshot = approx.load()
     assert snapshot.index.ntotal == snapshot.meta.num_rows == 159
     assert json.loads(approx.manifest_path.read_text())["index"]["type"] == kind
+    searcher = Searcher(approx)
+    assert not searcher.dense_ids  # a removed id leaves a gap: rows are found by binary search
+    changed = searcher.query_files([image_folder / "dots" / "7.png"], 1)[0].neighbours[0]
+    assert (changed.path, changed.distance) == ("dots/7.png", 0.0)
     # Switching back to exact search needs no --rebuild: the embeddings are kept.
     report = index_folder(image_folder, approx, pixels_config(index_type="flat"))
     assert report.embedded == 0 and json.loads(approx.manifest_path.read_text())["index"]["type"] == "flat"
@@ -358,3 +366,31 @@ def test_auto_keeps_exact_search_for_small_collections_and_plans_ivf_beyond() ->
     assert vectors.plan("auto", 5 * big, 64, ivf, big).nlist > ivf.nlist  # grown four-fold: retrained
     with pytest.raises(UsageError, match="--type"):
         IndexConfig(index_type="annoy")
+    if not vectors.cagra_available():
+        with pytest.raises(UsageError, match="--type cagra needs a GPU"):
+            IndexConfig(index_type="cagra")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("float16", [False, True])
+def test_gpu_search_answers_like_cpu_search(image_folder: Path, tmp_path: Path, float16: bool) -> None:
+    from simsearch import vectors
+
+    if vectors.gpu_count() == 0:
+        pytest.skip("FAISS sees no GPU (CPU-only FAISS build)")
+    write_folder(image_folder, per_class=40, seed=4, kinds=("hbars", "vbars", "blob", "dots"))
+    collection, _ = build(image_folder, tmp_path / "c")
+    queries = sorted(image_folder.rglob("*.png"))[::4]
+    cpu = Searcher(collection, use_gpu=False)
+    gpu = Searcher(collection, use_gpu=True, float16=float16)
+    assert gpu.on_gpu and not cpu.on_gpu and gpu.float16 == float16
+    for a, b in zip(cpu.query_files(queries, 10), gpu.query_files(queries, 10), strict=True):
+        assert b.neighbours[0].distance == 0.0 and b.neighbours[0].id == a.neighbours[0].id
+        np.testing.assert_allclose([n.distance for n in b.neighbours], [n.distance for n in a.neighbours], atol=1e-5)
+        assert b.vote == a.vote
+    # Re-ranking on the GPU gives the CPU's float32 distances for the same candidates.
+    x = gpu.embeddings[:50] + 0.01
+    d_cpu, r_cpu = cpu.search_embeddings(x, 5)
+    d_gpu, r_gpu = gpu.search_embeddings(x, 5)
+    np.testing.assert_allclose(d_gpu, d_cpu, rtol=1e-5, atol=1e-6)
+    assert (r_gpu == r_cpu).mean() > 0.95  # the same rows, but for exact ties

@@ -159,3 +159,62 @@ def test_refined_search_reranks_by_exact_distance() -> None:
     assert (np.diff(d, axis=1) >= 0).all()
     expected = np.linalg.norm(vectors.lookup(x, ids)(found) - x[:50, None], axis=-1)
     np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_cagra_graph_grown_on_a_cpu_stays_on_the_cpu() -> None:
+    assert vectors.gpu_ready({"type": "cagra", "trained_on": 10}, 10)
+    assert not vectors.gpu_ready({"type": "cagra", "trained_on": 10}, 12)
+    assert vectors.gpu_ready({"type": "ivf", "trained_on": 10}, 12) and vectors.gpu_ready({}, 3)
+    spec = vectors.default_spec("cagra", 10, 8)
+    assert vectors.plan("cagra", 10, 8, spec, 10) is None
+    # Changed since CAGRA built it: rebuilt where a GPU can, kept (searched as HNSW on the CPU) elsewhere.
+    assert (vectors.plan("cagra", 12, 8, spec, 10) is not None) == vectors.cagra_available()
+
+
+def test_cagra_without_a_gpu_is_built_as_hnsw() -> None:
+    if vectors.cagra_available():
+        pytest.skip("this machine builds CAGRA itself")
+    x = clustered_vectors(2000, 16)
+    ids = np.arange(len(x), dtype=np.int64)
+    index, spec, info = vectors.build_tuned(vectors.default_spec("cagra", len(x), 16), x, ids)
+    assert spec.type == info["type"] == "hnsw" and info["factory"] == "IndexIDMap2(IndexHNSWFlat)"
+    assert info["built_on"] == "cpu" and info["recall_at_10"] >= vectors.RECALL_TARGET
+    assert index.ntotal == len(x) and not vectors.is_on_gpu(index)
+
+
+@pytest.mark.gpu
+def test_cagra_is_built_on_the_gpu_and_searched_on_either() -> None:
+    if not vectors.cagra_available():
+        pytest.skip("this FAISS build has no CAGRA (cuVS), or sees no GPU")
+    x = clustered_vectors(20_000, 32)
+    ids = np.arange(len(x), dtype=np.int64) * 3 + 1
+    rng = np.random.default_rng(2)
+    queries = x[rng.choice(len(x), 300, replace=False)] + rng.normal(0, 0.05, (300, 32)).astype(np.float32)
+    index, spec, info = vectors.build_tuned(vectors.default_spec("cagra", len(x), 32), x, ids)
+    assert spec.type == "cagra" and info["built_on"] == "gpu" and not vectors.is_on_gpu(index)
+    assert info["factory"] == "IndexIDMap2(IndexHNSWCagra)" and info["recall_at_10"] >= vectors.RECALL_TARGET
+    back = vectors.deserialize(vectors.serialize(index))  # the file form: a CPU graph
+    gpu = vectors.to_gpu(back)
+    assert vectors.is_cagra_on_gpu(gpu)
+    params = vectors.search_params(gpu, spec)
+    assert params is not None and params.itopk_size == spec.ef
+    assert vectors.recall_at_k(gpu, x, ids, queries, 10, params=params) >= vectors.RECALL_TARGET
+    vectors.set_search_params(back, spec)
+    assert vectors.recall_at_k(back, x, ids, queries, 10) >= 0.9  # the same graph searched as HNSW on a CPU
+    assert not vectors.supports_removal(back)
+
+
+@pytest.mark.gpu
+def test_float16_flat_index_on_the_gpu_keeps_recall_and_halves_memory() -> None:
+    if vectors.gpu_count() == 0:
+        pytest.skip("FAISS sees no GPU (CPU-only FAISS build)")
+    x = clustered_vectors(20_000, 32)
+    ids = np.arange(len(x), dtype=np.int64)
+    index = vectors.new_index(32)
+    vectors.add_vectors(index, x, ids)
+    queries = x[:300] + 0.05
+    half = vectors.to_gpu(index, float16=True)
+    assert vectors.is_on_gpu(half)
+    assert vectors.recall_at_k(half, x, ids, queries, 10) >= 0.99
+    restored = vectors.deserialize(vectors.serialize(half))  # written back as float32 CPU vectors
+    assert not vectors.is_on_gpu(restored) and restored.ntotal == len(x)
