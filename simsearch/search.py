@@ -106,7 +106,7 @@ class Searcher:
         for name, value in (("nprobe", nprobe), ("ef", ef)):
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be at least 1, not {value}")
-        self.spec = replace(spec, nprobe=nprobe or spec.nprobe, ef=ef or spec.ef)
+        self.spec = replace(spec, nprobe=nprobe or spec.nprobe, ef=ef or spec.ef, ef_cpu=ef or spec.ef_cpu)
         vectors.set_search_params(self.index, self.spec)
         self.params = vectors.search_params(self.index, self.spec)
         meta = snapshot.meta

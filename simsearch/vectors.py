@@ -107,7 +107,10 @@ def search(
     q = prepare(queries, metric)
     if k_eff == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    raw, ids = index.search(q, k_eff, params=params) if params is not None else index.search(q, k_eff)
+    # faiss.contrib.torch_utils (which pytorch-metric-learning imports) swaps ``search`` for one without
+    # ``params``, keeping FAISS's own as ``search_numpy``.
+    run = getattr(index, "search_numpy", index.search)
+    raw, ids = run(q, k_eff, params=params) if params is not None else run(q, k_eff)
     return to_distance(raw, metric), ids
 
 
@@ -174,9 +177,12 @@ def to_gpu(index: Any, device: int = 0, float16: bool = False) -> Any:
     options = faiss.GpuClonerOptions()
     options.useFloat16 = float16
     try:
-        return faiss.index_cpu_to_gpu(gpu_resources(device), device, index, options)
+        copy: Any = faiss.index_cpu_to_gpu(gpu_resources(device), device, index, options)
     except RuntimeError:
         return index
+    # A GPU CAGRA index reads its vectors from the CPU index it was copied from: that one must outlive it.
+    copy.referenced_objects = [*getattr(copy, "referenced_objects", []), index]
+    return copy
 
 
 def cagra_available() -> bool:
@@ -212,7 +218,8 @@ class IndexSpec:
     """An index type and its parameters: ``nlist`` (IVF cells), ``pq_m`` (PQ sub-vectors) and ``pq_bits`` (bits
     per sub-vector code), ``hnsw_m`` (graph degree; for CAGRA, the graph degree is 2·``hnsw_m``);
     and the search-time knobs ``nprobe`` (IVF cells visited), ``ef`` (HNSW search breadth; CAGRA's
-    ``itopk_size`` on the GPU, HNSW's ``efSearch`` when the same graph is searched on the CPU) and
+    ``itopk_size`` on the GPU), ``ef_cpu`` (CAGRA: HNSW's ``efSearch`` when its graph is searched on a CPU,
+    tuned apart) and
     ``refine`` (fetch ``refine``·k candidates and re-rank them by exact distance to the stored embeddings:
     PQ codes alone are too coarse for a good recall)."""
 
@@ -224,6 +231,7 @@ class IndexSpec:
     nprobe: int | None = None
     ef: int | None = None
     refine: int | None = None
+    ef_cpu: int | None = None
 
     def __post_init__(self) -> None:
         if self.type not in INDEX_TYPES:
@@ -241,7 +249,7 @@ class IndexSpec:
         return cls(
             **{
                 k: data[k]
-                for k in ("type", "nlist", "pq_m", "pq_bits", "hnsw_m", "nprobe", "ef", "refine")
+                for k in ("type", "nlist", "pq_m", "pq_bits", "hnsw_m", "nprobe", "ef", "refine", "ef_cpu")
                 if k in data
             }
         )
@@ -351,8 +359,9 @@ def set_search_params(index: Any, spec: IndexSpec) -> None:
     )
     if spec.nprobe is not None and spec.type in ("ivf", "ivfpq"):
         space.set_index_parameter(index, "nprobe", int(spec.nprobe))
-    if spec.ef is not None and spec.type in ("hnsw", "cagra"):
-        space.set_index_parameter(index, "efSearch", int(spec.ef))
+    ef = (spec.ef_cpu or spec.ef) if spec.type == "cagra" else spec.ef
+    if ef is not None and spec.type in ("hnsw", "cagra"):
+        space.set_index_parameter(index, "efSearch", int(ef))
 
 
 def is_cagra_on_gpu(index: Any) -> bool:
@@ -534,7 +543,14 @@ def build_tuned(
     on_gpu = is_on_gpu(index)
     if on_gpu:
         index = _on_cpu(index)
-        set_search_params(index, spec)
+    extra: dict[str, Any] = {}
+    if spec.type == "cagra" and len(vectors) > 10:  # the CPU searches the same graph as HNSW: its own breadth
+        cpu, cpu_recall = tune(
+            IndexSpec("hnsw", ef=spec.ef), index, vectors, ids, vectors[held], metric, query_ids=ids[held]
+        )
+        spec = replace(spec, ef_cpu=cpu.ef)
+        extra["recall_at_10_cpu"] = round(cpu_recall, 4)
+    set_search_params(index, spec)
     info = {
         **spec.to_json(),
         "exact": spec.exact,
@@ -543,5 +559,6 @@ def build_tuned(
         "trained_on": len(vectors),
         "recall_at_10": round(recall, 4) if not spec.exact else 1.0,
         "recall_queries": 0 if spec.exact else int(n_held),
+        **extra,
     }
     return index, spec, info

@@ -175,4 +175,5 @@ def test_embed_runs_a_fused_copy_that_matches_the_trained_module() -> None:
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in enc.module.modules()) > 0  # the original is untouched
     assert all(torch.equal(weights[k], v) for k, v in enc.module.state_dict().items())
     assert enc.fingerprint == fingerprint
-    np.testing.assert_array_equal(enc.embed(x, batch_size=64), got)  # batching does not change a result
+    # Batching does not change a result beyond float rounding (oneDNN and cuDNN pick kernels by batch size).
+    np.testing.assert_allclose(enc.embed(x, batch_size=64), got, rtol=1e-5, atol=1e-6 * float(np.abs(got).max()))
