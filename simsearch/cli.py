@@ -157,7 +157,8 @@ def index(
     index_type: str = typer.Option(
         "auto",
         "--type",
-        help="FAISS index: auto (exact up to 200,000 images, then IVF tuned to recall@10 ≥ 0.95), flat, ivf, ivfpq or hnsw.",
+        help="FAISS index: auto (exact up to 200,000 images, then IVF tuned to recall@10 ≥ 0.95), flat, ivf, ivfpq, "
+        "hnsw, or cagra (a GPU graph; needs FAISS with cuVS).",
     ),
     dim: int = typer.Option(64, "--dim", min=1, help="Embedding size when training a new encoder."),
     size: str = typer.Option("auto", "--size", help="Encoder input size HxW when training, or auto."),
@@ -240,6 +241,12 @@ def query(
     home: Path = _home_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Search on the GPU when FAISS sees one."),
+    float16: bool = typer.Option(
+        False,
+        "--float16",
+        help="Hold a flat or IVF index in float16 on the GPU: half the memory (answers re-ranked exactly). "
+        "Used by itself when float32 does not fit.",
+    ),
     device: str = typer.Option("auto", "--device", help="Where to run the encoder: auto, cpu or cuda."),
     open_set: bool = typer.Option(
         False, "--open-set", help="Answer 'unknown' when the nearest neighbour is beyond the threshold."
@@ -247,7 +254,9 @@ def query(
     threshold: str = typer.Option("auto", "--threshold", help=THRESHOLD_HELP),
     far: float | None = typer.Option(None, "--far", help=FAR_HELP),
     nprobe: int | None = typer.Option(None, "--nprobe", help="IVF indexes: cells to visit (default: the tuned value)."),
-    ef: int | None = typer.Option(None, "--ef", help="HNSW indexes: search breadth (default: the tuned value)."),
+    ef: int | None = typer.Option(
+        None, "--ef", help="HNSW and CAGRA indexes: search breadth (default: the tuned value)."
+    ),
 ) -> None:
     """Find the k nearest indexed images of each query image, and the label their votes give.
 
@@ -262,7 +271,14 @@ def query(
         files, unreadable = expand_query_paths(images)
         if not files:
             raise ImageError(f"no images under {', '.join(map(str, images))} — check the path")
-        searcher = Searcher(Collection(resolve_path(name, home)), use_gpu=gpu, device=device, nprobe=nprobe, ef=ef)
+        searcher = Searcher(
+            Collection(resolve_path(name, home)),
+            use_gpu=gpu,
+            device=device,
+            nprobe=nprobe,
+            ef=ef,
+            float16=float16 or None,
+        )
         point = operating_point(searcher.encoder, threshold, far) if open_set else None
         from_folders = any(path.is_dir() for path in images)
         results = searcher.query_files(
@@ -344,12 +360,16 @@ def _describe_index(info: dict[str, Any]) -> str:
     if info.get("exact", kind == "flat"):
         return f"{kind} (exact)"
     knobs = ", ".join(
-        f"{k} {info[k]}" for k in ("nlist", "pq_m", "pq_bits", "hnsw_m", "nprobe", "ef", "refine") if k in info
+        f"{k} {info[k]}"
+        for k in ("nlist", "pq_m", "pq_bits", "hnsw_m", "nprobe", "ef", "ef_cpu", "refine")
+        if k in info
     )
     recall = info.get("recall_at_10")
     measured = (
         f"; recall@10 {recall:.3f} on {info.get('recall_queries')} held-out vectors" if recall is not None else ""
     )
+    if "recall_at_10_cpu" in info:
+        measured += f" ({info['recall_at_10_cpu']:.3f} searched on a CPU)"
     return f"{kind} ({knobs}{measured})"
 
 

@@ -89,10 +89,11 @@ class Searcher:
         device: str = "auto",
         nprobe: int | None = None,
         ef: int | None = None,
-        float16: bool = False,
+        float16: bool | None = None,
     ) -> None:
-        """``use_gpu``: search on the GPU when FAISS sees one (with ``float16``, a flat or IVF-Flat index is held
-        there in float16: half the memory; the candidates are re-ranked by exact float32 distances)."""
+        """``use_gpu``: search on the GPU when FAISS sees one. ``float16``: a flat or IVF-Flat index is held there
+        in float16 (half the memory; 2·k candidates re-ranked by exact float32 distances); None: in float32, or
+        in float16 when float32 does not fit (then on the CPU when neither does)."""
         self.collection = collection
         snapshot = collection.load()
         self.manifest = snapshot.manifest
@@ -100,8 +101,11 @@ class Searcher:
         self.encoder = collection.load_encoder(snapshot.manifest, device=device)
         info = snapshot.manifest.get("index") or {}
         gpu = use_gpu and vectors.gpu_ready(info, snapshot.meta.num_rows)
-        self.index = vectors.to_gpu(snapshot.index, float16=float16) if gpu else snapshot.index
-        self.float16 = float16 and self.on_gpu
+        self.index = vectors.to_gpu(snapshot.index, float16=bool(float16)) if gpu else snapshot.index
+        if gpu and float16 is None and not self.on_gpu and vectors.gpu_count():  # float32 did not fit
+            self.index = vectors.to_gpu(snapshot.index, float16=True)
+            float16 = True
+        self.float16 = bool(float16) and self.on_gpu
         spec = vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat")
         for name, value in (("nprobe", nprobe), ("ef", ef)):
             if value is not None and value < 1:

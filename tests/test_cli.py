@@ -54,6 +54,10 @@ def test_query_json_for_several_images(indexed: Path, image_folder: Path) -> Non
         assert len(d["neighbours"]) == 15  # min(k, n)
         assert d["neighbours"][0]["distance"] == 0.0
         assert set(d["neighbours"][0]) == {"rank", "id", "distance", "path", "root", "label"}
+    # --float16 (a GPU placement) gives the same answers wherever the search runs: exact distances either way.
+    half = invoke("query", *queries, "-k", "20", "--json", "--float16", "--home", indexed)
+    assert half.exit_code == 0, half.output
+    assert json.loads(half.stdout) == data
 
 
 def test_info(indexed: Path, image_folder: Path) -> None:
