@@ -121,7 +121,9 @@ class Searcher:
         self.embeddings = embeddings_of(meta)
         # Ids 0..n-1 in some order (a collection never re-indexed): a row is found by one gather.
         self.dense_ids = bool(self.count) and int(self.sorted_ids[-1]) - int(self.sorted_ids[0]) == self.count - 1
-        self._rerank: Any = None
+        # A GPU search is re-ranked on the GPU too (the embeddings are copied there on the first search).
+        self.rerank_on_gpu = self.on_gpu and GpuRerank.available()
+        self._rerank: GpuRerank | None = None
 
     @property
     def count(self) -> int:
@@ -131,14 +133,6 @@ class Searcher:
     def row_of_sha(self) -> dict[str, int]:
         """Row of each stored content hash: made on the first query by file, not for embedding queries."""
         return {sha: row for row, sha in enumerate(self.meta.column("sha256").to_pylist())}
-
-    @cached_property
-    def paths(self) -> list[str]:
-        return self.meta.column("path").to_pylist()
-
-    @cached_property
-    def roots(self) -> list[str]:
-        return self.meta.column("root").to_pylist()
 
     @property
     def on_gpu(self) -> bool:
@@ -173,7 +167,7 @@ class Searcher:
         k = min(k, self.count)
         found = ids >= 0  # an approximate index may return fewer than asked for
         rows = self.rows_of(np.where(found, ids, self.sorted_ids[0] if self.count else 0))
-        if self.on_gpu and GpuRerank.available():
+        if self.rerank_on_gpu:
             if self._rerank is None:
                 self._rerank = GpuRerank(self.embeddings, self.metric)
             distances, order = self._rerank(queries, rows, found, k)

@@ -325,8 +325,7 @@ def build_index(
     copies it back); ``cagra`` is always built on the GPU, and returned there only with ``on_gpu``. Without a
     GPU, a ``cagra`` spec is built as the HNSW graph it is searched as on a CPU."""
     x = prepare(vectors, metric)
-    if spec.type == "cagra" and not cagra_available():
-        spec = replace(spec, type="hnsw")
+    spec = buildable(spec, len(x), x.shape[1])
     if spec.type == "cagra":
         index = empty_index(spec, x.shape[1], metric)
         if len(x):
@@ -345,6 +344,11 @@ def build_index(
         add_vectors(index, x[start : start + 100_000], ids[start : start + 100_000], "l2")
     set_search_params(index, spec)
     return index
+
+
+def buildable(spec: IndexSpec, n: int, dim: int) -> IndexSpec:
+    """``spec``, or where CAGRA cannot be built (no GPU, or FAISS without cuVS) the HNSW index built instead."""
+    return default_spec("hnsw", n, dim) if spec.type == "cagra" and not cagra_available() else spec
 
 
 def set_search_params(index: Any, spec: IndexSpec) -> None:
@@ -526,21 +530,18 @@ def build_tuned(
     rng = np.random.default_rng(seed)
     n_held = min(n_queries, max(1, len(vectors) // 10))
     held = np.sort(rng.choice(len(vectors), n_held, replace=False)) if len(vectors) else np.zeros(0, np.int64)
-    if spec.type == "cagra" and not cagra_available():
-        spec = default_spec("hnsw", len(vectors), vectors.shape[1])
-    on_gpu = gpu_count() > 0 and spec.type in GPU_BUILT
+    spec = buildable(spec, len(vectors), vectors.shape[1])
+    gpu_build = gpu_count() > 0 and spec.type in GPU_BUILT
     try:
-        index = build_index(spec, vectors, ids, metric, seed, holdout=held, on_gpu=on_gpu)
+        index = build_index(spec, vectors, ids, metric, seed, holdout=held, on_gpu=gpu_build)
     except RuntimeError:
-        if not on_gpu or spec.type == "cagra":
+        if not gpu_build or spec.type == "cagra":
             raise
-        on_gpu = False
         index = build_index(spec, vectors, ids, metric, seed, holdout=held)
     recall = 1.0
     if not spec.exact and len(vectors) > 10:
         spec, recall = tune(spec, index, vectors, ids, vectors[held], metric, query_ids=ids[held])
-        set_search_params(index, spec)
-    on_gpu = is_on_gpu(index)
+    on_gpu = is_on_gpu(index)  # a GPU build that FAISS could not place there stayed on the CPU
     if on_gpu:
         index = _on_cpu(index)
     extra: dict[str, Any] = {}

@@ -89,7 +89,7 @@ def test_readers_during_commits_always_see_one_whole_generation(
         result = searcher.query_files([query], k=50)[0]
         assert len(result.neighbours) == min(50, searcher.count)
         assert result.neighbours[0].path == "hbars/0.png" and result.neighbours[0].distance == 0.0
-        assert {n.path for n in result.neighbours} <= set(searcher.paths)
+        assert {n.path for n in result.neighbours} <= set(searcher.meta.column("path").to_pylist())
         seen[snapshot.manifest["generation"]] = snapshot.meta.num_rows
     assert fork_server.wait(writer).status == {"exit": 0}, writer.output()
     # The reads overlapped many commits, and each generation had the size it should.

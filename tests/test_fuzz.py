@@ -7,6 +7,7 @@ with exactly one ``Error:`` line — never a traceback. Hypothesis runs derandom
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,15 +170,22 @@ def test_queries_answer_or_raise_a_simsearch_error(searcher: Searcher, scratch: 
 def test_the_cli_never_prints_a_traceback(collection: Collection, scratch: Path, data: bytes) -> None:
     path = scratch / "cli.png"
     path.write_bytes(data)
-    result = CliRunner().invoke(app, ["query", str(path), "--name", str(collection.path), "-k", "3", "--json"])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
+    result = invoke_cleanly(["query", str(path), "--name", str(collection.path), "-k", "3", "--json"], path, 1)
     if result.exit_code == 0:
         assert result.stderr == "" and len(result.stdout) > 0
-    else:
-        assert result.exit_code == 1
+
+
+def invoke_cleanly(args: list[str], path: Path, error_code: int) -> Any:
+    """Run the command line on ``args``: it must end without a traceback, and a failure must be exit
+    ``error_code`` with one line on stderr, ``Error: PATH: …``. Returns the result for the success checks."""
+    result = CliRunner().invoke(app, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    if result.exit_code != 0:
+        assert result.exit_code == error_code, result.output
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: "), result.stderr
+    return result
 
 
 arrays = st.one_of(
@@ -237,7 +245,7 @@ def test_verify_decides_or_raises_a_simsearch_error(
 
     path = scratch / "verify.png"
     path.write_bytes(data)
-    good = next(Path(searcher.roots[0]).rglob("*.png"))
+    good = next(Path(searcher.meta.column("root")[0].as_py()).rglob("*.png"))
     verifier = Verifier(searcher.encoder, convert=convert)
     point = operating_point(searcher.encoder, "1.0")
     try:
@@ -255,12 +263,6 @@ def test_the_verify_command_never_prints_a_traceback(collection: Collection, scr
     path = scratch / "verify-cli.png"
     path.write_bytes(data)
     args = ["verify", str(path), str(path), "--name", str(collection.path), "--threshold", "0.5", "--json"]
-    result = CliRunner().invoke(app, args)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
+    result = invoke_cleanly(args, path, 2)
     if result.exit_code == 0:  # an image compared with itself is at distance 0: a match
         assert result.stderr == "" and '"match": true' in result.stdout
-    else:
-        assert result.exit_code == 2, result.output
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: "), result.stderr

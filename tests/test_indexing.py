@@ -309,7 +309,7 @@ def test_query_files_embeds_new_images_and_reuses_stored_ones(image_folder: Path
     np.testing.assert_allclose([n.distance for n in results[0].neighbours], np.sort(brute), rtol=1e-5, atol=1e-6)
     # The indexed file's stored embedding is used: exactly 0 to itself, and within float noise of a fresh one.
     assert results[1].neighbours[0].path == "blob/3.png" and results[1].neighbours[0].distance == 0.0
-    row = searcher.paths.index("blob/3.png")
+    row = searcher.meta.column("path").to_pylist().index("blob/3.png")
     np.testing.assert_allclose(searcher.embeddings[row], fresh[1], atol=1e-4)
 
 
