@@ -8,6 +8,7 @@ distances; we take the root), ``1 - cosine similarity`` for ``cosine``. Lower is
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,34 @@ def index_ids(index: Any) -> np.ndarray:
         faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(ivf.nlist) if lists.list_size(i)
     ]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def stored_vectors(index: Any, chunk: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The vectors an index holds as they are, in chunks of (ids (m,) int64, vectors (m, d) float32): flat and
+    HNSW storage (behind an ``IndexIDMap2``) and IVF-Flat lists. Nothing for PQ codes, which only approximate
+    their vectors. Vectors are as stored: unit length for the cosine metric."""
+    id_map = getattr(index, "id_map", None)
+    if id_map is not None:
+        inner = faiss.downcast_index(index.index)
+        if not isinstance(inner, (faiss.IndexFlat, faiss.IndexHNSWFlat, faiss.IndexHNSW)) or not inner.ntotal:
+            return
+        ids = faiss.vector_to_array(id_map).astype(np.int64)
+        # faiss.contrib.torch_utils (imported with pytorch-metric-learning) swaps reconstruct_n for a torch version
+        reconstruct_n = getattr(inner, "reconstruct_n_numpy", inner.reconstruct_n)
+        for start in range(0, inner.ntotal, chunk):
+            count = min(chunk, inner.ntotal - start)
+            yield ids[start : start + count], np.asarray(reconstruct_n(start, count))
+        return
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None or not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat):
+        return
+    lists: Any = ivf.invlists
+    for cell in range(ivf.nlist):
+        size = lists.list_size(cell)
+        if size:
+            ids = faiss.rev_swig_ptr(lists.get_ids(cell), size).astype(np.int64)
+            codes = faiss.rev_swig_ptr(lists.get_codes(cell), size * ivf.code_size)
+            yield ids, codes.view(np.float32).reshape(size, ivf.d).copy()
 
 
 def search(
@@ -211,6 +240,20 @@ GPU_BUILT = ("ivf", "ivfpq", "cagra")
 EXACT_LIMIT = 200_000
 #: Recall@10 that ``auto`` tunes approximate search to reach (measured on vectors left out of training).
 RECALL_TARGET = 0.95
+#: The fewest vectors the trained types (IVF k-means cells, PQ codebooks) are built from: below this
+#: FAISS cannot train them, and exact search is faster anyway.
+MIN_TRAINED = {"ivf": 100, "ivfpq": 100}
+
+
+def too_few(kind: str, n: int) -> str:
+    """Why an index of type ``kind`` cannot be built over ``n`` vectors, or ""."""
+    least = MIN_TRAINED.get(kind, 0)
+    if n >= least:
+        return ""
+    return (
+        f"--type {kind} needs at least {least} images to train on, and the collection would hold {n} — "
+        "use --type flat (exact search, and fast at this size)"
+    )
 
 
 @dataclass(frozen=True)
@@ -497,12 +540,15 @@ def plan(requested: str, n: int, dim: int, current: IndexSpec | None, trained_on
     one if approximate, else IVF). An IVF index is retrained once the collection has grown four-fold since
     its training, as its cells are then too crowded. A CAGRA graph is rebuilt whenever the collection has
     changed since it was built and a GPU can rebuild it: vectors added on a CPU go into its HNSW form only,
-    and the GPU takes only a graph that CAGRA built (see ``gpu_ready``).
+    and the GPU takes only a graph that CAGRA built (see ``gpu_ready``). ``ValueError`` (``too_few``): ``n`` is
+    too few vectors to build the requested type from.
     """
     if requested == "auto":
         kind = "flat" if n <= EXACT_LIMIT else (current.type if current and not current.exact else "ivf")
     else:
         kind = requested
+    if too_few(kind, n):
+        raise ValueError(too_few(kind, n))
     if current is None or current.type != kind:
         return default_spec(kind, n, dim)
     if kind in ("ivf", "ivfpq") and trained_on and n > 4 * trained_on:

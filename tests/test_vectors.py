@@ -238,3 +238,23 @@ def test_search_parameters_reach_faiss_even_after_its_torch_utils_patch() -> Non
     truth = vectors.exact_neighbours(x, ids, queries, 10)
     assert vectors.recall_at_k(index, x, ids, queries, 10, truth=truth, params=wide) == 1.0
     assert vectors.recall_at_k(index, x, ids, queries, 10, truth=truth) < 1.0  # nprobe 1 without them
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+def test_stored_vectors_are_the_vectors_added(kind: str) -> None:
+    """What the load-time check compares the embeddings with: exactly the vectors added, under their ids (none
+    for PQ codes, which only approximate them); also once faiss.contrib.torch_utils has replaced methods."""
+    import faiss.contrib.torch_utils  # noqa: F401 - pytorch-metric-learning imports it too
+
+    x = clustered_vectors(600, 16)
+    ids = np.arange(len(x), dtype=np.int64) * 3 + 1
+    index = vectors.build_index(vectors.default_spec(kind, len(x), 16), x, ids)
+    vectors.remove_ids(index, ids[:5]) if vectors.supports_removal(index) else None
+    chunks = list(vectors.stored_vectors(index, chunk=100))
+    if kind == "ivfpq":
+        assert chunks == []
+        return
+    got_ids = np.concatenate([c[0] for c in chunks])
+    got = np.concatenate([c[1] for c in chunks])
+    assert sorted(got_ids.tolist()) == sorted(vectors.index_ids(index).tolist())
+    np.testing.assert_array_equal(got, x[np.searchsorted(ids, got_ids)])
