@@ -2,6 +2,11 @@
 
 The only module that prints or exits. Library modules (and so torch and faiss) are imported inside the
 commands, so ``simsearch --help`` starts fast.
+
+Everything it prints goes through ``shown``: file names, labels, paths and error messages are user data, so
+they are shown as text (never parsed as rich markup) with control characters escaped (``\\x1b``), never sent
+to the terminal raw. The consoles below do that for every string they render; the progress bar and the JSON
+output, which rich renders by other paths, call it (or ``_json_text``) themselves.
 """
 
 from __future__ import annotations
@@ -9,20 +14,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from simsearch import __version__
 from simsearch.errors import SimsearchError
 
 if TYPE_CHECKING:
+    from rich.style import Style
+
     from simsearch.indexing import IndexReport
     from simsearch.search import QueryResult
 
@@ -34,8 +45,75 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def shown(value: object) -> str:
+    """``value`` as text that a terminal shows as it is: each control or other non-printable character (ESC,
+    BEL, newline, DEL, C1 controls, bidi overrides, bytes that are not UTF-8) written as its escape (``\\x1b``,
+    ``\\n``, ``\\u202e``, ``\\xff``); every other character, é and 中 included, kept."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # a byte of a file name that is not UTF-8 (os.fsdecode): show the byte
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode("ascii")
+
+
+class TextConsole(Console):
+    """A console that renders every string as text, through ``shown``: no markup, emoji codes or highlighting,
+    and no raw control characters, whatever a file name holds. Tables' cells and titles, printed lines and
+    error lines all reach the terminal this way."""
+
+    def render_str(
+        self,
+        text: str,
+        *,
+        style: str | Style = "",
+        justify: Any = None,
+        overflow: Any = None,
+        emoji: bool | None = None,
+        markup: bool | None = None,
+        highlight: bool | None = None,
+        highlighter: Any = None,
+    ) -> Text:
+        return Text(shown(text), style=style, justify=justify, overflow=overflow)
+
+
+out = TextConsole(highlight=False, soft_wrap=True)
+err = TextConsole(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _json_text(data: Any) -> str:
+    """``data`` as indented JSON whose strings hold printable characters only: ``json`` escapes the C0 controls
+    itself; DEL, C1 controls, bidi overrides and lone surrogates are escaped here as ``\\uXXXX``, so a parser
+    still reads back the exact names."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if text.replace("\n", "").isprintable():  # raw newlines lie only between tokens, never inside strings
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the basic plane: a UTF-16 surrogate pair, as JSON spells it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _print_json(data: Any) -> None:
+    """Print ``data`` for scripts: what ``Console.print_json`` prints, but with ``_json_text``'s escapes."""
+    from rich.highlighter import JSONHighlighter
+
+    text = JSONHighlighter()(_json_text(data))
+    text.no_wrap = True
+    text.overflow = None
+    out.print(text, soft_wrap=True)
+
 
 HOME_HELP = "Folder that holds named collections."
 THRESHOLD_HELP = "Distance threshold: auto (the model's calibrated EER threshold, or the one for --far) or a number."
@@ -45,28 +123,51 @@ FAR_HELP = (
 MODEL_HELP = "A model folder from 'simsearch train' (instead of a collection's encoder)."
 SOURCE_NAME_HELP = "Use this collection's encoder (default: the collection 'default'); a path also works."
 NAME_HELP = "Collection name (under --home), or a path to a collection folder."
+MAX_BOOTSTRAP = 10_000  # evaluation.MAX_BOOTSTRAP, which this module does not import (it needs numpy)
 
 
 def _home_option() -> Any:
     return typer.Option(Path("indexes"), "--home", envvar="SIMSEARCH_HOME", help=HOME_HELP, show_default=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised by ``main``'s SIGTERM handler: the command stops as on Ctrl-C (clean-up runs), exit code 143."""
+
+
+KEPT = "work committed so far is kept; run the same command again to resume"
+
+
+def _unchanged(command: str) -> str:
+    return f"{command} stopped before it finished and nothing was changed; run the same command again for its results"
+
+
+@dataclass
+class _Stop:
+    """What an interrupted command leaves, said after "Interrupted:" or "Terminated:"; a command updates it as
+    its work changes what would be true."""
+
+    left: str
+
+
 @contextlib.contextmanager
-def _errors(exit_code: int | None = None) -> Iterator[None]:
+def _errors(left: str, exit_code: int | None = None) -> Iterator[_Stop]:
     """Turn library errors into one ``Error:`` line and the error's exit code (or ``exit_code`` for every
-    error, as ``verify`` keeps 1 for "no match"); Ctrl-C into exit 130."""
+    error, as ``verify`` keeps 1 for "no match"); Ctrl-C into exit 130 and SIGTERM into 143, each with one line
+    that says what is ``left`` (what the yielded ``_Stop`` says by then)."""
+    stop = _Stop(left)
     try:
-        yield
+        yield stop
     except SimsearchError as exc:
-        err.print(f"Error: {exc}", markup=False)
+        err.print(f"Error: {exc}")
         raise typer.Exit(exit_code or exc.exit_code) from None
     except OSError as exc:  # disk full, read-only folder, permissions: the OS's words, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        err.print(f"Error: {where}{exc.strerror or exc} — free space or fix permissions, then run again", markup=False)
+        err.print(f"Error: {where}{exc.strerror or exc} — free space or fix permissions, then run again")
         raise typer.Exit(exit_code or 1) from None
-    except KeyboardInterrupt:
-        err.print("Interrupted: work committed so far is kept; run the same command again to resume.", markup=False)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        err.print(f"{'Terminated' if terminated else 'Interrupted'}: {stop.left}.")
+        raise typer.Exit(143 if terminated else 130) from None
 
 
 class _RichProgress:
@@ -75,12 +176,12 @@ class _RichProgress:
     def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(
-            TextColumn("{task.description}"),
+        self.bar = Progress(  # its text columns build their Text themselves: markup off, values through shown
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("{task.fields[note]}"),
+            TextColumn("{task.fields[note]}", markup=False),
             console=err,
             transient=True,
             disable=not err.is_terminal,
@@ -89,8 +190,8 @@ class _RichProgress:
 
     def __call__(self, task: str, done: int, total: int | None, note: str = "") -> None:
         if task not in self.tasks:
-            self.tasks[task] = self.bar.add_task(task, total=total, note=note)
-        self.bar.update(self.tasks[task], completed=done, total=total, note=note)
+            self.tasks[task] = self.bar.add_task(shown(task), total=total, note=shown(note))
+        self.bar.update(self.tasks[task], completed=done, total=total, note=shown(note))
 
     def __enter__(self) -> _RichProgress:
         self.bar.__enter__()
@@ -165,15 +266,21 @@ def index(
     epochs: int = typer.Option(60, "--epochs", min=1, help="Most training epochs for a new encoder."),
     max_seconds: float = typer.Option(300.0, "--max-seconds", min=1, help="Time limit for training a new encoder."),
     seed: int = typer.Option(0, "--seed", help="Seed for training and sampling."),
+    allow_empty: bool = typer.Option(
+        False,
+        "--allow-empty",
+        help="Let a folder that holds no images now remove its images from the collection (refused by default: an "
+        "unmounted drive looks empty).",
+    ),
 ) -> None:
     """Index a folder of images into a collection; re-runs only embed new or changed files.
 
     Example: simsearch index ./images --name photos
     """
-    from simsearch.collection import Collection, resolve_path
-    from simsearch.indexing import IndexConfig, index_folder
+    with _errors(KEPT):
+        from simsearch.collection import Collection, resolve_path
+        from simsearch.indexing import IndexConfig, index_folder
 
-    with _errors():
         collection = Collection(resolve_path(name, home))
         config = IndexConfig(
             model=model,
@@ -185,6 +292,7 @@ def index(
             checkpoint_every=checkpoint_every,
             device=device,
             index_type=index_type,
+            allow_empty=allow_empty,
             train=_train_config("autoencoder", dim, size, epochs, max_seconds, seed, device),
         )
         with _RichProgress() as progress:
@@ -206,6 +314,15 @@ def _describe_training(family: str, dim: int, shape: tuple[int, ...], t: dict[st
 
 
 def _render_index_report(report: IndexReport) -> None:
+    if report.discarded_rebuild:
+        out.print("An unfinished rebuild made with another encoder was dropped; this rebuild started over.")
+    if report.resumed:
+        out.print("Resumed the unfinished rebuild: the images it had committed were not embedded again.")
+    if report.moved_from:
+        out.print(
+            f"{report.moved} images of {report.moved_from} (a path that is gone) were found under {report.root}: "
+            "the folder was moved, so they were kept, not indexed again."
+        )
     if report.trained:
         out.print(_describe_training(report.encoder_family, report.encoder_dim, report.input_shape, report.training))
     if report.embedded == 0 and not report.removed:
@@ -231,6 +348,8 @@ def _render_index_report(report: IndexReport) -> None:
         out.print(skipped)
         if len(report.skipped) > 20:
             out.print(f"… and {len(report.skipped) - 20} more: see 'simsearch info --skipped'.")
+    if report.rebuild_waiting:
+        out.print("An unfinished rebuild waits beside this collection: run 'index … --rebuild' again to finish it.")
 
 
 @app.command()
@@ -262,12 +381,12 @@ def query(
 
     Example: simsearch query img.png -k 9   (or a folder: simsearch query queries/ --json)
     """
-    from simsearch.collection import Collection, resolve_path
-    from simsearch.errors import ImageError
-    from simsearch.search import Searcher, expand_query_paths
-    from simsearch.verification import operating_point
+    with _errors(_unchanged("query")):
+        from simsearch.collection import Collection, resolve_path
+        from simsearch.errors import ImageError
+        from simsearch.search import Searcher, expand_query_paths
+        from simsearch.verification import operating_point
 
-    with _errors():
         files, unreadable = expand_query_paths(images)
         if not files:
             raise ImageError(f"no images under {', '.join(map(str, images))} — check the path")
@@ -285,14 +404,14 @@ def query(
             files, k, on_error=(lambda e: unreadable.append(str(e))) if from_folders else None
         )
         for line in unreadable[:20]:
-            err.print(f"Skipped {line}", markup=False)
+            err.print(f"Skipped {line}")
         if len(unreadable) > 20:
             err.print(f"… {len(unreadable)} files skipped in all.")
         if point is not None:
             for result in results:
                 result.hold_to(point.threshold)
         if as_json:
-            out.print_json(json.dumps([r.to_json() for r in results]))
+            _print_json([r.to_json() for r in results])
             return
         for result in results:
             _render_result(result)
@@ -323,15 +442,16 @@ def info(
 
     Example: simsearch info --name photos
     """
-    from simsearch.collection import Collection, resolve_path
+    with _errors(_unchanged("info")):
+        from simsearch.collection import Collection, resolve_path
 
-    with _errors():
         collection = Collection(resolve_path(name, home))
         snapshot = collection.load()
         manifest = snapshot.manifest
         skipped_rows = snapshot.skipped.to_pylist()
+        rebuild = collection.rebuild_summary()
         if as_json:
-            out.print_json(json.dumps({**manifest, "path": str(collection.path), "skipped": len(skipped_rows)}))
+            _print_json({**manifest, "path": str(collection.path), "skipped": len(skipped_rows), "rebuild": rebuild})
             return
         table = Table(title=f"Collection {collection.path}", show_header=False, title_justify="left")
         enc = manifest["encoder"]
@@ -341,12 +461,20 @@ def info(
             ("metric", manifest["metric"]),
             ("encoder", f"{enc.get('family')} {enc['fingerprint'][:12]}"),
             ("index", _describe_index(manifest.get("index") or {})),
-            ("sources", "\n".join(manifest.get("roots", []))),
+            ("sources", Text("\n").join(Text(shown(root)) for root in manifest.get("roots", []))),
             ("generation", manifest["generation"]),
             ("updated", manifest.get("updated", "")),
             ("skipped files", len(skipped_rows)),
         ):
-            table.add_row(key, str(value))
+            table.add_row(key, value if isinstance(value, Text) else str(value))
+        if rebuild is not None:
+            family = (rebuild.get("encoder") or {}).get("family", "?")
+            table.add_row(
+                "unfinished rebuild",
+                f"unfinished rebuild: {rebuild.get('count')} images embedded with a new {family} encoder so far "
+                f"(updated {rebuild.get('updated', '?')}); the collection above is unchanged until it completes — "
+                "run the same 'simsearch index … --rebuild' command again to finish it",
+            )
         out.print(table)
         if skipped and skipped_rows:
             listing = Table("root", "path", "reason", title="Skipped", title_justify="left")
@@ -445,9 +573,16 @@ def train(
 
     Example: simsearch train ./signatures --family siamese --loss contrastive --out models/sig
     """
-    from simsearch.train import TrainConfig, train_on_folder
+    with _errors("training stopped and nothing was saved; run the same command again to train") as stop:
+        target = out_dir or Path("models") / (images.resolve().name or "model")
+        # The model folder is written at the end, at once (Encoder.save): until then nothing is on disk.
+        stop.left = (
+            f"training stopped and nothing was saved ({target} is as it was); run the same command again to train"
+        )
+        from simsearch.encoder import check_model_target
+        from simsearch.train import TrainConfig, train_on_folder
 
-    with _errors():
+        check_model_target(target)  # before hours of training, not after
         config = TrainConfig(
             family=family, loss=loss, margin=margin, beta=beta, contrastive_weight=contrastive_weight, dim=dim,
             size=size, resize=resize, invert=invert, epochs=epochs, batch_size=batch_size, augment=augment,
@@ -455,10 +590,10 @@ def train(
             similar_labels=similar_labels, max_seconds=max_seconds, seed=seed,
             device=device,
         )  # fmt: skip
-        target = out_dir or Path("models") / (images.resolve().name or "model")
         with _RichProgress() as progress:
             encoder = train_on_folder(images, config, progress)
         fingerprint = encoder.save(target)
+        stop.left = f"the model was already saved to {target}; only the summary was cut short"
         spec = encoder.preprocess
         out.print(_describe_training(encoder.family, encoder.dim, (spec.channels, *spec.size), encoder.training))
         if encoder.threshold:
@@ -493,10 +628,10 @@ def verify(
 
     Example: simsearch verify a.png b.png --model models/sig --far 0.01
     """
-    from simsearch.errors import UsageError
-    from simsearch.verification import Verifier, load_encoder, operating_point, pair_metrics, read_pairs
+    with _errors(_unchanged("verify"), exit_code=2):
+        from simsearch.errors import UsageError
+        from simsearch.verification import Verifier, load_encoder, operating_point, pair_metrics, read_pairs
 
-    with _errors(exit_code=2):
         images = images or []
         if pairs is None and len(images) != 2:
             raise UsageError(f"verify takes exactly two images (or --pairs FILE), not {len(images)}")
@@ -508,7 +643,7 @@ def verify(
         if pairs is None:
             verdict = verifier.verify(images[0], images[1], point)
             if as_json:
-                out.print_json(json.dumps({**verdict.to_json(), "source": source}))
+                _print_json({**verdict.to_json(), "source": source})
             else:
                 _render_verdict(verdict)
             raise typer.Exit(0 if verdict.match else 1)
@@ -516,7 +651,7 @@ def verify(
             verdicts = verifier.verify_pairs(read_pairs(pairs), point)
         summary = pair_metrics(verdicts)
         if as_json:
-            out.print_json(json.dumps({"source": source, "pairs": [v.to_json() for v in verdicts], "metrics": summary}))
+            _print_json({"source": source, "pairs": [v.to_json() for v in verdicts], "metrics": summary})
             return
         _render_pairs(verdicts, summary)
 
@@ -533,11 +668,10 @@ def _render_verdict(verdict: Any) -> None:
     sign = "≤" if verdict.match else ">"
     word = "MATCH" if verdict.match else "NO MATCH"
     probability = f"; match probability {verdict.probability:.3f}" if verdict.probability is not None else ""
-    out.print(f"{word}: {verdict.a} ↔ {verdict.b}", markup=False)
+    out.print(f"{word}: {verdict.a} ↔ {verdict.b}")
     out.print(
         f"distance {verdict.distance:.4f} {sign} threshold {verdict.point.threshold:.4f} ({_point_text(verdict)})"
-        f"{probability}",
-        markup=False,
+        f"{probability}"
     )
 
 
@@ -593,7 +727,9 @@ def evaluate(
     report: Path | None = typer.Option(
         None, "--report", help="Write report.html (self-contained) and its PNG figures into this folder."
     ),
-    bootstrap: int = typer.Option(200, "--bootstrap", min=10, help="Bootstrap resamples for the 95% intervals."),
+    bootstrap: int = typer.Option(
+        200, "--bootstrap", min=10, max=MAX_BOOTSTRAP, help="Bootstrap resamples for the 95% intervals."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for pairs, splits and resampling."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     device: str = typer.Option("auto", "--device", help="Where to run the encoder: auto, cpu or cuda."),
@@ -602,11 +738,11 @@ def evaluate(
 
     Example: simsearch eval ./faces --model models/faces --report reports/faces
     """
-    from simsearch.evaluation import EvalConfig
-    from simsearch.evaluation import evaluate as run_eval
-    from simsearch.verification import load_encoder
+    with _errors(_unchanged("eval")) as stop:
+        from simsearch.evaluation import EvalConfig
+        from simsearch.evaluation import evaluate as run_eval
+        from simsearch.verification import load_encoder
 
-    with _errors():
         config = EvalConfig(
             k=k, split=split, baselines=baselines, open_set=open_set, unknown_fraction=unknown_fraction,
             threshold=threshold, far=far, bootstrap=bootstrap, seed=seed,
@@ -618,9 +754,11 @@ def evaluate(
         if report is not None:
             from simsearch.report import write_report
 
+            stop.left = f"the report in {report} may be incomplete; run the same command again to write it whole"
             page = write_report(result, report)
+            stop.left = f"the report was already written to {page}; only the summary was cut short"
         if as_json:
-            out.print_json(json.dumps({**result.to_json(), "source": source, "report": str(page) if page else None}))
+            _print_json({**result.to_json(), "source": source, "report": str(page) if page else None})
             return
         _render_eval(result, source)
         if page is not None:
@@ -633,8 +771,7 @@ def _render_eval(result: Any, source: str) -> None:
     pairs = result.results[0].figures["pairs"]
     out.print(
         f"{result.folder}: {result.images} images, {result.labels} labels; {result.mode}; {result.queries} queries, "
-        f"gallery {result.gallery}; {pairs['genuine']} genuine and {pairs['impostor']} impostor pairs. Encoder: {source}.",
-        markup=False,
+        f"gallery {result.gallery}; {pairs['genuine']} genuine and {pairs['impostor']} impostor pairs. Encoder: {source}."
     )
     table = Table(
         "metric", *(r.name for r in result.results), title="Value [95% bootstrap interval]", title_justify="left"
@@ -646,7 +783,7 @@ def _render_eval(result: Any, source: str) -> None:
     if model.threshold is not None:
         out.print(f"Threshold {model.threshold.threshold:.4f} ({model.threshold.name}).")
     for note in result.notes:
-        out.print(note, markup=False)
+        out.print(note)
     if result.skipped or result.unlabelled:
         out.print(f"Left out: {len(result.skipped)} unreadable files, {result.unlabelled} images without a label.")
 
@@ -663,10 +800,10 @@ def demo(
 
     Example: simsearch demo
     """
-    from simsearch.demo import run_demo
-    from simsearch.indexing import IndexConfig
+    with _errors(KEPT):
+        from simsearch.demo import run_demo
+        from simsearch.indexing import IndexConfig
 
-    with _errors():
         config = IndexConfig(device=device, train=_train_config("autoencoder", 64, "auto", 60, max_seconds, 0, device))
         out.print(
             f"Exporting scikit-learn's digits to {folder}/ and indexing them (collections 'demo', 'demo-pixels')…"
@@ -688,6 +825,28 @@ def demo(
         out.print(f"Try: simsearch query {report.queries_dir}/3/*.png --name demo --home {home} -k 5")
 
 
+def _stop_on_sigterm() -> list[bool]:
+    """Make SIGTERM stop a command the way Ctrl-C does: raise ``Terminated`` in the main thread, so that clean-up
+    (``finally`` and ``except BaseException`` blocks: temporary files, locks, worker pools) runs, and
+    ``_errors`` says what is left and exits 143. A second SIGTERM ends the process at once, as before. Forked
+    worker processes, which inherit the handler, still end at once on it. Returns a flag set on SIGTERM."""
+    received: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return received
+    owner = os.getpid()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if os.getpid() != owner:  # a forked worker: die the default way
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        received.append(True)
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return received
+
+
 def main() -> None:
     """Console-script entry point."""
     # images.py refuses over-large images itself, right after Pillow reads the header; Pillow's own warning
@@ -697,11 +856,18 @@ def main() -> None:
     # decode the next batches; passive waiting made `index` 1.35× faster on 2 cores, training no slower.
     # Read when torch is imported, which the commands do later; a value the user set is kept.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    terminated = _stop_on_sigterm()
     try:
         app()
     except BrokenPipeError:  # e.g. `simsearch query … | head`
         sys.stderr.close()
         sys.exit(1)
+    except SystemExit as exc:
+        # SIGTERM outside a command's work (while the options are parsed): typer turns it into a silent 130.
+        if terminated and exc.code == 130:
+            err.print("Terminated: simsearch stopped before it began any work; nothing was changed.")
+            sys.exit(143)
+        raise
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ exact model: a hash of the architecture, preprocessing, metric and weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +35,8 @@ FORMAT = "simsearch.encoder/1"
 WEIGHTS = "weights.safetensors"
 CONFIG = "encoder.json"
 HISTORY = "history.jsonl"
+#: Everything a model folder may hold: replacing one removes these names and nothing else.
+MODEL_FILES = (CONFIG, WEIGHTS, HISTORY)
 METRICS = ("l2", "cosine")
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # encoder.json is a few kilobytes
 
@@ -145,17 +148,29 @@ class Encoder:
         return out
 
     def save(self, folder: Path) -> str:
-        """Write the model folder atomically (a crash leaves either the old folder or the new one)."""
+        """Write the model folder atomically (a crash leaves either the old folder or the new one).
+
+        ``folder`` must be new, empty, or a model folder (``check_model_target``): nothing else is replaced.
+        Files and folders are created with the process's umask, so a model folder can be shared."""
         folder = Path(folder)
+        check_model_target(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        tmp.mkdir()
         try:
             self.write_into(tmp)
             if folder.exists():
-                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+                old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
                 folder.rename(old)
-                tmp.rename(folder)
-                shutil.rmtree(old, ignore_errors=True)
+                try:
+                    tmp.rename(folder)
+                except BaseException:
+                    old.rename(folder)  # interrupted between the two renames: the old folder goes back
+                    raise
+                for name in MODEL_FILES:  # the old folder held these and nothing else (checked above)
+                    (old / name).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    old.rmdir()
             else:
                 tmp.rename(folder)
         except BaseException:
@@ -167,6 +182,7 @@ class Encoder:
         """Write ``weights.safetensors`` and ``encoder.json`` into an existing folder, fsynced."""
         weights = folder / WEIGHTS
         save_file(self.state_tensors(), str(weights), metadata={"format": FORMAT})
+        os.chmod(weights, 0o666 & ~_umask())  # safetensors creates its file 0600, whatever the umask
         weights_sha = hashlib.sha256(weights.read_bytes()).hexdigest()
         config = {
             "format": FORMAT,
@@ -282,6 +298,17 @@ def _parse_config(config: dict[str, Any]) -> tuple[str, dict[str, Any], str, Pre
     return family, arch, metric, Preprocess.from_json(config["preprocess"]), dim, weights_sha
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``os.umask`` can only swap it)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -303,3 +330,35 @@ def _mismatch(expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int,
 
 def is_model_folder(path: Path) -> bool:
     return (Path(path) / CONFIG).is_file()
+
+
+def check_model_target(folder: Path) -> None:
+    """Refuse to write a model folder where something else is: ``folder`` must not exist, or be empty, or be a
+    model folder (its ``encoder.json`` is a simsearch encoder's, and it holds only a model folder's files)."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir() or folder.is_symlink():
+        raise ModelError(f"'{folder}' exists and is a file or a link, not a folder — choose a new --out folder")
+    try:
+        names = {entry.name for entry in os.scandir(folder)}
+    except OSError as exc:
+        raise ModelError(f"'{folder}': cannot read it ({exc.strerror or exc}) — choose a new --out folder") from None
+    if not names or (CONFIG in names and names <= set(MODEL_FILES) and _is_encoder_config(folder / CONFIG)):
+        return
+    others = sorted(names - set(MODEL_FILES)) or sorted(names)
+    shown = ", ".join(repr(name) for name in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    raise ModelError(
+        f"'{folder}' exists and is not a simsearch model folder (it holds {shown}) — simsearch will not replace "
+        f"it; choose a new --out folder, such as '{folder / 'model'}'"
+    )
+
+
+def _is_encoder_config(path: Path) -> bool:
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            return False
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(config, dict) and str(config.get("format", "")).startswith("simsearch.encoder/")

@@ -30,6 +30,8 @@ from simsearch.verification import OperatingPoint, operating_point
 #: first ``MAX_NEIGHBOURS`` only (and the report says so).
 MAX_NEIGHBOURS = 1000
 UNKNOWN = "unknown"
+#: Most bootstrap resamples: ample for a 95% interval; more would only take longer (the CLI's --bootstrap max).
+MAX_BOOTSTRAP = 10_000
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,8 @@ class EvalConfig:
             raise UsageError(f"--split must be between 0 and 1 (the share of images used as queries), not {self.split}")
         if not 0 < self.unknown_fraction < 1:
             raise UsageError(f"--unknown-fraction must be between 0 and 1, not {self.unknown_fraction}")
-        if self.bootstrap < 10:
-            raise UsageError(f"--bootstrap must be at least 10 resamples, not {self.bootstrap}")
+        if not 10 <= self.bootstrap <= MAX_BOOTSTRAP:
+            raise UsageError(f"--bootstrap must be between 10 and {MAX_BOOTSTRAP:,} resamples, not {self.bootstrap:,}")
 
 
 @dataclass

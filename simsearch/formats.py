@@ -14,7 +14,17 @@ import pyarrow as pa
 
 FORMAT = "simsearch.collection/1"
 MANIFEST = "manifest.json"
+#: The manifest of an unfinished ``index --rebuild``: a whole collection of its own, written beside the live one
+#: and renamed over ``manifest.json`` when it is complete.
+STAGING = "rebuild.json"
 LOCK = ".lock"
+#: Marks a folder as a collection: simsearch writes and deletes only in folders that carry it (or a manifest).
+MARKER = ".simsearch.json"
+#: The files a commit is about to write or replace, written (and fsynced) before any of them: after a crash,
+#: the next writer removes what it names and no manifest names. simsearch deletes nothing else.
+JOURNAL = ".pending.json"
+#: Names that belong to the folder itself, never to one generation.
+FIXED_NAMES = (MANIFEST, STAGING, LOCK, MARKER, JOURNAL)
 GENERATION_KEYS = ("meta", "skipped", "vectors")  # the files of one generation, each with its sha256
 
 
@@ -104,7 +114,7 @@ def manifest_problems(manifest: Any) -> str:
     files = manifest["files"]
     for key in (*GENERATION_KEYS, "encoder"):
         name = files.get(key)
-        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", "..", MANIFEST, LOCK):
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", "..", *FIXED_NAMES):
             return f"files.{key} is missing or not a plain file name"
     if not isinstance(manifest["encoder"].get("fingerprint"), str):
         return "encoder.fingerprint is missing"

@@ -13,7 +13,6 @@ import io
 import math
 import multiprocessing
 import os
-import signal
 import stat
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from simsearch import processes
 from simsearch.errors import ImageError
 
 # Refuse images whose header declares more pixels than this before decoding a single one (decompression bombs).
@@ -499,11 +499,6 @@ def _load_chunk(spec: Preprocess, paths: Sequence[Path], names: Sequence[str], k
     return [_load_or_error(path, spec, name, sha) for path, name, sha in zip(paths, names, known, strict=True)]
 
 
-def _worker_init() -> None:
-    # Ctrl-C reaches the whole process group: the parent stops the run; its workers need not print tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def load_batches(
     jobs: Iterable[LoadJob], spec: Preprocess, workers: int = 0, total: int = 0, ahead: int = 2
 ) -> Generator[list[LoadedImage | ImageError | None], None, None]:
@@ -523,7 +518,11 @@ def load_batches(
     # unlike spawned ones they need no `if __name__ == "__main__"` guard in the caller's script.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ProcessPoolExecutor(n_workers, mp_context=context, initializer=_worker_init) as pool:
+    # Workers close the writer lock they inherit and end with this process (processes.child_init): a killed
+    # `index` leaves no orphan holding the collection.
+    with ProcessPoolExecutor(
+        n_workers, mp_context=context, initializer=processes.child_init, initargs=(os.getpid(),)
+    ) as pool:
         queue: collections.deque[list[Future]] = collections.deque()
         iterator = iter(jobs)
 

@@ -18,10 +18,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simsearch import vectors
-from simsearch.collection import SKIPPED_SCHEMA, Collection, embeddings_of, int64_column, meta_schema, meta_table
+from simsearch.collection import (
+    SKIPPED_SCHEMA,
+    Collection,
+    Snapshot,
+    embeddings_of,
+    int64_column,
+    meta_schema,
+    meta_table,
+)
 from simsearch.encoder import Encoder, is_model_folder, resolve_device
 from simsearch.errors import CollectionError, DataError, ImageError, ModelError, UsageError
-from simsearch.images import ImageFileEntry, LoadJob, Skipped, find_images, load_batches
+from simsearch.images import ImageFileEntry, LoadedImage, LoadJob, Skipped, find_images, load_batches
 from simsearch.progress import Progress, no_progress
 from simsearch.train import TRAINABLE, TrainConfig, train_encoder
 
@@ -40,6 +48,7 @@ class IndexConfig:
     checkpoint_every: int = 10_000
     device: str = "auto"
     index_type: str = "auto"  # auto, flat, ivf, ivfpq, hnsw or cagra (see vectors.plan)
+    allow_empty: bool = False  # a folder with no images removes its images from the collection
 
     def __post_init__(self) -> None:
         if self.index_type not in ("auto", *vectors.INDEX_TYPES):
@@ -75,6 +84,12 @@ class IndexReport:
     device: str = "cpu"
     seconds: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
+    rebuilding: bool = False  # built beside the live collection, swapped in when complete
+    resumed: bool = False  # an unfinished rebuild was resumed
+    discarded_rebuild: bool = False  # an unfinished rebuild with another encoder was dropped
+    rebuild_waiting: bool = False  # an unfinished rebuild waits beside the collection (left alone)
+    moved_from: str | None = None  # a folder indexed from a path that is gone, found here
+    moved: int = 0  # how many of its images were found here
 
     @property
     def embedded(self) -> int:
@@ -142,6 +157,21 @@ class _Pending:
     def __len__(self) -> int:
         return len(self.rows["id"]) + len(self.remove)
 
+    def add(self, row_id: int, entry: ImageFileEntry, root: str, image: LoadedImage, embedding: np.ndarray) -> None:
+        for key, value in (
+            ("id", row_id),
+            ("path", entry.rel),
+            ("root", root),
+            ("label", entry.label),
+            ("sha256", image.sha256),
+            ("bytes", image.bytes),
+            ("mtime", entry.mtime),
+            ("width", image.width),
+            ("height", image.height),
+        ):
+            self.rows[key].append(value)
+        self.embeddings.append(embedding[None])
+
     def apply(self, meta: pa.Table, index: Any, metric: str, spec: vectors.IndexSpec) -> tuple[pa.Table, Any]:
         """Apply to ``index`` (in place, or rebuilt from the embeddings when its type cannot remove vectors)
         and return the new metadata table and index; then empty self."""
@@ -167,79 +197,140 @@ class _Pending:
 def index_folder(
     root: Path, collection: Collection, config: IndexConfig = IndexConfig(), progress: Progress = no_progress
 ) -> IndexReport:
-    """Bring ``collection`` in line with the images under ``root`` (see the module docstring)."""
+    """Bring ``collection`` in line with the images under ``root`` (see the module docstring).
+
+    With ``config.rebuild`` on an existing collection, the new collection is built beside the live one (its
+    ``staging()``), committed there checkpoint by checkpoint, and swapped in only when complete: readers see
+    the whole old collection until then, and the same command resumes an interrupted rebuild."""
     started = time.monotonic()
     root = Path(root).resolve()
-    root_key = str(root)
     entries, skipped = find_images(root)
     if config.strict and skipped:
         raise DataError(f"{root / skipped[0].rel}: {skipped[0].reason} — fix or remove it, or drop --strict")
-    report = IndexReport(collection.path, root_key, found=len(entries))
+    report = IndexReport(collection.path, str(root), found=len(entries))
     with collection.lock(wait=config.wait):
-        if config.rebuild:
-            manifest = _manifest_to_replace(collection)
-        else:
-            manifest = collection.read_manifest() if collection.exists() else None
-        previous = None if config.rebuild else (collection.load() if manifest else None)
+        run = _Run(root, collection, config, report, progress, skipped)
+        run.open(entries)
+        run.sync(entries)
+    report.skipped = sorted(skipped, key=lambda s: s.rel)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+class _Run:
+    """One ``index`` run inside the writer lock: where it commits (the collection, or its unfinished rebuild),
+    the state the next commit builds on, and the diff of the folder against it."""
+
+    def __init__(
+        self,
+        root: Path,
+        collection: Collection,
+        config: IndexConfig,
+        report: IndexReport,
+        progress: Progress,
+        skipped: list[Skipped],
+    ) -> None:
+        self.root, self.root_key = root, str(root)
+        self.collection, self.config, self.report, self.progress = collection, config, report, progress
+        self.skipped = skipped  # this root's unusable files: found by the scan, then while decoding
+        self.target = collection  # where commits go: the collection, or the rebuild beside it
+        self.base: dict[str, Any] | None = None  # the manifest the next commit follows
+        self.write_encoder = False
+        self.moved_root: str | None = None
+        self.old: dict[str, tuple[int, str]] = {}  # this root's rows: path → (id, sha256)
+
+    # --- where to commit, and with which encoder ----------------------------------------------------------
+
+    def open(self, entries: list[ImageFileEntry]) -> None:
+        collection, config, report = self.collection, self.config, self.report
+        staging = collection.staging()
+        previous: Snapshot | None = None
+        if config.rebuild and (collection.exists() or staging.exists()):
+            self.target = staging
+            previous = self._resumable_rebuild(staging)
+            report.rebuilding, report.resumed = True, previous is not None
+            # A fresh rebuild follows the live manifest only for its ids and dates (a damaged one: not at all).
+            self.base = previous.manifest if previous else _manifest_to_replace(collection)
+            self.write_encoder = previous is None
+        elif not config.rebuild and collection.exists():
+            previous = collection.load()
+            self.base = previous.manifest
+            report.rebuild_waiting = staging.exists()
+        if previous is not None:
+            self.meta, self.index, self.skipped_table = previous.meta, previous.index, previous.skipped
+            self.roots = list(previous.manifest.get("roots", []))
+            self.old = _rows_of_root(self.meta, self.root_key)
+            if not self.old and entries:
+                self.old = self._take_over_moved_root(entries)
+        self._check_folder(entries, previous.meta.num_rows if previous else 0)
         encoder, trained = choose_encoder(
-            collection, previous.manifest if previous else None, entries, config, progress
+            self.target, previous.manifest if previous else None, entries, config, self.progress
         )
-        if previous is not None:  # its files and its encoder loaded whole: what is not theirs is a leftover
-            collection.remove_leftovers(previous)
         device = resolve_device(config.device)
         encoder.to(device)
+        self.encoder = encoder
         report.trained, report.device = trained, device.type
         report.encoder_family, report.encoder_fingerprint = encoder.family, encoder.fingerprint
         report.encoder_dim = encoder.dim
         report.input_shape = (encoder.preprocess.channels, *encoder.preprocess.size)
         report.training = encoder.training if trained else {}
-        if previous is not None:
-            meta, index, skipped_table = previous.meta, previous.index, previous.skipped
-        else:
-            meta = meta_schema(encoder.dim).empty_table()
-            index, skipped_table = vectors.new_index(encoder.dim, encoder.metric), SKIPPED_SCHEMA.empty_table()
-        roots = sorted({*(previous.manifest.get("roots", []) if previous else []), root_key})
-        # The manifest each commit builds on: with --rebuild, the old one only numbers the new generation.
-        info = dict(previous.manifest.get("index") or {}) if previous is not None else {}
-        state: dict[str, Any] = {
-            "manifest": manifest,
-            "meta": meta,
-            "index": index,
-            "spec": vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat"),
-            "info": info or None,
-        }
-
-        def commit(pending: _Pending, final: bool = False) -> None:
-            state["meta"], state["index"] = pending.apply(state["meta"], state["index"], encoder.metric, state["spec"])
-            if final:
-                retype(state)
-            others = skipped_table.filter(pc.not_equal(skipped_table.column("root"), root_key))
-            skipped.sort(key=lambda s: s.rel)
-            mine = pa.table(
-                {
-                    "path": [s.rel for s in skipped],
-                    "root": [root_key] * len(skipped),
-                    "reason": [s.reason for s in skipped],
-                },
-                schema=SKIPPED_SCHEMA,
+        info: dict[str, Any] = dict(previous.manifest.get("index") or {}) if previous else {}
+        if previous is None:
+            self.meta = meta_schema(encoder.dim).empty_table()
+            self.index, self.skipped_table = (
+                vectors.new_index(encoder.dim, encoder.metric),
+                SKIPPED_SCHEMA.empty_table(),
             )
-            first_of_rebuild = config.rebuild and state["manifest"] is manifest
-            state["manifest"] = collection.commit(
-                state["meta"], pa.concat_tables([others, mine]), state["index"], encoder, state["manifest"], roots,
-                state["info"], write_encoder=first_of_rebuild,
-            )  # fmt: skip
-            report.committed = True
+            self.roots = []
+        self.spec = vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat")
+        self.info: dict[str, Any] | None = info or None
+        if trained and not config.strict and (self.base is None or self.target is not collection):
+            self.commit(_Pending(encoder.dim))  # keep the trained encoder even if indexing is interrupted
 
-        if trained and manifest is None and not config.strict:
-            commit(_Pending(encoder.dim))  # keep the trained encoder even if indexing is interrupted
+    def _check_folder(self, entries: list[ImageFileEntry], rows: int) -> None:
+        """Refuse, before anything is trained or written, a run that would empty the collection of a folder
+        that only looks empty (a drive not mounted), or ask for an index type the collection is too small for."""
+        if not entries and self.old and not self.config.allow_empty:
+            raise DataError(
+                f"'{self.root}' holds no images now, but the collection has {len(self.old)} images from it — if it "
+                "is a drive that is not mounted, mount it and run again; to remove them from the collection, pass "
+                "--allow-empty"
+            )
+        if not entries and not self.old:
+            raise DataError(f"no images found under '{self.root}' — check the path (images are recognised by content)")
+        most = rows - len(self.old) + len(entries)
+        if self.config.index_type != "auto" and vectors.too_few(self.config.index_type, most):
+            raise UsageError(vectors.too_few(self.config.index_type, most))
 
-        old = _rows_of_root(state["meta"], root_key)
-        next_id = int(state["manifest"].get("next_id", 0)) if state["manifest"] else 0
+    def _resumable_rebuild(self, staging: Collection) -> Snapshot | None:
+        """The unfinished rebuild to resume, or None after dropping one that cannot be resumed (damaged, or
+        made with another encoder than the one asked for now)."""
+        if not staging.exists():
+            return None
+        try:
+            snapshot = staging.load()
+            encoder = staging.load_encoder(snapshot.manifest)
+            model = self.config.model
+            if model is None or model == encoder.family:
+                return snapshot
+            candidate = load_model_arg(model)
+            if candidate is not None and candidate.fingerprint == encoder.fingerprint:
+                return snapshot
+        except (CollectionError, ModelError):
+            pass
+        self.collection.discard_staging()
+        self.report.discarded_rebuild = True
+        return None
+
+    # --- the diff and the embedding ---------------------------------------------------------------------------
+
+    def sync(self, entries: list[ImageFileEntry]) -> None:
+        config, report, encoder, root_key, old = self.config, self.report, self.encoder, self.root_key, self.old
+        self.roots = sorted({*self.roots, root_key})
+        next_id = int(self.base.get("next_id", 0)) if self.base else 0
         pending = _Pending(encoder.dim)
         current = {e.rel for e in entries}
-        for rel, (row_id, _) in old.items():
-            if rel not in current:
-                pending.remove.append(row_id)
+        pending.remove.extend(row_id for rel, (row_id, _) in old.items() if rel not in current)
         report.removed = len(pending.remove)
         since_commit = 0
         chunks = [entries[start : start + config.batch_size] for start in range(0, len(entries), config.batch_size)]
@@ -254,20 +345,19 @@ def index_folder(
         done = 0
         with contextlib.closing(load_batches(jobs, encoder.preprocess, config.workers, len(entries))) as batches:
             for batch, loaded in zip(chunks, batches, strict=True):
-                arrays: list[np.ndarray] = []
+                ready: list[tuple[ImageFileEntry, LoadedImage]] = []
                 for entry, result in zip(batch, loaded, strict=True):
                     if result is None:
                         report.unchanged += 1
-                        continue
-                    if isinstance(result, ImageError):
-                        if config.strict:
-                            raise DataError(
-                                f"{root / entry.rel}: {_reason(result, entry.rel)} — fix or remove it, or drop --strict"
-                            )
-                        skipped.append(Skipped(entry.rel, _reason(result, entry.rel)))
-                        if entry.rel in old:
-                            pending.remove.append(old[entry.rel][0])
-                            report.removed += 1
+                    elif isinstance(result, ImageError):
+                        self._skip(entry, _reason(result, entry.rel), pending)
+                    else:
+                        ready.append((entry, result))
+                embeddings = encoder.embed(np.stack([r.array for _, r in ready]), config.batch_size) if ready else None
+                for i, (entry, result) in enumerate(ready):
+                    assert embeddings is not None
+                    if not np.isfinite(embeddings[i]).all():
+                        self._skip(entry, "the encoder gave a NaN or infinite embedding", pending)
                         continue
                     if entry.rel in old:
                         row_id = old[entry.rel][0]
@@ -277,56 +367,101 @@ def index_folder(
                         row_id = next_id
                         next_id += 1
                         report.added += 1
-                    for key, value in (
-                        ("id", row_id),
-                        ("path", entry.rel),
-                        ("root", root_key),
-                        ("label", entry.label),
-                        ("sha256", result.sha256),
-                        ("bytes", result.bytes),
-                        ("mtime", entry.mtime),
-                        ("width", result.width),
-                        ("height", result.height),
-                    ):
-                        pending.rows[key].append(value)
-                    arrays.append(result.array)
-                if arrays:
-                    pending.embeddings.append(encoder.embed(np.stack(arrays), config.batch_size))
-                    since_commit += len(arrays)
+                    pending.add(row_id, entry, root_key, result, embeddings[i])
+                    since_commit += 1
                 done += len(batch)
-                progress("embedding", done, len(entries), f"{report.embedded} new or changed")
+                self.progress("embedding", done, len(entries), f"{report.embedded} new or changed")
                 if since_commit >= config.checkpoint_every and not config.strict:
-                    commit(pending)
+                    self.commit(pending)
                     since_commit = 0
-        if not entries and not old:
-            raise DataError(f"no images found under '{root}' — check the path (images are recognised by content)")
         old_skipped = set(
-            skipped_table.filter(pc.equal(skipped_table.column("root"), root_key)).column("path").to_pylist()
+            self.skipped_table.filter(pc.equal(self.skipped_table.column("root"), root_key)).column("path").to_pylist()
         )
-        count = state["meta"].num_rows + len(pending.rows["id"]) - len(pending.remove)
-        wanted = vectors.plan(
-            config.index_type, count, encoder.dim, state["spec"], (state["info"] or {}).get("trained_on")
+        count = self.meta.num_rows + len(pending.rows["id"]) - len(pending.remove)
+        try:
+            wanted = vectors.plan(config.index_type, count, encoder.dim, self.spec, (self.info or {}).get("trained_on"))
+        except ValueError as exc:  # too few vectors for the type asked for: keep what was embedded, then say so
+            if self.target is self.collection and (len(pending) or self.base is None or self.moved_root):
+                self.commit(pending)
+                raise UsageError(f"{exc} (the new embeddings were committed; the index is as it was)") from None
+            raise UsageError(str(exc)) from None
+        changed = len(pending) or self.base is None or self.moved_root or wanted is not None
+        if changed or self.target is not self.collection or old_skipped != {s.rel for s in self.skipped}:
+            self.commit(pending, wanted)
+        final = self.base
+        if self.target is not self.collection:
+            final = self.collection.adopt_staging()
+        assert final is not None
+        report.count = int(final["count"])
+        report.generation = int(final["generation"])
+
+    def _skip(self, entry: ImageFileEntry, reason: str, pending: _Pending) -> None:
+        if self.config.strict:
+            raise DataError(f"{self.root / entry.rel}: {reason} — fix or remove it, or drop --strict")
+        self.skipped.append(Skipped(entry.rel, reason))
+        if entry.rel in self.old:
+            pending.remove.append(self.old[entry.rel][0])
+            self.report.removed += 1
+
+    def _take_over_moved_root(self, entries: list[ImageFileEntry]) -> dict[str, tuple[int, str]]:
+        """A folder indexed before from a path that no longer exists, whose images are now under this root (it
+        was moved or renamed): its rows are taken over here, so unchanged images are not embedded again.
+        Returns the taken-over rows (path → (id, sha256)), or {} when no such folder holds most of them."""
+        rels = {e.rel for e in entries}
+        best: tuple[int, str] | None = None
+        for other in self.roots:
+            if other == self.root_key or Path(other).exists():
+                continue
+            rows = _rows_of_root(self.meta, other)
+            overlap = len(rels & rows.keys())
+            if rows and overlap * 2 >= len(rows) and (best is None or overlap > best[0]):
+                best = (overlap, other)
+        if best is None:
+            return {}
+        moved = best[1]
+        column = self.meta.column("root")
+        self.meta = self.meta.set_column(
+            self.meta.schema.get_field_index("root"),
+            self.meta.schema.field("root"),
+            pc.if_else(pc.equal(column, moved), pa.scalar(self.root_key), column),
         )
+        self.skipped_table = self.skipped_table.filter(pc.not_equal(self.skipped_table.column("root"), moved))
+        self.roots = [r for r in self.roots if r != moved]
+        self.moved_root = moved
+        self.report.moved_from, self.report.moved = moved, best[0]
+        return _rows_of_root(self.meta, self.root_key)
 
-        def retype(state: dict[str, Any]) -> None:
-            """Build the index type the collection's size (or --type) asks for, tuned to the recall target."""
-            if wanted is None:
-                return
-            progress("building the index", 0, 1, wanted.type)
-            x, ids = embeddings_of(state["meta"]), int64_column(state["meta"], "id")
-            state["index"], state["spec"], state["info"] = vectors.build_tuned(wanted, x, ids, encoder.metric)
-            progress("building the index", 1, 1, wanted.type)
+    # --- commits ------------------------------------------------------------------------------------------------
 
-        changed = len(pending) or state["manifest"] is None or config.rebuild or wanted is not None
-        if changed or old_skipped != {s.rel for s in skipped}:
-            commit(pending, final=True)
-        final_manifest = state["manifest"]
-        assert final_manifest is not None
-        report.count = int(final_manifest["count"])
-        report.generation = int(final_manifest["generation"])
-        report.skipped = sorted(skipped, key=lambda s: s.rel)
-        report.seconds = time.monotonic() - started
-        return report
+    def commit(self, pending: _Pending, wanted: vectors.IndexSpec | None = None) -> None:
+        """Apply ``pending`` and commit a generation (with the index ``wanted`` built first, at the end)."""
+        encoder, root_key = self.encoder, self.root_key
+        self.meta, self.index = pending.apply(self.meta, self.index, encoder.metric, self.spec)
+        if wanted is not None:
+            self.progress("building the index", 0, 1, wanted.type)
+            x, ids = embeddings_of(self.meta), int64_column(self.meta, "id")
+            try:
+                self.index, self.spec, self.info = vectors.build_tuned(wanted, x, ids, encoder.metric)
+            except RuntimeError as exc:  # FAISS refused the build: keep the embeddings, say why in one line
+                self.commit(_Pending(encoder.dim))
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise CollectionError(
+                    f"FAISS could not build the {wanted.type} index ({first}) — the embeddings were committed; "
+                    "run again with --type flat"
+                ) from None
+            self.progress("building the index", 1, 1, wanted.type)
+        others = self.skipped_table.filter(pc.not_equal(self.skipped_table.column("root"), root_key))
+        mine = sorted(self.skipped, key=lambda s: s.rel)
+        rows = pa.table(
+            {"path": [s.rel for s in mine], "root": [root_key] * len(mine), "reason": [s.reason for s in mine]},
+            schema=SKIPPED_SCHEMA,
+        )
+        self.base = self.target.commit(
+            self.meta, pa.concat_tables([others, rows]), self.index, encoder, self.base, self.roots, self.info,
+            write_encoder=self.write_encoder,
+        )  # fmt: skip
+        self.write_encoder = False
+        self.report.committed = True
 
 
 def _manifest_to_replace(collection: Collection) -> dict[str, Any] | None:

@@ -253,3 +253,25 @@ def test_query_imports_only_what_it_needs(indexed: Path, image_folder: Path) -> 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)[0]["vote"] == "hbars"
     assert done.stderr.strip() == ""
+
+
+def test_eval_refuses_an_absurd_bootstrap_before_any_work(
+    image_folder: Path, pixels_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--bootstrap 100000000`` would resample for hours: it is refused at once, with the allowed range."""
+    from simsearch import cli, evaluation
+    from simsearch.errors import UsageError
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("eval ran with a refused --bootstrap")
+
+    monkeypatch.setattr("simsearch.evaluation.evaluate", never)
+    for value, bound in (("100000000", "10000"), ("10001", "10000"), ("9", "10")):
+        result = invoke("eval", image_folder, "--model", pixels_model, "--bootstrap", value)
+        assert result.exit_code == 2, result.output
+        error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert len(error) == 1 and "--bootstrap" in error[0] and bound in error[0], result.stderr
+    for value in (9, 10_001, 100_000_000):  # the library's own check agrees with the command's
+        with pytest.raises(UsageError, match=r"^--bootstrap must be between 10 and 10,000 resamples, not "):
+            evaluation.EvalConfig(bootstrap=value)
+    assert evaluation.EvalConfig(bootstrap=10_000).bootstrap == evaluation.MAX_BOOTSTRAP == cli.MAX_BOOTSTRAP == 10_000

@@ -49,7 +49,9 @@ def rows_of(snapshot: Snapshot) -> Rows:
 def only_current_files(collection: Collection) -> None:
     """No leftovers: no temporary files, no older generation."""
     files = collection.read_manifest()["files"]
-    assert sorted(p.name for p in collection.path.iterdir()) == sorted([".lock", "manifest.json", *files.values()])
+    assert sorted(p.name for p in collection.path.iterdir()) == sorted(
+        [".lock", ".simsearch.json", "manifest.json", *files.values()]
+    )
 
 
 @dataclass

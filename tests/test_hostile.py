@@ -64,6 +64,7 @@ def assert_refused(home: Path, image_folder: Path, *expected: str, encoder: bool
     """query, info and index all fail with one clear line naming ``expected``, and change nothing.
     (``info`` does not load the encoder: with ``encoder``, it is not asked.)"""
     before = listing(home / "c")
+    names_before = {p.name for p in (home / "c").iterdir()}
     commands = [("query", image_folder / "blob" / "1.png"), ("index", image_folder)]
     for args in commands if encoder else [*commands, ("info",)]:
         result = invoke(*args, "--home", home, "--name", "c")
@@ -74,7 +75,8 @@ def assert_refused(home: Path, image_folder: Path, *expected: str, encoder: bool
         assert any(remedy in lines[0] for remedy in REMEDY), lines[0]
         assert "Traceback" not in result.output
     assert listing(home / "c") == before
-    # The remedy the messages give works: a rebuild replaces whatever was damaged, and leaves nothing of it.
+    # The remedy the messages give works: a rebuild replaces whatever was damaged and leaves nothing of its own
+    # behind; files that no manifest names any more (a tampered manifest's orphans) are not simsearch's to delete.
     model = home.parent / "model"
     result = invoke("index", image_folder, "--home", home, "--name", "c", "--rebuild", "--model", model)
     assert result.exit_code == 0, result.output
@@ -82,7 +84,12 @@ def assert_refused(home: Path, image_folder: Path, *expected: str, encoder: bool
     assert consistent_snapshot(collection).meta.num_rows == 15
     assert Searcher(collection, use_gpu=False).query_files([image_folder / "blob" / "1.png"], k=1)[0].vote == "blob"
     files = collection.read_manifest()["files"]
-    assert sorted(p.name for p in collection.path.iterdir()) == sorted([".lock", "manifest.json", *files.values()])
+    left = {p.name for p in collection.path.iterdir()} - {".lock", ".simsearch.json", "manifest.json", *files.values()}
+    try:
+        named = set(json.loads(before["manifest.json"])["files"].values())
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        named = set()  # a manifest too damaged to read: what it named cannot be known
+    assert left <= names_before - named, left
 
 
 def edit_manifest(home: Path, change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
@@ -188,8 +195,8 @@ def test_a_tampered_faiss_file(home: Path, image_folder: Path, tmp_path: Path, t
     path = home / "c" / manifest["files"]["vectors"]
     path.write_bytes(TAMPERED_VECTORS[tamper](path.read_bytes(), other_index(home, image_folder, tmp_path)))
     if tamper == "flipped-vector-byte" and not checksums:
-        # Only a checksum can tell changed floats from the original ones: without one, the file still loads.
-        Collection(home / "c").load()
+        # Without a checksum, the changed float is found by comparing the vectors with the stored embeddings.
+        assert_refused(home, image_folder, manifest["files"]["vectors"], "differs from its embedding")
         return
     if checksums:
         assert_refused(home, image_folder, manifest["files"]["vectors"], "sha256 does not match manifest.json")
@@ -210,6 +217,33 @@ def test_tampered_parquet_files(home: Path, image_folder: Path, tmp_path: Path, 
         table.drop_columns([table.column_names[-1]]).append_column("x", pa.array([1] * table.num_rows)), path
     )
     assert_refused(home, image_folder, manifest["files"][key])
+
+
+@pytest.mark.parametrize("damage", ["nan", "infinity", "differs-from-its-vector"])
+def test_damaged_embeddings_that_checksums_cannot_see(home: Path, image_folder: Path, damage: str) -> None:
+    """A metadata file rewritten with a bad embedding and its checksum recomputed (a bug, or a careful forger)
+    passes the checksum check: the embeddings themselves are checked, and the file and row are named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from simsearch.collection import embeddings_of
+
+    manifest = json.loads((home / "c" / "manifest.json").read_text())
+    path = home / "c" / manifest["files"]["meta"]
+    table = pq.read_table(path)
+    embeddings, row = embeddings_of(table).copy(), 7
+    embeddings[row, 1] = {"nan": np.nan, "infinity": -np.inf}.get(damage, embeddings[row, 1] + 0.5)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.ravel(), pa.float32()), embeddings.shape[1])
+    table = table.set_column(table.schema.get_field_index("embedding"), table.schema.field("embedding"), column)
+    pq.write_table(table, path)
+    edit_manifest(home, lambda m: m["sha256"].update(meta=hashlib.sha256(path.read_bytes()).hexdigest()))
+    row_id, name = table.column("id")[row].as_py(), table.column("path")[row].as_py()
+    if damage == "differs-from-its-vector":
+        expected = f"the vector of id {row_id} ({name!r}) differs from its embedding in {path.name}"
+        assert_refused(home, image_folder, manifest["files"]["vectors"], expected)
+    else:
+        expected = f"{path}: row {row} (id {row_id}, {name!r}) holds a NaN or infinite embedding (1 rows in all)"
+        assert_refused(home, image_folder, expected)
 
 
 def test_index_checks_know_every_index_that_keeps_ids() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -17,7 +18,7 @@ from simsearch.collection import Collection, embeddings_of
 from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound, DataError, ModelError, UsageError
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.search import Searcher, vote_label
-from tests.conftest import pattern, write_folder
+from tests.conftest import consistent_snapshot, pattern, write_folder
 
 META_COLUMNS = ["id", "path", "root", "label", "sha256", "bytes", "mtime", "width", "height", "embedding"]
 
@@ -122,7 +123,15 @@ def test_add_delete_change_update_exactly_those_rows(image_folder: Path, tmp_pat
     names = sorted(p.name for p in collection.path.iterdir())
     files = snapshot.manifest["files"]
     assert names == sorted(
-        [".lock", "manifest.json", files["encoder"], files["meta"], files["vectors"], files["skipped"]]
+        [
+            ".lock",
+            ".simsearch.json",
+            "manifest.json",
+            files["encoder"],
+            files["meta"],
+            files["vectors"],
+            files["skipped"],
+        ]
     )
 
 
@@ -394,3 +403,81 @@ def test_gpu_search_answers_like_cpu_search(image_folder: Path, tmp_path: Path, 
     d_gpu, r_gpu = gpu.search_embeddings(x, 5)
     np.testing.assert_allclose(d_gpu, d_cpu, rtol=1e-5, atol=1e-6)
     assert (r_gpu == r_cpu).mean() > 0.95  # the same rows, but for exact ties
+
+
+def test_an_emptied_folder_is_refused_unless_allowed(image_folder: Path, tmp_path: Path) -> None:
+    """A folder that exists but holds no image (a drive not mounted) does not empty the collection."""
+    collection, _ = build(image_folder, tmp_path)
+    before = collection.read_manifest()
+    mount_point = tmp_path / "mnt"
+    shutil.move(image_folder, mount_point)  # the images are elsewhere; the folder is there, but empty
+    image_folder.mkdir()
+    with pytest.raises(DataError, match=r"holds no images now, but the collection has 15 images from it .* mount it"):
+        index_folder(image_folder, collection, pixels_config())
+    assert collection.read_manifest() == before
+    report = index_folder(image_folder, collection, pixels_config(allow_empty=True))
+    assert report.removed == 15 and report.count == 0 and collection.load().meta.num_rows == 0
+
+
+def test_a_moved_folder_is_recognised_and_not_indexed_twice(image_folder: Path, tmp_path: Path) -> None:
+    collection, _ = build(image_folder, tmp_path)
+    before = collection.load().meta
+    moved = tmp_path / "renamed"
+    shutil.move(image_folder, moved)
+    Image.fromarray(pattern("vbars", np.random.default_rng(5))).save(moved / "vbars" / "new.png")
+    report = index_folder(moved, collection, pixels_config())
+    assert (report.moved_from, report.moved) == (str(image_folder.resolve()), 15)
+    assert (report.added, report.updated, report.removed, report.unchanged) == (1, 0, 0, 15)
+    snapshot = consistent_snapshot(collection)
+    assert snapshot.manifest["roots"] == [str(moved.resolve())] and snapshot.meta.num_rows == 16
+    assert set(snapshot.meta.column("root").to_pylist()) == {str(moved.resolve())}
+    kept = snapshot.meta.filter(pc.is_in(snapshot.meta.column("id"), before.column("id")))
+    assert kept.column("path").to_pylist() == before.column("path").to_pylist()  # same rows, same ids
+    np.testing.assert_array_equal(embeddings_of(kept), embeddings_of(before))
+    # A folder whose old path still exists is another folder: its images are added (a copy is not a move).
+    shutil.copytree(moved, image_folder)
+    assert index_folder(image_folder, collection, pixels_config()).added == 16
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_a_trained_index_type_on_too_few_images_is_one_clear_error(image_folder: Path, tmp_path: Path, kind) -> None:
+    from typer.testing import CliRunner
+
+    from simsearch.cli import app
+
+    two = tmp_path / "two"
+    for name in ("a/0.png", "b/0.png"):
+        (two / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image_folder / "blob" / "0.png", two / name)
+    args = ["index", str(two), "--home", str(tmp_path / "home"), "--model", "pixels", "--type", kind]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert [line for line in result.stderr.splitlines() if line] == [
+        f"Error: --type {kind} needs at least 100 images to train on, and the collection would hold 2 — use --type "
+        "flat (exact search, and fast at this size)"
+    ]
+    assert not (tmp_path / "home" / "default").exists()  # refused before anything was trained or written
+    # Fewer than expected once unreadable files are skipped: the embeddings are kept, the error said after.
+    for i in range(99):
+        shutil.copy(image_folder / "blob" / "0.png", two / "a" / f"{i}.png")
+    for i in range(5):
+        (two / "a" / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    collection = Collection(tmp_path / "home" / "c")
+    with pytest.raises(UsageError, match=r"would hold 95 .*the new embeddings were committed"):
+        index_folder(two, collection, pixels_config(index_type=kind))
+    assert consistent_snapshot(collection).meta.num_rows == 95
+
+
+def test_faiss_refusing_a_build_keeps_the_embeddings(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    from simsearch import vectors
+
+    write_folder(image_folder, per_class=40, seed=4)
+    collection = Collection(tmp_path / "c")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Error in faiss::Clustering::train at Clustering.cpp:66: Error: 'nx >= k' failed\n  more")
+
+    monkeypatch.setattr(vectors, "build_tuned", refuse)
+    with pytest.raises(CollectionError, match=r"FAISS could not build the ivf index \(Error in faiss::Clustering"):
+        index_folder(image_folder, collection, pixels_config(index_type="ivf"))
+    assert consistent_snapshot(collection).meta.num_rows == 120

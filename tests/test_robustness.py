@@ -228,10 +228,11 @@ WRITE_FAILURES = {
     "skipped-parquet-quota": ("pyarrow.parquet.write_table", 2, errno.EDQUOT, "skipped-000003.parquet"),
     "vectors-disk-full": ("faiss.write_index", 1, errno.ENOSPC, "vectors-000003.faiss"),
     "manifest-disk-full": ("pathlib.Path.write_text", 1, errno.ENOSPC, "manifest.json"),
-    "fsync-io-error": ("os.fsync", 3, errno.EIO, "skipped-000003.parquet"),
+    "journal-read-only": ("os.open", 1, errno.EROFS, ".pending.json"),
+    "fsync-io-error": ("os.fsync", 5, errno.EIO, "skipped-000003.parquet"),
     "rename-read-only": ("os.replace", 1, errno.EROFS, "meta-000003.parquet"),
-    "create-read-only": ("tempfile.mkstemp", 1, errno.EROFS, "meta-000003.parquet"),
-    "create-permission-denied": ("tempfile.mkstemp", 3, errno.EACCES, "vectors-000003.faiss"),
+    "create-read-only": ("os.open", 3, errno.EROFS, "meta-000003.parquet"),
+    "create-permission-denied": ("os.open", 7, errno.EACCES, "vectors-000003.faiss"),
     "manifest-rename-read-only": ("os.replace", 4, errno.EROFS, "manifest.json"),
 }
 
@@ -268,8 +269,9 @@ def test_a_failure_after_the_switch_says_the_generation_was_committed(
     collection = Collection(tmp_path / "default")
     index_folder(image_folder, collection, pixels_config())
     add_images(image_folder, 3, seed=1)
-    # Each of the four files is fsynced, then its folder: the 8th fsync is the folder's, after the manifest swap.
-    monkeypatch.setattr(os, "fsync", failing(os.fsync, errno.EIO, nth=8))
+    # The journal and each of the four files is fsynced, then its folder: the 10th fsync is the folder's, after the
+    # manifest swap.
+    monkeypatch.setattr(os, "fsync", failing(os.fsync, errno.EIO, nth=10))
     result = invoke("index", image_folder, "--home", tmp_path)
     assert result.exit_code == 1
     assert error_lines(result) == [
