@@ -23,6 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check simsearch tests bench
 	$(BIN)/ruff format --check simsearch tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from simsearch import vectors
-from simsearch.collection import Collection
-from simsearch.images import label_of, load_image
+from simsearch.io import label_of, load_image
 from simsearch.search import Searcher, vote_accuracy
+from simsearch.store.collection import Collection
 
 
 def main(out: Path, home: Path = Path("indexes"), demo_dir: Path = Path("simsearch-demo")) -> None:

@@ -28,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.datasets import SHARED_DATA, copy_omniglot, export_fashion
 from simsearch import metrics
-from simsearch.collection import Collection
-from simsearch.data import encode_labels, verification_pairs
-from simsearch.encoder import Encoder
-from simsearch.images import ImageError, find_images, load_images
 from simsearch.indexing import IndexConfig, index_folder
+from simsearch.io import ImageError, find_images, load_images
+from simsearch.models.encoder import Encoder
 from simsearch.search import Searcher, vote_accuracy
-from simsearch.train import TrainConfig, train_encoder
+from simsearch.store.collection import Collection
+from simsearch.training import TrainConfig, train_encoder
+from simsearch.training.sampling import encode_labels, verification_pairs
 
 ROWS = [
     "pixels",

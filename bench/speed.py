@@ -148,7 +148,7 @@ def section_index(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def embed_only(model: Path, device: str, n: int = 4096) -> float:
     """Images per second of ``Encoder.embed`` alone on ready (random) arrays, batches of 256."""
-    from simsearch.encoder import Encoder
+    from simsearch.models.encoder import Encoder
 
     encoder = Encoder.load(model, device=device)
     x = np.random.default_rng(0).standard_normal((n, encoder.preprocess.channels, *encoder.preprocess.size))
@@ -164,9 +164,9 @@ def build_collection(folder: Path, x: np.ndarray) -> Path:
     import pyarrow as pa
 
     from simsearch import vectors
-    from simsearch.collection import SKIPPED_SCHEMA, Collection, meta_table
-    from simsearch.images import Preprocess
-    from simsearch.train import pixels_encoder
+    from simsearch.io import Preprocess
+    from simsearch.store.collection import SKIPPED_SCHEMA, Collection, meta_table
+    from simsearch.training import pixels_encoder
 
     encoder = pixels_encoder(Preprocess(size=(8, 8), channels=1))
     n = len(x)
@@ -193,8 +193,8 @@ def section_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """b) QPS of ``Searcher.search_embeddings`` over raw FAISS ``index.search`` on the same index and queries.
     On a GPU, also with the index held in float16 (the searcher then re-ranks 2·k candidates exactly), and
     that search's recall@10 against the float32 one (exact)."""
-    from simsearch.collection import Collection
     from simsearch.search import Searcher
+    from simsearch.store.collection import Collection
 
     out: dict[str, Any] = {}
     for n in args.sizes:
@@ -362,8 +362,8 @@ def section_real(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "bench"))
     from datasets import SHARED_DATA, export_fashion
 
-    from simsearch.encoder import Encoder
-    from simsearch.images import load_image
+    from simsearch.io import load_image
+    from simsearch.models.encoder import Encoder
 
     if not (SHARED_DATA / "fashion-mnist").exists():
         return {"skipped": f"no benchmark data at {SHARED_DATA}"}

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from simsearch.collection import Collection
-from simsearch.images import label_of, save_png
 from simsearch.indexing import IndexConfig, IndexReport, index_folder
+from simsearch.io import label_of, save_png
 from simsearch.progress import Progress, no_progress
 from simsearch.search import QueryResult, Searcher, vote_accuracy
+from simsearch.store.collection import Collection
 
 
 @dataclass

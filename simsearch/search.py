@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from simsearch import vectors
-from simsearch.collection import Collection, embeddings_of, int64_column
 from simsearch.errors import ImageError, ModelError, UsageError
-from simsearch.images import LoadedImage, find_images, load_images
+from simsearch.io import LoadedImage, find_images, load_images
+from simsearch.store.collection import Collection, embeddings_of, int64_column
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from simsearch import metrics
-from simsearch.encoder import Encoder
 from simsearch.errors import DataError, ImageError, ModelError, UsageError
-from simsearch.images import LoadedImage, load_images
+from simsearch.io import LoadedImage, load_images
+from simsearch.models.encoder import Encoder
 
 
 @dataclass(frozen=True)
@@ -250,8 +250,8 @@ def pair_metrics(verdicts: Sequence[Verdict], resamples: int = 200, seed: int = 
 def load_encoder(model: str | None, name: str | None, home: Path, device: str = "cpu") -> tuple[Encoder, str]:
     """The encoder of a model folder (``--model``) or of a collection (``--name``, default ``default``),
     and a short description of where it came from."""
-    from simsearch.collection import Collection, resolve_path
-    from simsearch.encoder import is_model_folder
+    from simsearch.models.encoder import is_model_folder
+    from simsearch.store.collection import Collection, resolve_path
 
     if model is not None and name is not None:
         raise UsageError("give either --model (a model folder) or --name (a collection), not both")

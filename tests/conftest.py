@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 if TYPE_CHECKING:
-    from simsearch.collection import Collection, Snapshot
+    from simsearch.store.collection import Collection, Snapshot
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -103,7 +103,7 @@ def consistent_snapshot(collection: Collection) -> Snapshot:
     """Load the collection and check that its generation is whole: manifest, metadata and vectors agree."""
     import faiss
 
-    from simsearch.collection import embeddings_of
+    from simsearch.store.collection import embeddings_of
 
     snapshot = collection.load()
     meta, index = snapshot.meta, snapshot.index
@@ -128,7 +128,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fast_train():
-    from simsearch.train import TrainConfig
+    from simsearch.training import TrainConfig
 
     return TrainConfig(epochs=3, max_seconds=120, batch_size=8, dim=8, device="cpu")  # epochs bind, not the clock
 
@@ -148,9 +148,9 @@ def calibrated_pixels_model(images: Path, out: Path) -> Path:
     """A pixels encoder (16×16 grey) whose threshold record is calibrated on every pair of ``images``' labelled
     files, saved as a model folder at ``out``: a verification model that needs no training."""
     from simsearch import metrics
-    from simsearch.data import encode_labels, verification_pairs
-    from simsearch.images import Preprocess, find_images, load_images
-    from simsearch.train import pixels_encoder
+    from simsearch.io import Preprocess, find_images, load_images
+    from simsearch.training import pixels_encoder
+    from simsearch.training.sampling import encode_labels, verification_pairs
 
     encoder = pixels_encoder(Preprocess(size=(16, 16), channels=1))
     entries, _ = find_images(images)

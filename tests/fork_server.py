@@ -34,11 +34,11 @@ import rich.progress  # noqa: F401 - imported by the index command
 from PIL import Image
 
 import simsearch.cli as cli
-import simsearch.collection
-import simsearch.encoder
-import simsearch.images
-import simsearch.indexing
+import simsearch.indexing.sync
+import simsearch.io
+import simsearch.models.encoder
 import simsearch.search  # imported before forking, so that children start at once
+import simsearch.store.collection
 
 Image.init()  # Pillow imports its format plugins on first use: do it once here (it starts no threads)
 
@@ -64,7 +64,7 @@ def _install_hooks(request: dict[str, Any]) -> None:
                 time.sleep(0.01)
         time.sleep(step_delay)
 
-    collection_cls = simsearch.collection.Collection
+    collection_cls = simsearch.store.collection.Collection
     write_file, write_dir, remove_stale = (
         collection_cls._write_file,
         collection_cls._write_dir,
@@ -97,7 +97,7 @@ def _install_hooks(request: dict[str, Any]) -> None:
     collection_cls._write_dir = hooked_write_dir
     collection_cls._remove_stale = hooked_remove_stale
 
-    load_batches, embed = simsearch.indexing.load_batches, simsearch.encoder.Encoder.embed
+    load_batches, embed = simsearch.indexing.sync.load_batches, simsearch.models.encoder.Encoder.embed
 
     def logged_load_batches(jobs, spec, workers=0, total=0, ahead=2):
         taken = collections.deque()
@@ -111,7 +111,7 @@ def _install_hooks(request: dict[str, Any]) -> None:
         try:
             for batch in batches:
                 for name, result in zip(taken.popleft(), batch, strict=True):
-                    if isinstance(result, simsearch.images.LoadedImage):
+                    if isinstance(result, simsearch.io.LoadedImage):
                         note(f"embed {name}")
                 yield batch
         finally:
@@ -122,8 +122,8 @@ def _install_hooks(request: dict[str, Any]) -> None:
         event(f"embedded a batch of {len(images)}")
         return out
 
-    simsearch.indexing.load_batches = logged_load_batches
-    simsearch.encoder.Encoder.embed = hooked_embed
+    simsearch.indexing.sync.load_batches = logged_load_batches
+    simsearch.models.encoder.Encoder.embed = hooked_embed
 
 
 def _child(request: dict[str, Any]) -> None:

@@ -259,7 +259,8 @@ def test_eval_refuses_an_absurd_bootstrap_before_any_work(
     image_folder: Path, pixels_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``--bootstrap 100000000`` would resample for hours: it is refused at once, with the allowed range."""
-    from simsearch import cli, evaluation
+    from simsearch import evaluation
+    from simsearch.cli import options as cli
     from simsearch.errors import UsageError
 
     def never(*_: object, **__: object) -> None:

@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import simsearch.collection
+import simsearch.store.collection
 from simsearch.cli import app
-from simsearch.collection import Collection
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.search import Searcher
+from simsearch.store.collection import Collection
 from tests.conftest import ForkServer, consistent_snapshot, pattern, write_folder
 
 PIXELS = ["--model", "pixels", "--workers", "1", "--device", "cpu"]
@@ -134,7 +134,7 @@ def test_commits_landing_while_a_reader_reads_do_not_disturb_it(
             busy[0] = False
         return parquet_file(source, *args, **kwargs)
 
-    monkeypatch.setattr(simsearch.collection.pq, "ParquetFile", parquet_file_while_a_commit_lands)
+    monkeypatch.setattr(simsearch.store.collection.pq, "ParquetFile", parquet_file_while_a_commit_lands)
     snapshot = collection.load()
     assert commits == [started_with + 1, started_with + 2]  # both landed mid-read, and removed its files
     assert not (collection.path / snapshot.manifest["files"]["meta"]).exists()

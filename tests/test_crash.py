@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simsearch.collection import Collection, Snapshot, embeddings_of
 from simsearch.errors import CollectionNotFound
 from simsearch.indexing import IndexConfig, index_folder
+from simsearch.store.collection import Collection, Snapshot, embeddings_of
 from tests.conftest import Child, ForkServer, consistent_snapshot, pattern, write_folder
 
 # Small batches and a checkpoint after each one: many commits in a small folder.

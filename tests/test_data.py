@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from simsearch.data import (
+from simsearch.training.augment import add_transformed_classes, augment, class_symmetries
+from simsearch.training.sampling import (
     MIN_IDENTITIES_TO_HOLD_OUT,
-    add_transformed_classes,
-    augment,
-    class_symmetries,
     encode_labels,
     pk_batches,
     similar_pk_batches,

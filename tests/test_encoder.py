@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from simsearch.encoder import Encoder, resolve_device
 from simsearch.errors import ModelError, UsageError
-from simsearch.images import Preprocess
+from simsearch.io import Preprocess
 from simsearch.models.autoencoder import ConvEncoder
-from simsearch.train import pixels_encoder
+from simsearch.models.encoder import Encoder, resolve_device
+from simsearch.training import pixels_encoder
 
 
 def small_encoder(seed: int = 0) -> Encoder:
@@ -49,7 +49,7 @@ def test_fresh_process_gives_identical_embeddings(tmp_path: Path) -> None:
     enc.save(tmp_path / "m")
     np.save(tmp_path / "x.npy", batch())
     code = (
-        "import numpy as np, sys; from simsearch.encoder import Encoder; "
+        "import numpy as np, sys; from simsearch.models.encoder import Encoder; "
         f"e = Encoder.load({str(tmp_path / 'm')!r}); np.save(sys.argv[1], e.embed(np.load({str(tmp_path / 'x.npy')!r})))"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "y.npy")], check=True)

@@ -13,11 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from simsearch.cli import app
-from simsearch.encoder import Encoder
 from simsearch.errors import DataError
 from simsearch.evaluation import EvalConfig, choose_protocol, evaluate
-from simsearch.images import find_images, load_images
-from simsearch.report import write_report
+from simsearch.evaluation.report import write_report
+from simsearch.io import find_images, load_images
+from simsearch.models.encoder import Encoder
 from tests.conftest import calibrated_pixels_model, write_folder
 
 runner = CliRunner()
@@ -83,7 +83,7 @@ def test_leave_one_out_figures(folder: Path, model: Encoder) -> None:
 
 def test_split_protocol_keeps_queries_out_of_the_gallery(folder: Path, model: Encoder) -> None:
     entries, _ = find_images(folder)
-    from simsearch.data import encode_labels
+    from simsearch.training.sampling import encode_labels
 
     y, classes = encode_labels([e.label for e in entries])
     protocol = choose_protocol(y, classes, EvalConfig(split=0.25))

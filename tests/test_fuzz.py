@@ -17,11 +17,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from simsearch.cli import app
-from simsearch.collection import Collection
 from simsearch.errors import SimsearchError
-from simsearch.images import LoadedImage, Preprocess, find_images, load_image
 from simsearch.indexing import IndexConfig, index_folder
+from simsearch.io import LoadedImage, Preprocess, find_images, load_image
 from simsearch.search import Searcher
+from simsearch.store.collection import Collection
 from tests.conftest import encode, pattern, write_folder
 
 FUZZ = settings(
@@ -109,7 +109,7 @@ specs = st.builds(
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory: pytest.TempPathFactory) -> Collection:
     """15 labelled images embedded by a small convolutional autoencoder (trained for one epoch)."""
-    from simsearch.train import TrainConfig
+    from simsearch.training import TrainConfig
 
     root = tmp_path_factory.mktemp("fuzz")
     write_folder(root / "images")

@@ -22,13 +22,13 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from simsearch.cli import app
-from simsearch.collection import Collection
-from simsearch.encoder import Encoder
 from simsearch.errors import ModelError
-from simsearch.images import Preprocess
 from simsearch.indexing import IndexConfig, index_folder
+from simsearch.io import Preprocess
 from simsearch.models.autoencoder import ConvEncoder
+from simsearch.models.encoder import Encoder
 from simsearch.search import Searcher
+from simsearch.store.collection import Collection
 from tests.conftest import consistent_snapshot
 
 REMEDY = ("--rebuild", "re-train", "re-copy", "simsearch train")
@@ -226,7 +226,7 @@ def test_damaged_embeddings_that_checksums_cannot_see(home: Path, image_folder: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from simsearch.collection import embeddings_of
+    from simsearch.store.collection import embeddings_of
 
     manifest = json.loads((home / "c" / "manifest.json").read_text())
     path = home / "c" / manifest["files"]["meta"]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from simsearch.errors import ImageError
-from simsearch.images import (
+from simsearch.io import (
     MAX_PIXELS,
     ImageSurvey,
     LoadedImage,
@@ -897,7 +897,7 @@ def test_decode_image_only_raises_image_error(data: bytes) -> None:
 
 
 def test_large_jpegs_are_decoded_at_a_reduced_scale_with_their_true_size(tmp_path: Path) -> None:
-    from simsearch.images import decode_image, load_image, to_array
+    from simsearch.io import decode_image, load_image, to_array
 
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((640, 480))
@@ -918,7 +918,7 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale_with_their_true_size(tmp_pat
 def test_load_batches_gives_load_images_results_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
 ) -> None:
-    import simsearch.images as images
+    import simsearch.io.pipeline as images
 
     monkeypatch.setattr(images, "PROCESS_MIN_IMAGES", 1 if processes else 10**9)
     rng = np.random.default_rng(3)

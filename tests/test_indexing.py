@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from simsearch.collection import Collection, embeddings_of
 from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound, DataError, ModelError, UsageError
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.search import Searcher, vote_label
+from simsearch.store.collection import Collection, embeddings_of
 from tests.conftest import consistent_snapshot, pattern, write_folder
 
 META_COLUMNS = ["id", "path", "root", "label", "sha256", "bytes", "mtime", "width", "height", "embedding"]
@@ -239,7 +239,7 @@ def test_checkpoints_commit_partial_work(image_folder: Path, tmp_path: Path) -> 
 def test_worker_processes_index_what_threads_index(
     image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import simsearch.images as images
+    import simsearch.io.pipeline as images
 
     (image_folder / "hbars" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     on_threads, _ = build(image_folder, tmp_path / "threads", batch_size=4)
@@ -256,7 +256,7 @@ def test_an_interrupt_while_workers_decode_keeps_the_checkpoints(
 ) -> None:
     import multiprocessing
 
-    import simsearch.images as images
+    import simsearch.io.pipeline as images
 
     monkeypatch.setattr(images, "PROCESS_MIN_IMAGES", 1)
     collection = Collection(tmp_path / "c")
@@ -304,7 +304,7 @@ def test_index_can_train_a_siamese_encoder(image_folder: Path, tmp_path: Path, f
 
 
 def test_query_files_embeds_new_images_and_reuses_stored_ones(image_folder: Path, tmp_path: Path, fast_train) -> None:
-    from simsearch.images import load_image
+    from simsearch.io import load_image
 
     collection = Collection(tmp_path / "ae")
     index_folder(image_folder, collection, IndexConfig(device="cpu", train=fast_train))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from simsearch.losses import contrastive_loss, metric_loss, ntxent_loss, triplet_loss, vae_loss
+from simsearch.training.losses import contrastive_loss, metric_loss, ntxent_loss, triplet_loss, vae_loss
 
 
 def unit(*angles_deg: float) -> torch.Tensor:

@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from simsearch.cli import app
-from simsearch.collection import Collection
-from simsearch.encoder import Encoder
 from simsearch.errors import CollectionError, ModelError
 from simsearch.indexing import IndexConfig, index_folder
+from simsearch.models.encoder import Encoder
+from simsearch.store.collection import Collection
 from tests.conftest import consistent_snapshot
 
 
@@ -62,12 +62,12 @@ def test_train_out_pointed_at_a_folder_of_models_keeps_them(image_folder: Path, 
 
 
 def test_the_out_folder_is_checked_before_training(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
-    import simsearch.train
+    import simsearch.training
 
     def never(*args, **kwargs):
         raise AssertionError("trained although the model folder could not be written")
 
-    monkeypatch.setattr(simsearch.train, "train_on_folder", never)
+    monkeypatch.setattr(simsearch.training, "train_on_folder", never)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "a.txt").write_text("x")
     result = invoke("train", image_folder, "--family", "autoencoder", "--out", tmp_path / "taken")

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from simsearch.cli import app
-from simsearch.collection import Collection
 from simsearch.indexing import IndexConfig, index_folder
+from simsearch.store.collection import Collection
 from tests.conftest import ForkServer, consistent_snapshot, write_folder
 from tests.test_crash import rows_of
 

@@ -27,10 +27,10 @@ from typer.testing import CliRunner
 
 from simsearch import vectors
 from simsearch.cli import app
-from simsearch.collection import Collection, embeddings_of
-from simsearch.images import MAX_PIXELS
 from simsearch.indexing import IndexConfig, index_folder
+from simsearch.io import MAX_PIXELS
 from simsearch.search import Searcher
+from simsearch.store.collection import Collection, embeddings_of
 from tests.conftest import consistent_snapshot, pattern, run_with_timeout
 from tests.corpus import NON_UTF8_NAME, NON_UTF8_REL, Corpus, write_corpus
 
@@ -284,12 +284,14 @@ def test_a_failure_after_the_switch_says_the_generation_was_committed(
 def test_a_failing_encoder_write_keeps_the_previous_encoder(
     image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_train
 ) -> None:
-    import simsearch.encoder
+    import simsearch.models.encoder
 
     collection = Collection(tmp_path / "default")
     index_folder(image_folder, collection, pixels_config())
     before = files_of(collection.path)
-    monkeypatch.setattr(simsearch.encoder, "save_file", failing(simsearch.encoder.save_file, errno.ENOSPC))
+    monkeypatch.setattr(
+        simsearch.models.encoder, "save_file", failing(simsearch.models.encoder.save_file, errno.ENOSPC)
+    )
     result = invoke("index", image_folder, "--home", tmp_path, "--model", "pca", "--rebuild", "--dim", "4")
     assert result.exit_code == 1
     assert error_lines(result)[0].startswith(

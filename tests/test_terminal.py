@@ -23,7 +23,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import simsearch.cli as cli
+import simsearch.cli.core as cli_core
+import simsearch.cli.render as render
+import simsearch.cli.train as cli_train
 from simsearch.cli import app
 from tests.conftest import pattern, write_folder
 
@@ -83,7 +85,7 @@ def place(path: Path, data: bytes) -> None:
 @pytest.fixture
 def wide(monkeypatch: pytest.MonkeyPatch) -> None:
     """A wide terminal, so that no table cell wraps a name across lines (``_width``: what ``width=`` sets)."""
-    monkeypatch.setattr(cli.out, "_width", 400)
+    monkeypatch.setattr(render.out, "_width", 400)
 
 
 @pytest.fixture
@@ -233,8 +235,8 @@ def test_progress_notes_are_text(monkeypatch: pytest.MonkeyPatch) -> None:
     from rich.console import Console
 
     screen = io.StringIO()
-    monkeypatch.setattr(cli, "err", Console(file=screen, force_terminal=True, color_system=None, width=200))
-    with cli._RichProgress() as progress:
+    monkeypatch.setattr(render, "err", Console(file=screen, force_terminal=True, color_system=None, width=200))
+    with render._RichProgress() as progress:
         progress("reading [/bold]", 1, 2, "blob/L0[/bold].png \x1b]0;pwned\x07 [bold red]x")
     shown = screen.getvalue()
     assert "reading [/bold]" in shown
@@ -292,7 +294,7 @@ def test_ctrl_c_says_what_each_command_leaves(
 def test_ctrl_c_in_train_says_nothing_was_saved(
     image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("simsearch.train.train_on_folder", interrupt)
+    monkeypatch.setattr("simsearch.training.train_on_folder", interrupt)
     model = tmp_path / "models" / "m"
     result = invoke("train", image_folder, "--out", model, "--device", "cpu")
     assert result.exit_code == 130
@@ -306,7 +308,7 @@ def test_ctrl_c_after_train_saved_says_where(
     image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C while the summary prints, after the model folder was written: the line says it was saved."""
-    monkeypatch.setattr(cli, "_describe_training", interrupt)
+    monkeypatch.setattr(cli_train, "_describe_training", interrupt)
     model = tmp_path / "m"
     result = invoke("train", image_folder, "--out", model, "--family", "pca", "--dim", "4", "--device", "cpu")
     assert result.exit_code == 130
@@ -319,7 +321,7 @@ def test_ctrl_c_after_train_saved_says_where(
 def test_ctrl_c_while_eval_writes_its_report_says_so(
     image_folder: Path, pixels_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("simsearch.report.write_report", interrupt)
+    monkeypatch.setattr("simsearch.evaluation.report.write_report", interrupt)
     report = tmp_path / "report"
     result = invoke(
         "eval", image_folder, "--model", pixels_model, "--no-baselines", "--bootstrap", "10", "--report", report
@@ -334,7 +336,7 @@ def test_terminated_inside_a_command_exits_143(
     image_folder: Path, pixels_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def terminate(*_: object, **__: object) -> None:
-        raise cli.Terminated
+        raise cli_core.Terminated
 
     monkeypatch.setattr("simsearch.evaluation.evaluate", terminate)
     result = invoke("eval", image_folder, "--model", pixels_model, "--no-baselines")

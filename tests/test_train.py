@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from simsearch.errors import DataError, UsageError
-from simsearch.images import Preprocess, find_images
-from simsearch.train import (
+from simsearch.io import Preprocess, find_images
+from simsearch.training import (
     TrainConfig,
     choose_size,
     fit_pca,
@@ -159,7 +159,7 @@ def test_small_digits_are_not_upscaled_nor_inverted(tmp_path: Path, fast_train: 
 def test_every_family_trains_saves_and_reloads(
     family: str, loss: str, image_folder: Path, tmp_path: Path, fast_train: TrainConfig
 ) -> None:
-    from simsearch.encoder import Encoder
+    from simsearch.models.encoder import Encoder
 
     config = replace(fast_train, family=family, loss=loss, epochs=2)
     encoder = train_on_folder(image_folder, config)
@@ -237,7 +237,7 @@ def test_siamese_trains_on_turned_and_mirrored_classes(tmp_path: Path, fast_trai
 
 
 def test_resize_trim_is_stored_in_the_spec(image_folder: Path, tmp_path: Path, fast_train: TrainConfig) -> None:
-    from simsearch.encoder import Encoder
+    from simsearch.models.encoder import Encoder
 
     with pytest.raises(UsageError, match="--resize must be one of letterbox, trim"):
         TrainConfig(resize="stretch")
@@ -251,7 +251,7 @@ def test_resize_trim_is_stored_in_the_spec(image_folder: Path, tmp_path: Path, f
 
 
 def test_weight_average_follows_the_weights_and_swaps_them_in() -> None:
-    from simsearch.train import WeightAverage
+    from simsearch.training import WeightAverage
 
     module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     average = WeightAverage(module, decay=0.75)
@@ -269,7 +269,7 @@ def test_weight_average_follows_the_weights_and_swaps_them_in() -> None:
 
 
 def test_siamese_options_validate_and_train(tmp_path: Path, fast_train: TrainConfig) -> None:
-    from simsearch.encoder import Encoder
+    from simsearch.models.encoder import Encoder
     from tests.conftest import write_folder
 
     for bad in ({"ema": 1.0}, {"projection": -1}, {"family": "vae", "projection": 8}, {"similar_labels": 2}):

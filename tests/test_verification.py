@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from simsearch import metrics
 from simsearch.cli import app
-from simsearch.encoder import Encoder
 from simsearch.errors import DataError, ImageError, ModelError, UsageError
+from simsearch.models.encoder import Encoder
 from simsearch.verification import Verifier, operating_point, pair_metrics, read_pairs
 
 runner = CliRunner()

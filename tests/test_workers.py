@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simsearch.collection import Collection
-from simsearch.images import PROCESS_MIN_IMAGES
+from simsearch.io import PROCESS_MIN_IMAGES
+from simsearch.store.collection import Collection
 from tests.conftest import ForkServer, consistent_snapshot, pattern
 
 

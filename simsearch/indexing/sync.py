@@ -18,7 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simsearch import vectors
-from simsearch.collection import (
+from simsearch.errors import CollectionError, DataError, ImageError, ModelError, UsageError
+from simsearch.io import ImageFileEntry, LoadedImage, LoadJob, Skipped, find_images, load_batches
+from simsearch.models.encoder import Encoder, is_model_folder, resolve_device
+from simsearch.progress import Progress, no_progress
+from simsearch.store.collection import (
     SKIPPED_SCHEMA,
     Collection,
     Snapshot,
@@ -27,11 +31,7 @@ from simsearch.collection import (
     meta_schema,
     meta_table,
 )
-from simsearch.encoder import Encoder, is_model_folder, resolve_device
-from simsearch.errors import CollectionError, DataError, ImageError, ModelError, UsageError
-from simsearch.images import ImageFileEntry, LoadedImage, LoadJob, Skipped, find_images, load_batches
-from simsearch.progress import Progress, no_progress
-from simsearch.train import TRAINABLE, TrainConfig, train_encoder
+from simsearch.training import TRAINABLE, TrainConfig, train_encoder
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from simsearch import metrics
-from simsearch.data import augment, pk_batches, scoring_pairs, similar_pk_batches
-from simsearch.losses import MetricLoss, contrastive_loss, metric_loss, vae_loss
 from simsearch.models.autoencoder import ConvAutoencoder, ConvEncoder, VariationalAutoencoder
+from simsearch.training.augment import augment
+from simsearch.training.losses import MetricLoss, contrastive_loss, metric_loss, vae_loss
+from simsearch.training.sampling import pk_batches, scoring_pairs, similar_pk_batches
 
 
 class Objective:

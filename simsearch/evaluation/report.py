@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from simsearch.evaluation import EncoderResult, EvalReport
-from simsearch.images import decode_image, letterbox, read_file
+from simsearch.evaluation.run import EvalReport
+from simsearch.evaluation.scoring import EncoderResult
+from simsearch.io import decode_image, letterbox, read_file
 
 FIGURES = {
     "roc.png": "ROC curves: share of genuine pairs accepted (TAR) against share of impostor pairs accepted (FAR, "

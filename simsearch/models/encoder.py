@@ -28,7 +28,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from simsearch import __version__
 from simsearch.errors import ModelError, UsageError
-from simsearch.images import Preprocess
+from simsearch.io import Preprocess
 from simsearch.models import FAMILIES, build_module
 
 FORMAT = "simsearch.encoder/1"

@@ -1,0 +1,277 @@
+"""Everything the CLI prints, rendered as text: file names, labels, paths and error messages are user data, so
+they are never parsed as rich markup and their control characters are escaped (``\\x1b``), never sent to the
+terminal raw. The consoles here do that for every string they render; the progress bar and the JSON output,
+which rich renders by other paths, call ``shown`` (or ``_json_text``) themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.style import Style
+
+    from simsearch.indexing import IndexReport
+    from simsearch.search import QueryResult
+
+
+def shown(value: object) -> str:
+    """``value`` as text that a terminal shows as it is: each control or other non-printable character (ESC,
+    BEL, newline, DEL, C1 controls, bidi overrides, bytes that are not UTF-8) written as its escape (``\\x1b``,
+    ``\\n``, ``\\u202e``, ``\\xff``); every other character, é and 中 included, kept."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # a byte of a file name that is not UTF-8 (os.fsdecode): show the byte
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode("ascii")
+
+
+class TextConsole(Console):
+    """A console that renders every string as text, through ``shown``: no markup, emoji codes or highlighting,
+    and no raw control characters, whatever a file name holds. Tables' cells and titles, printed lines and
+    error lines all reach the terminal this way."""
+
+    def render_str(
+        self,
+        text: str,
+        *,
+        style: str | Style = "",
+        justify: Any = None,
+        overflow: Any = None,
+        emoji: bool | None = None,
+        markup: bool | None = None,
+        highlight: bool | None = None,
+        highlighter: Any = None,
+    ) -> Text:
+        return Text(shown(text), style=style, justify=justify, overflow=overflow)
+
+
+out = TextConsole(highlight=False, soft_wrap=True)
+
+
+err = TextConsole(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _json_text(data: Any) -> str:
+    """``data`` as indented JSON whose strings hold printable characters only: ``json`` escapes the C0 controls
+    itself; DEL, C1 controls, bidi overrides and lone surrogates are escaped here as ``\\uXXXX``, so a parser
+    still reads back the exact names."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if text.replace("\n", "").isprintable():  # raw newlines lie only between tokens, never inside strings
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the basic plane: a UTF-16 surrogate pair, as JSON spells it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _print_json(data: Any) -> None:
+    """Print ``data`` for scripts: what ``Console.print_json`` prints, but with ``_json_text``'s escapes."""
+    from rich.highlighter import JSONHighlighter
+
+    text = JSONHighlighter()(_json_text(data))
+    text.no_wrap = True
+    text.overflow = None
+    out.print(text, soft_wrap=True)
+
+
+class _RichProgress:
+    """Renders the library's progress callbacks as rich bars on stderr (nothing when stderr is no terminal)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(  # its text columns build their Text themselves: markup off, values through shown
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[note]}", markup=False),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, task: str, done: int, total: int | None, note: str = "") -> None:
+        if task not in self.tasks:
+            self.tasks[task] = self.bar.add_task(shown(task), total=total, note=shown(note))
+        self.bar.update(self.tasks[task], completed=done, total=total, note=shown(note))
+
+    def __enter__(self) -> _RichProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+
+def _describe_training(family: str, dim: int, shape: tuple[int, ...], t: dict[str, Any]) -> str:
+    size = "×".join(map(str, shape))
+    if family == "pixels":
+        return f"Using raw pixels as embeddings (input {size}, d={dim})."
+    if family == "pca":
+        return f"Fitted PCA (input {size}, d={dim}) on {t.get('images')} images."
+    return (
+        f"Trained a {family} encoder (input {size}, d={dim}) on {t.get('images')} images: {t.get('epochs_run')} "
+        f"epochs in {t.get('seconds', 0):.0f} s on {t.get('device')}, best {t.get('validation_metric')} "
+        f"{t.get('best_validation') or 0:.4f}."
+    )
+
+
+def _render_index_report(report: IndexReport) -> None:
+    if report.discarded_rebuild:
+        out.print("An unfinished rebuild made with another encoder was dropped; this rebuild started over.")
+    if report.resumed:
+        out.print("Resumed the unfinished rebuild: the images it had committed were not embedded again.")
+    if report.moved_from:
+        out.print(
+            f"{report.moved} images of {report.moved_from} (a path that is gone) were found under {report.root}: "
+            "the folder was moved, so they were kept, not indexed again."
+        )
+    if report.trained:
+        out.print(_describe_training(report.encoder_family, report.encoder_dim, report.input_shape, report.training))
+    if report.embedded == 0 and not report.removed:
+        out.print(f"Nothing to embed: all {report.unchanged} images are unchanged.")
+    table = Table(title=f"Collection {report.collection}", show_header=False, title_justify="left")
+    for key, value in (
+        ("found", report.found),
+        ("added", report.added),
+        ("updated", report.updated),
+        ("removed", report.removed),
+        ("unchanged", report.unchanged),
+        ("skipped", len(report.skipped)),
+        ("images in collection", report.count),
+        ("encoder", f"{report.encoder_family} {report.encoder_fingerprint[:12]} on {report.device}"),
+        ("time", f"{report.seconds:.1f} s"),
+    ):
+        table.add_row(key, str(value))
+    out.print(table)
+    if report.skipped:
+        skipped = Table("skipped file", "reason", title="Skipped (not indexed)", title_justify="left")
+        for s in report.skipped[:20]:
+            skipped.add_row(s.rel, s.reason)
+        out.print(skipped)
+        if len(report.skipped) > 20:
+            out.print(f"… and {len(report.skipped) - 20} more: see 'simsearch info --skipped'.")
+    if report.rebuild_waiting:
+        out.print("An unfinished rebuild waits beside this collection: run 'index … --rebuild' again to finish it.")
+
+
+def _render_result(result: QueryResult) -> None:
+    if result.unknown and result.threshold is not None:
+        nearest = result.neighbours[0].distance if result.neighbours else float("nan")
+        caption = f"vote: unknown (nearest {nearest:.4f} > threshold {result.threshold:.4f})"
+    elif result.vote is not None:
+        caption = f"vote: {result.vote} ({round(result.vote_share * len(result.neighbours))}/{len(result.neighbours)})"
+    else:
+        caption = "vote: none (no labelled neighbours)"
+    table = Table("rank", "distance", "path", "label", title=f"{result.query} — {caption}", title_justify="left")
+    for n in result.neighbours:
+        table.add_row(str(n.rank), f"{n.distance:.4f}", n.path, n.label or "")
+    out.print(table)
+
+
+def _describe_index(info: dict[str, Any]) -> str:
+    kind = info.get("type", "?")
+    if info.get("exact", kind == "flat"):
+        return f"{kind} (exact)"
+    knobs = ", ".join(
+        f"{k} {info[k]}"
+        for k in ("nlist", "pq_m", "pq_bits", "hnsw_m", "nprobe", "ef", "ef_cpu", "refine")
+        if k in info
+    )
+    recall = info.get("recall_at_10")
+    measured = (
+        f"; recall@10 {recall:.3f} on {info.get('recall_queries')} held-out vectors" if recall is not None else ""
+    )
+    if "recall_at_10_cpu" in info:
+        measured += f" ({info['recall_at_10_cpu']:.3f} searched on a CPU)"
+    return f"{kind} ({knobs}{measured})"
+
+
+def _point_text(verdict: Any) -> str:
+    point = verdict.point
+    if point.name == "manual":
+        return "threshold given with --threshold"
+    name = "EER point" if point.name == "eer" else point.name.upper().replace("FAR=", "FAR ≤ ")
+    return f"{name}: FAR {point.far:.2%}, FRR {point.frr:.2%} on held-out pairs"
+
+
+def _render_verdict(verdict: Any) -> None:
+    sign = "≤" if verdict.match else ">"
+    word = "MATCH" if verdict.match else "NO MATCH"
+    probability = f"; match probability {verdict.probability:.3f}" if verdict.probability is not None else ""
+    out.print(f"{word}: {verdict.a} ↔ {verdict.b}")
+    out.print(
+        f"distance {verdict.distance:.4f} {sign} threshold {verdict.point.threshold:.4f} ({_point_text(verdict)})"
+        f"{probability}"
+    )
+
+
+def _render_pairs(verdicts: list[Any], summary: dict[str, Any] | None, limit: int = 50) -> None:
+    table = Table("a", "b", "distance", "verdict", "probability", "label", title="Pairs", title_justify="left")
+    for v in verdicts[:limit]:
+        probability = f"{v.probability:.3f}" if v.probability is not None else "–"
+        label = "" if v.label is None else ("same" if v.label else "different")
+        table.add_row(v.a, v.b, f"{v.distance:.4f}", "match" if v.match else "no match", probability, label)
+    out.print(table)
+    if len(verdicts) > limit:
+        out.print(f"… and {len(verdicts) - limit} more pairs: use --json for all of them.")
+    matches = sum(v.match for v in verdicts)
+    out.print(
+        f"{matches} of {len(verdicts)} pairs match at threshold {verdicts[0].point.threshold:.4f} "
+        f"({_point_text(verdicts[0])})."
+    )
+    if summary:
+        lines = [
+            f"accuracy {summary['accuracy']:.3f}",
+            f"FAR {summary['far']:.3f}" if summary["far"] is not None else None,
+            f"FRR {summary['frr']:.3f}" if summary["frr"] is not None else None,
+        ]
+        for key, label in (("roc_auc", "ROC AUC"), ("eer", "EER")):
+            if key in summary:
+                value, low, high = summary[key]
+                lines.append(f"{label} {value:.3f} [{low:.3f}, {high:.3f}]")
+        out.print(
+            f"Labelled pairs ({summary['genuine']} same, {summary['impostor']} different): "
+            + ", ".join(x for x in lines if x)
+        )
+
+
+def _render_eval(result: Any, source: str) -> None:
+    from simsearch.evaluation.report import figure_rows
+
+    pairs = result.results[0].figures["pairs"]
+    out.print(
+        f"{result.folder}: {result.images} images, {result.labels} labels; {result.mode}; {result.queries} queries, "
+        f"gallery {result.gallery}; {pairs['genuine']} genuine and {pairs['impostor']} impostor pairs. Encoder: {source}."
+    )
+    table = Table(
+        "metric", *(r.name for r in result.results), title="Value [95% bootstrap interval]", title_justify="left"
+    )
+    for label, cells in figure_rows(result):
+        table.add_row(label, *cells)
+    out.print(table, width=None if out.is_terminal else 200)  # piped: one line per metric, not wrapped at 80
+    model = result.results[0]
+    if model.threshold is not None:
+        out.print(f"Threshold {model.threshold.threshold:.4f} ({model.threshold.name}).")
+    for note in result.notes:
+        out.print(note)
+    if result.skipped or result.unlabelled:
+        out.print(f"Left out: {len(result.skipped)} unreadable files, {result.unlabelled} images without a label.")

@@ -1,0 +1,114 @@
+"""``simsearch train``: train an encoder on a folder and save it as a model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from simsearch.cli.core import _errors, app
+from simsearch.cli.render import _describe_training, _RichProgress, out
+
+
+@app.command()
+def train(
+    images: Path = typer.Argument(..., help="Folder of images to train on (labels are sub-folder names)."),
+    family: str = typer.Option(
+        "autoencoder", "--family", "-f", help="autoencoder, denoising, vae, siamese, pca or pixels."
+    ),
+    loss: str = typer.Option(
+        "contrastive", "--loss", help="Siamese loss: contrastive, triplet, or ntxent (self-supervised: no labels)."
+    ),
+    margin: float | None = typer.Option(
+        None, "--margin", help="Margin of the contrastive (1.0) or triplet (0.2) loss."
+    ),
+    beta: float = typer.Option(1.0, "--beta", help="VAE: weight of the KL term."),
+    contrastive_weight: float = typer.Option(
+        0.0, "--contrastive-weight", help="Autoencoders: add this much contrastive loss on labelled batches."
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Model folder to write (default: models/<folder name>)."
+    ),
+    dim: int = typer.Option(64, "--dim", min=1, help="Embedding size."),
+    size: str = typer.Option("auto", "--size", help="Input size HxW, or auto (aspect kept, never upscaled)."),
+    resize: str = typer.Option(
+        "letterbox",
+        "--resize",
+        help="letterbox (fit the whole image, aspect kept) or trim (crop the background margin first: drawings, "
+        "characters, signatures on a plain sheet).",
+    ),
+    invert: str = typer.Option("auto", "--invert", help="auto (invert light backgrounds), yes or no."),
+    epochs: int = typer.Option(60, "--epochs", min=1, help="Most epochs (training also stops early)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=2, help="Images per training batch (default: 256 for siamese, else 128)."
+    ),
+    augment: float = typer.Option(
+        0.5, "--augment", min=0, help="Siamese: strength of the random warps, noise and erasing."
+    ),
+    class_augment: str = typer.Option(
+        "none",
+        "--class-augment",
+        help="Labelled losses: none, rot4 (each label turned by 90°, 180°, 270° is a new label) or rot4flip "
+        "(mirror images too). For characters and symbols, not for faces or signatures; needs square inputs.",
+    ),
+    patience: int = typer.Option(
+        12, "--patience", min=1, help="Stop after this many epochs without a better validation score."
+    ),
+    ema: float = typer.Option(
+        0.0,
+        "--ema",
+        min=0,
+        help="Validate and keep a moving average of the weights, with this decay per step (0.995, say; 0: off).",
+    ),
+    projection: int = typer.Option(
+        0,
+        "--projection",
+        min=0,
+        help="Siamese: compute the loss on a head of this many hidden units over the "
+        "embedding, dropped after training (helps with labels never seen in training; 0: off).",
+    ),
+    similar_labels: int = typer.Option(
+        0,
+        "--similar-labels",
+        min=0,
+        help="Siamese, labelled: build each batch from groups of this many labels "
+        "that the encoder finds alike, so that it learns from hard negatives (0: off).",
+    ),
+    max_seconds: float = typer.Option(1800.0, "--max-seconds", min=1, help="Time limit for training."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (runs are reproducible on the CPU)."),
+) -> None:
+    """Train an encoder on a folder of images and save it as a model folder.
+
+    Example: simsearch train ./signatures --family siamese --loss contrastive --out models/sig
+    """
+    with _errors("training stopped and nothing was saved; run the same command again to train") as stop:
+        target = out_dir or Path("models") / (images.resolve().name or "model")
+        # The model folder is written at the end, at once (Encoder.save): until then nothing is on disk.
+        stop.left = (
+            f"training stopped and nothing was saved ({target} is as it was); run the same command again to train"
+        )
+        from simsearch.models.encoder import check_model_target
+        from simsearch.training import TrainConfig, train_on_folder
+
+        check_model_target(target)  # before hours of training, not after
+        config = TrainConfig(
+            family=family, loss=loss, margin=margin, beta=beta, contrastive_weight=contrastive_weight, dim=dim,
+            size=size, resize=resize, invert=invert, epochs=epochs, batch_size=batch_size, augment=augment,
+            class_augment=class_augment, patience=patience, ema=ema, projection=projection,
+            similar_labels=similar_labels, max_seconds=max_seconds, seed=seed,
+            device=device,
+        )  # fmt: skip
+        with _RichProgress() as progress:
+            encoder = train_on_folder(images, config, progress)
+        fingerprint = encoder.save(target)
+        stop.left = f"the model was already saved to {target}; only the summary was cut short"
+        spec = encoder.preprocess
+        out.print(_describe_training(encoder.family, encoder.dim, (spec.channels, *spec.size), encoder.training))
+        if encoder.threshold:
+            th = encoder.threshold
+            out.print(
+                f"Verification threshold {th['value']:.4f} (EER {th['eer']:.3f}, ROC AUC {th['roc_auc']:.3f}) "
+                f"calibrated on {th['pairs']['genuine']} genuine and {th['pairs']['impostor']} impostor held-out pairs."
+            )
+        out.print(f"Saved {fingerprint[:12]} to {target}. Use it with: simsearch index {images} --model {target}")

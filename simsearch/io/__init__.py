@@ -1,0 +1,70 @@
+"""Images in: find files by content, read and decode them safely, preprocess them for an encoder, load many at once.
+
+The only package that imports Pillow. Modules: ``discover`` (finding files, labels), ``decode`` (reading and
+decoding, limits), ``preprocess`` (``Preprocess``, letterbox, trim), ``pipeline`` (loading on threads or worker
+processes).
+"""
+
+from simsearch.errors import ImageError
+from simsearch.io.decode import (
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    ImageSurvey,
+    decode_image,
+    image_size,
+    is_grey,
+    read_file,
+    save_png,
+    survey_images,
+)
+from simsearch.io.discover import (
+    IMAGE_SUFFIXES,
+    ImageFileEntry,
+    Skipped,
+    display_name,
+    find_images,
+    label_of,
+    sniff_format,
+)
+from simsearch.io.pipeline import (
+    PROCESS_MIN_IMAGES,
+    LoadedImage,
+    LoadJob,
+    load_batches,
+    load_image,
+    load_images,
+)
+from simsearch.io.preprocess import MAX_SIDE, RESIZE_MODES, Preprocess, border_colour, letterbox, to_array, trim
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_FILE_BYTES",
+    "MAX_PIXELS",
+    "MAX_SIDE",
+    "PROCESS_MIN_IMAGES",
+    "RESIZE_MODES",
+    "ImageError",
+    "ImageFileEntry",
+    "ImageSurvey",
+    "LoadJob",
+    "LoadedImage",
+    "Preprocess",
+    "Skipped",
+    "border_colour",
+    "decode_image",
+    "display_name",
+    "find_images",
+    "image_size",
+    "is_grey",
+    "label_of",
+    "letterbox",
+    "load_batches",
+    "load_image",
+    "load_images",
+    "read_file",
+    "save_png",
+    "sniff_format",
+    "survey_images",
+    "to_array",
+    "trim",
+]

@@ -1,0 +1,114 @@
+"""What a training run is asked to do (``TrainConfig``), checked when it is made, and the input size it implies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simsearch.errors import UsageError
+from simsearch.io import (
+    MAX_SIDE,
+    RESIZE_MODES,
+)
+from simsearch.training.augment import CLASS_AUGMENTS
+from simsearch.training.losses import LOSSES
+
+TRAINABLE = ("autoencoder", "denoising", "vae", "siamese", "pca", "pixels")
+
+
+NEURAL = ("autoencoder", "denoising", "vae", "siamese")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to build an encoder from a folder. ``max_seconds`` bounds training time whatever ``epochs`` says."""
+
+    family: str = "autoencoder"
+    loss: str = "contrastive"
+    margin: float | None = None
+    beta: float = 1.0
+    contrastive_weight: float = 0.0
+    augment: float = 0.5
+    class_augment: str = "none"
+    dim: int = 64
+    size: str = "auto"
+    resize: str = "letterbox"
+    max_side: int = 64
+    invert: str = "auto"
+    epochs: int = 60
+    batch_size: int | None = None
+    learning_rate: float = 2e-3
+    max_seconds: float = 300.0
+    max_images: int = 20_000
+    val_fraction: float = 0.15
+    patience: int = 12
+    ema: float = 0.0
+    projection: int = 0
+    similar_labels: int = 0
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.family not in TRAINABLE:
+            raise UsageError(f"unknown family {self.family!r} — use one of: {', '.join(TRAINABLE)}")
+        if self.loss not in LOSSES:
+            raise UsageError(f"unknown loss {self.loss!r} — use one of: {', '.join(LOSSES)}")
+        if self.resize not in RESIZE_MODES:
+            raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}, not {self.resize!r}")
+        if self.invert not in ("auto", "yes", "no"):
+            raise UsageError(f"--invert must be auto, yes or no, not {self.invert!r}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise UsageError(f"--batch-size must be at least 2, not {self.batch_size}")
+        if self.dim < 1:
+            raise UsageError(f"--dim must be at least 1, not {self.dim}")
+        if not 0 <= self.ema < 1:
+            raise UsageError(f"--ema must be in [0, 1) (0: off; 0.995, say), not {self.ema}")
+        if self.projection < 0 or self.similar_labels < 0:
+            raise UsageError("--projection and --similar-labels must be ≥ 0")
+        if self.projection > 0 and self.family != "siamese":
+            raise UsageError("--projection is a head for the Siamese losses: use it with --family siamese")
+        if self.similar_labels > 1 and not (self.family == "siamese" and self.uses_labels):
+            raise UsageError(
+                "--similar-labels builds batches of labels: use it with --family siamese and --loss "
+                "contrastive or triplet"
+            )
+        if self.class_augment not in CLASS_AUGMENTS:
+            raise UsageError(f"--class-augment must be one of {', '.join(CLASS_AUGMENTS)}, not {self.class_augment!r}")
+        if self.class_augment != "none" and not self.uses_labels:
+            raise UsageError(
+                "--class-augment makes new labels, so it needs a labelled loss: --family siamese with --loss "
+                "contrastive or triplet, or --contrastive-weight"
+            )
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, not {self.epochs}")
+        if self.max_seconds <= 0:
+            raise UsageError(f"the training time limit must be positive, not {self.max_seconds}")
+        if self.beta < 0 or self.contrastive_weight < 0 or (self.margin is not None and self.margin <= 0):
+            raise UsageError("--beta and --contrastive-weight must be ≥ 0, and --margin > 0")
+        parse_size(self.size)
+
+    @property
+    def uses_labels(self) -> bool:
+        """Whether training reads the labels (the Siamese labelled losses, or an autoencoder's contrastive term)."""
+        return (self.family == "siamese" and self.loss != "ntxent") or self.contrastive_weight > 0
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """``auto`` → None; ``HxW`` (or ``N`` for N×N) → (H, W)."""
+    if text == "auto":
+        return None
+    parts = text.lower().split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 1 or max(dims) > MAX_SIDE:
+        raise UsageError(f"--size must be 'auto' or HxW such as 64x64 (sides 1..{MAX_SIDE}), not {text!r}")
+    return dims[0], dims[1]
+
+
+def choose_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """Keep the images' aspect ratio, never upscale, and cap the long side at ``max_side``."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(4, round(height * scale)), max(4, round(width * scale))
