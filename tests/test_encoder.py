@@ -13,7 +13,8 @@ import torch
 
 from simsearch.errors import ModelError, UsageError
 from simsearch.io import Preprocess
-from simsearch.models.autoencoder import ConvEncoder
+from simsearch.models.autoencoder import ConvDecoder, ConvEncoder
+from simsearch.models.baseline import PCAEncoder, PixelEncoder
 from simsearch.models.encoder import Encoder, resolve_device
 from simsearch.training import pixels_encoder
 
@@ -21,10 +22,8 @@ from simsearch.training import pixels_encoder
 def small_encoder(seed: int = 0) -> Encoder:
     torch.manual_seed(seed)
     spec = Preprocess(size=(12, 20), channels=1, mean=(0.3,), std=(0.2,))
-    arch = {"channels": 1, "size": [12, 20], "dim": 6}
-    module = ConvEncoder(**arch)
-    arch["widths"] = list(module.widths)
-    return Encoder("autoencoder", arch, spec, module, training={"note": "test"})
+    module = ConvEncoder(channels=1, size=(12, 20), dim=6)
+    return Encoder("autoencoder", module.arch, spec, module, training={"note": "test"})
 
 
 def batch(n: int = 4, seed: int = 0) -> np.ndarray:
@@ -177,3 +176,27 @@ def test_embed_runs_a_fused_copy_that_matches_the_trained_module() -> None:
     assert enc.fingerprint == fingerprint
     # Batching does not change a result beyond float rounding (oneDNN and cuDNN pick kernels by batch size).
     np.testing.assert_allclose(enc.embed(x, batch_size=64), got, rtol=1e-5, atol=1e-6 * float(np.abs(got).max()))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        ConvEncoder(channels=3, size=(28, 40), dim=5, widths=(8, 16, 32, 64, 128), normalize=True),
+        ConvDecoder(channels=3, size=(28, 40), dim=5, widths=(8, 16, 32, 64, 128)),
+        ConvDecoder.mirroring(ConvEncoder(channels=1, size=(9, 9), dim=3)),
+        PCAEncoder(channels=1, size=(4, 5), dim=3),
+        PixelEncoder(channels=3, size=(2, 3), dim=18),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_modules_give_the_arguments_that_rebuild_them(module: torch.nn.Module) -> None:
+    """``arch`` is plain JSON, and the module it rebuilds has the same tensors, of the same shapes."""
+    arch = module.arch
+    assert json.loads(json.dumps(arch)) == arch
+    rebuilt = type(module)(**arch)
+    assert rebuilt.arch == arch
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in module.state_dict().items()}
+    if isinstance(module, ConvEncoder):  # the decoder mirrors the encoder, and maps its embeddings to its inputs
+        decoder = ConvDecoder.mirroring(module)
+        assert decoder.arch == {k: v for k, v in arch.items() if k != "normalize"}
+        assert decoder(torch.zeros(2, 5)).shape == (2, 3, 28, 40)

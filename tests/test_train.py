@@ -11,6 +11,7 @@ import torch
 
 from simsearch.errors import DataError, UsageError
 from simsearch.io import Preprocess, find_images
+from simsearch.models.encoder import Encoder
 from simsearch.training import (
     TrainConfig,
     choose_size,
@@ -45,7 +46,48 @@ def test_config_is_validated() -> None:
         TrainConfig(dim=0)
 
 
-def test_autoencoder_learns_and_keeps_best_weights(fast_train: TrainConfig) -> None:
+def record_validations(
+    monkeypatch: pytest.MonkeyPatch, scores: list[float] | None = None
+) -> list[tuple[float, dict[str, torch.Tensor]]]:
+    """Make every autoencoder validation also record (score, a copy of the weights it scored): the weights of
+    the model being trained (``encoder.*`` and ``decoder.*``), as validated (with ``--ema``, the average). With
+    ``scores``, the validations return those scores, in turn, instead of their own."""
+    from simsearch.training.objectives import Reconstruction
+
+    seen: list[tuple[float, dict[str, torch.Tensor]]] = []
+    validate = Reconstruction.validate
+    scripted = iter(scores) if scores is not None else None
+
+    def recording(self: Reconstruction) -> float:
+        score = validate(self)
+        if scripted is not None:
+            score = next(scripted)
+        seen.append((score, {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}))
+        return score
+
+    monkeypatch.setattr(Reconstruction, "validate", recording)
+    return seen
+
+
+def kept_weights(encoder: Encoder, folder: Path) -> dict[str, torch.Tensor]:
+    """The weights an encoder's saved model folder holds, named as in the autoencoder being trained."""
+    from safetensors.torch import load_file
+
+    encoder.save(folder)
+    weights = {f"encoder.{k}": v for k, v in load_file(str(folder / "weights.safetensors")).items()}
+    return weights | {f"decoder.{k}": v for k, v in load_file(str(folder / "decoder.safetensors")).items()}
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_autoencoder_learns_and_keeps_best_weights(
+    fast_train: TrainConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen = record_validations(monkeypatch)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(64, 1, 16, 16)).astype(np.float32)
     images[:32] += 2.0
@@ -57,6 +99,28 @@ def test_autoencoder_learns_and_keeps_best_weights(fast_train: TrainConfig) -> N
     assert encoder.training["best_validation"] == pytest.approx(min(losses))
     assert encoder.threshold is None  # no labels: nothing to calibrate on
     assert encoder.embed(images).shape == (64, 8)
+    # What was saved is what scored best when it was validated (recorded then, not recomputed from the history).
+    assert [score for score, _ in seen] == losses
+    best = min(range(len(seen)), key=lambda i: seen[i][0])
+    assert_same_weights(kept_weights(encoder, tmp_path / "m"), seen[best][1])
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9], ids=["raw-weights", "ema"])
+def test_the_best_epoch_is_kept_not_the_last(
+    fast_train: TrainConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ema: float
+) -> None:
+    """Validation scores that are best at epoch 2 and worse after it: the model saved (encoder and decoder) holds
+    the weights validated at epoch 2, which differ from the last epoch's."""
+    scores = [3.0, 1.0, 2.0, 1.5, 4.0]
+    seen = record_validations(monkeypatch, scores)
+    images = np.random.default_rng(5).normal(size=(40, 1, 16, 16)).astype(np.float32)
+    config = replace(fast_train, epochs=5, patience=10, ema=ema)
+    encoder = train_neural(images, [None] * 40, Preprocess(size=(16, 16)), config)
+    assert [h["val_loss"] for h in encoder.history] == scores and encoder.training["best_validation"] == 1.0
+    kept = kept_weights(encoder, tmp_path / "m")
+    assert_same_weights(kept, seen[1][1])
+    last = seen[-1][1]
+    assert any(not torch.equal(kept[k], last[k]) for k in kept if kept[k].is_floating_point())
 
 
 def test_training_is_reproducible_on_cpu(fast_train: TrainConfig) -> None:
@@ -106,6 +170,8 @@ def test_autoencoder_trains_on_cuda(fast_train: TrainConfig) -> None:
     encoder = train_neural(images, [None] * 64, Preprocess(size=(16, 16)), config)
     assert encoder.training["device"] == "cuda"
     assert next(encoder.module.parameters()).device.type == "cpu"
+    assert encoder.decoder is not None and next(encoder.decoder.parameters()).device.type == "cpu"
+    assert encoder.decode(encoder.embed(images[:2])).shape == (2, 1, 16, 16)
     assert torch.isfinite(torch.tensor([h["val_loss"] for h in encoder.history])).all()
 
 

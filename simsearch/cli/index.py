@@ -11,6 +11,7 @@ from rich.text import Text
 from simsearch.cli.core import KEPT, _errors, _unchanged, app
 from simsearch.cli.options import NAME_HELP, _home_option, _train_config
 from simsearch.cli.render import _describe_index, _print_json, _render_index_report, _RichProgress, out, shown
+from simsearch.models.registry import family_names
 
 
 @app.command()
@@ -22,7 +23,7 @@ def index(
         None,
         "--model",
         "-m",
-        help="A model folder from 'simsearch train', or a family to fit here: autoencoder, denoising, vae, siamese, pca, pixels. "
+        help=f"A model folder from 'simsearch train', or a family to fit here: {', '.join(family_names())}. "
         "Default: the collection's own encoder, or a new autoencoder.",
     ),
     rebuild: bool = typer.Option(False, "--rebuild", help="Re-embed everything (needed to change the encoder)."),

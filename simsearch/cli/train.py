@@ -8,14 +8,16 @@ import typer
 
 from simsearch.cli.core import _errors, app
 from simsearch.cli.render import _describe_training, _RichProgress, out
+from simsearch.models.registry import REGISTRY
+
+#: --family's help: every registered family with its one-line description (the registry imports no torch).
+FAMILY_HELP = "One of: " + "; ".join(f"{f.name}: {f.description}" for f in REGISTRY.values()) + "."
 
 
 @app.command()
 def train(
     images: Path = typer.Argument(..., help="Folder of images to train on (labels are sub-folder names)."),
-    family: str = typer.Option(
-        "autoencoder", "--family", "-f", help="autoencoder, denoising, vae, siamese, pca or pixels."
-    ),
+    family: str = typer.Option("autoencoder", "--family", "-f", help=FAMILY_HELP),
     loss: str = typer.Option(
         "contrastive", "--loss", help="Siamese loss: contrastive, triplet, or ntxent (self-supervised: no labels)."
     ),

@@ -1,4 +1,5 @@
-"""Convolutional autoencoder ``AE(x) = h(g(x))``: only the encoder ``g`` is kept for search.
+"""Convolutional autoencoder ``AE(x) = h(g(x))``: the encoder ``g`` embeds for search; the decoder ``h`` is kept
+beside it (``decoder.safetensors``) to map embeddings back to images.
 
 The backbone adapts to any input size: it halves the resolution with strided convolutions until the
 feature map is at most 7 pixels on its short side (at most four times), then a linear layer maps it to ``dim``.
@@ -8,6 +9,7 @@ The decoder mirrors it and resamples to the exact input size, so odd sizes such 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,25 +65,61 @@ class ConvEncoder(nn.Module):
         self.feature_shape = (c, h, w)
         self.head = nn.Linear(c * h * w, dim)
 
+    @property
+    def arch(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this module (``ConvEncoder(**arch)``), as stored in ``encoder.json``."""
+        return {
+            "channels": self.channels,
+            "size": list(self.size),
+            "dim": self.dim,
+            "widths": list(self.widths),
+            "normalize": self.normalize,
+        }
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.head(self.features(x).flatten(1))
         return F.normalize(z, dim=1) if self.normalize else z
 
 
 class ConvDecoder(nn.Module):
-    """``h``: (n, dim) → (n, channels, H, W), the mirror of a ``ConvEncoder``."""
+    """``h``: (n, dim) → (n, channels, H, W), the mirror of the ``ConvEncoder`` with the same arguments."""
 
-    def __init__(self, encoder: ConvEncoder) -> None:
+    def __init__(
+        self,
+        channels: int,
+        size: tuple[int, int] | list[int],
+        dim: int,
+        widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS,
+    ) -> None:
         super().__init__()
-        c, h, w = encoder.feature_shape
-        self.size, self.start = encoder.size, (c, h, w)
-        self.head = nn.Linear(encoder.dim, c * h * w)
+        self.channels, self.size, self.dim = channels, (int(size[0]), int(size[1])), dim
+        self.widths = tuple(int(w) for w in widths[: n_downsamples(self.size, len(widths))])
+        if not self.widths:
+            raise ValueError("a decoder needs at least one width")
+        h, w = self.size
+        for _ in self.widths:
+            h, w = (h + 1) // 2, (w + 1) // 2
+        c = self.widths[-1]
+        self.start = (c, h, w)
+        self.head = nn.Linear(dim, c * h * w)
         stages: list[nn.Module] = []
-        widths = [*list(encoder.widths[::-1]), encoder.widths[0]]
+        widths = [*list(self.widths[::-1]), self.widths[0]]
         for c_in, c_out in itertools.pairwise(widths):
             stages += [nn.Upsample(scale_factor=2, mode="nearest"), _block(c_in, c_out, 1)]
         self.features = nn.Sequential(*stages)
-        self.out = nn.Conv2d(widths[-1], encoder.channels, 3, padding=1)
+        self.out = nn.Conv2d(widths[-1], channels, 3, padding=1)
+
+    @classmethod
+    def mirroring(cls, encoder: nn.Module) -> ConvDecoder:
+        """The decoder for ``encoder`` (a ``ConvEncoder``): same channels, size, dim and widths."""
+        if not isinstance(encoder, ConvEncoder):
+            raise TypeError(f"a ConvDecoder mirrors a ConvEncoder, not a {type(encoder).__name__}")
+        return cls(encoder.channels, encoder.size, encoder.dim, encoder.widths)
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this module (``ConvDecoder(**arch)``), as stored in ``encoder.json``."""
+        return {"channels": self.channels, "size": list(self.size), "dim": self.dim, "widths": list(self.widths)}
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.head(z)).view(-1, *self.start)
@@ -91,25 +129,26 @@ class ConvDecoder(nn.Module):
 
 
 class ConvAutoencoder(nn.Module):
-    """The whole autoencoder, used only while training; ``encoder`` is what is saved."""
+    """The whole autoencoder, used while training; ``encoder`` and ``decoder`` are what is saved."""
 
-    def __init__(self, encoder: ConvEncoder) -> None:
+    def __init__(self, encoder: nn.Module, decoder: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
-        self.decoder = ConvDecoder(encoder)
+        self.decoder = decoder if decoder is not None else ConvDecoder.mirroring(encoder)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
 
 
 class VariationalAutoencoder(nn.Module):
-    """VAE: the encoder's head gives μ (the embedding kept for search), a second head gives log σ²."""
+    """VAE: the encoder's head gives μ (the embedding kept for search), a second head gives log σ² (used only
+    while training); the decoder is kept, and decodes μ."""
 
-    def __init__(self, encoder: ConvEncoder) -> None:
+    def __init__(self, encoder: ConvEncoder, decoder: ConvDecoder | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.logvar = nn.Linear(encoder.head.in_features, encoder.dim)
-        self.decoder = ConvDecoder(encoder)
+        self.decoder = decoder if decoder is not None else ConvDecoder.mirroring(encoder)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(reconstruction, mu, logvar); the decoder sees a sample of N(mu, σ²) while training, mu otherwise."""

@@ -5,6 +5,8 @@ They share the encoder interface so that every comparison in simsearch runs thro
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -16,7 +18,12 @@ class PixelEncoder(nn.Module):
         super().__init__()
         if dim != channels * int(size[0]) * int(size[1]):
             raise ValueError(f"pixels encoder: dim {dim} != channels·H·W = {channels}·{size[0]}·{size[1]}")
-        self.dim = dim
+        self.channels, self.size, self.dim = channels, (int(size[0]), int(size[1])), dim
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this module, as stored in ``encoder.json``."""
+        return {"channels": self.channels, "size": list(self.size), "dim": self.dim}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
@@ -28,11 +35,16 @@ class PCAEncoder(nn.Module):
     def __init__(self, channels: int, size: tuple[int, int] | list[int], dim: int) -> None:
         super().__init__()
         n_inputs = channels * int(size[0]) * int(size[1])
-        self.dim = dim
+        self.channels, self.size, self.dim = channels, (int(size[0]), int(size[1])), dim
         self.mean: torch.Tensor
         self.components: torch.Tensor
         self.register_buffer("mean", torch.zeros(n_inputs))
         self.register_buffer("components", torch.zeros(dim, n_inputs))
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this module, as stored in ``encoder.json``."""
+        return {"channels": self.channels, "size": list(self.size), "dim": self.dim}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x.flatten(1) - self.mean) @ self.components.T

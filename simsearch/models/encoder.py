@@ -1,8 +1,13 @@
 """An Encoder: a model that maps preprocessed images to embeddings, and its on-disk model folder.
 
-A model folder holds ``weights.safetensors`` (tensors only: loading can never run code) and ``encoder.json``
-(everything needed to rebuild the module and preprocess images, plus provenance). The fingerprint names the
-exact model: a hash of the architecture, preprocessing, metric and weights.
+A model folder holds ``weights.safetensors`` (the encoder's tensors only: loading can never run code),
+``encoder.json`` (everything needed to rebuild the modules and preprocess images, plus provenance) and, for the
+families with a decoder (autoencoder, denoising, vae), ``decoder.safetensors``, the decoder that maps embeddings
+back to images, checked exactly as the weights are. The fingerprint names the exact encoder: a hash of the
+architecture, preprocessing, metric and weights (the decoder changes no embedding and is not part of it: its own
+sha256 is in ``encoder.json``).
+
+Format 2 (``simsearch.encoder/2``) is what this version writes; format-1 folders (no decoder) load as before.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,14 +35,18 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from simsearch import __version__
 from simsearch.errors import ModelError, UsageError
 from simsearch.io import Preprocess
-from simsearch.models import FAMILIES, build_module
+from simsearch.models.registry import arch_of, build_decoder, build_module, family_names, get_family
 
-FORMAT = "simsearch.encoder/1"
+FORMAT = "simsearch.encoder/2"
+FORMAT_1 = "simsearch.encoder/1"
+#: The formats this version reads: format 1 (before decoders were kept) and format 2.
+FORMATS = (FORMAT_1, FORMAT)
 WEIGHTS = "weights.safetensors"
+DECODER = "decoder.safetensors"
 CONFIG = "encoder.json"
 HISTORY = "history.jsonl"
 #: Everything a model folder may hold: replacing one removes these names and nothing else.
-MODEL_FILES = (CONFIG, WEIGHTS, HISTORY)
+MODEL_FILES = (CONFIG, WEIGHTS, DECODER, HISTORY)
 METRICS = ("l2", "cosine")
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # encoder.json is a few kilobytes
 
@@ -73,7 +83,8 @@ def _canonical(data: object) -> bytes:
 
 @dataclass
 class Encoder:
-    """A ready-to-use encoder: ``embed(images (n, C, H, W) float32) → (n, dim) float32``."""
+    """A ready-to-use encoder: ``embed(images (n, C, H, W) float32) → (n, dim) float32``; with a ``decoder``,
+    ``decode(embeddings (n, dim) float32) → (n, C, H, W) float32`` maps embeddings back to images."""
 
     family: str
     arch: dict[str, Any]
@@ -84,10 +95,16 @@ class Encoder:
     training: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: The decoder trained with the encoder (autoencoder, denoising, vae), or None (other families, format-1 folders).
+    decoder: nn.Module | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ModelError(f"unknown metric {self.metric!r}; expected one of {', '.join(METRICS)}")
+        if self.decoder is not None:
+            if get_family(self.family).decoder is None:
+                raise ModelError(f"the {self.family} family has no decoder, but one was given")
+            self.decoder.eval()
         self.module.eval()
         self._inference: nn.Module | None = None
 
@@ -98,6 +115,8 @@ class Encoder:
     def to(self, device: torch.device | str) -> Encoder:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.module.to(self.device)
+        if self.decoder is not None:
+            self.decoder.to(self.device)
         self._inference = None
         return self
 
@@ -111,7 +130,17 @@ class Encoder:
         return self._inference
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        return _tensors(self.module)
+
+    def decoder_tensors(self) -> dict[str, torch.Tensor]:
+        if self.decoder is None:
+            raise ModelError(f"this {self.family} model has no decoder")
+        return _tensors(self.decoder)
+
+    @property
+    def decoder_arch(self) -> dict[str, Any] | None:
+        """The decoder's constructor arguments (its ``arch``), as ``encoder.json`` stores them; None without one."""
+        return None if self.decoder is None else arch_of(self.decoder)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -147,6 +176,30 @@ class Encoder:
             out[start : start + len(batch)] = module(batch).float().cpu().numpy()
         return out
 
+    @torch.inference_mode()
+    def decode(self, embeddings: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Decode embeddings (n, dim) float32 → images (n, C, H, W) float32, in the space ``embed`` takes: the
+        preprocessed inputs (normalised by the spec's mean and std, and inverted when the spec says so)."""
+        if self.decoder is None:
+            why = (
+                "its family has none"
+                if get_family(self.family).decoder is None
+                else "it was saved without one (a format-1 folder): re-train it to keep one"
+            )
+            raise ModelError(f"this {self.family} model has no decoder — {why}")
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise ModelError(f"decoder expects embeddings of shape (n, {self.dim}), got {embeddings.shape}")
+        out = np.empty((len(embeddings), self.preprocess.channels, *self.preprocess.size), dtype=np.float32)
+        for start in range(0, len(embeddings), batch_size):
+            batch = np.ascontiguousarray(embeddings[start : start + batch_size], dtype=np.float32)
+            decoded = self.decoder(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+            if decoded.shape[1:] != out.shape[1:]:
+                raise ModelError(
+                    f"the decoder makes images of shape {decoded.shape[1:]}, the encoder takes {out.shape[1:]}"
+                )
+            out[start : start + len(batch)] = decoded
+        return out
+
     def save(self, folder: Path) -> str:
         """Write the model folder atomically (a crash leaves either the old folder or the new one).
 
@@ -179,21 +232,26 @@ class Encoder:
         return self.fingerprint
 
     def write_into(self, folder: Path) -> None:
-        """Write ``weights.safetensors`` and ``encoder.json`` into an existing folder, fsynced."""
+        """Write the model folder's files into an existing folder, fsynced: ``weights.safetensors``,
+        ``decoder.safetensors`` when there is a decoder, ``encoder.json`` and ``history.jsonl`` (format 2)."""
         weights = folder / WEIGHTS
-        save_file(self.state_tensors(), str(weights), metadata={"format": FORMAT})
-        os.chmod(weights, 0o666 & ~_umask())  # safetensors creates its file 0600, whatever the umask
-        weights_sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+        weights_sha = _write_tensors(self.state_tensors(), weights)
+        written = [weights]
+        decoder: dict[str, Any] | None = None
+        if self.decoder is not None:
+            decoder = {"arch": self.decoder_arch, "sha256": _write_tensors(self.decoder_tensors(), folder / DECODER)}
+            written.append(folder / DECODER)
         config = {
             "format": FORMAT,
             **self.identity(),
             "fingerprint": self.fingerprint,
             "weights_sha256": weights_sha,
+            "decoder": decoder,
             "threshold": self.threshold,
             "training": {"simsearch_version": __version__, **self.training},
         }
         (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        written = [weights, folder / CONFIG]
+        written.append(folder / CONFIG)
         if self.history:
             (folder / HISTORY).write_text("".join(json.dumps(h) + "\n" for h in self.history))
             written.append(folder / HISTORY)
@@ -205,17 +263,17 @@ class Encoder:
     def load(cls, folder: Path, device: str | torch.device = "cpu") -> Encoder:
         """Load and verify a model folder; any inconsistency is a ``ModelError`` naming the file and the fix.
 
-        Nothing in the folder can run code or make simsearch allocate more than the weights file holds:
-        ``encoder.json`` is checked field by field, the weights are tensors in safetensors format (never
-        pickle), and the architecture is first built on torch's ``meta`` device (no memory) and compared,
-        tensor by tensor, with the shapes in the weights file's header before anything is allocated.
+        Nothing in the folder can run code or make simsearch allocate more than its tensor files hold:
+        ``encoder.json`` is checked field by field, the weights (and the decoder) are tensors in safetensors format
+        (never pickle), and each architecture is first built on torch's ``meta`` device (no memory) and compared,
+        tensor by tensor, with the shapes in its file's header before anything is allocated.
         """
         folder = Path(folder)
         config_path, weights_path = folder / CONFIG, folder / WEIGHTS
         if not config_path.is_file():
             raise ModelError(
                 f"no {CONFIG} in '{folder}' — pass a model folder made by 'simsearch train', "
-                "or one of: " + ", ".join(FAMILIES)
+                "or one of: " + ", ".join(family_names())
             )
         try:
             if config_path.stat().st_size > MAX_CONFIG_BYTES:
@@ -223,72 +281,119 @@ class Encoder:
             config = json.loads(config_path.read_text())
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON; deep nesting
             raise ModelError(f"{config_path}: not valid JSON ({str(exc)[:200]}) — re-train the model") from None
-        if not isinstance(config, dict) or config.get("format") != FORMAT:
-            raise ModelError(f"{config_path}: not a simsearch encoder (format must be {FORMAT!r})")
+        version = config.get("format") if isinstance(config, dict) else None
+        if version not in FORMATS:
+            if isinstance(version, str) and version.startswith("simsearch.encoder/"):
+                raise ModelError(
+                    f"{config_path}: format {version[:40]!r} is not one this simsearch reads ({', '.join(FORMATS)})"
+                    " — use the newer simsearch that wrote it, or re-train the model"
+                )
+            raise ModelError(f"{config_path}: not a simsearch encoder (format must be {FORMAT!r} or {FORMAT_1!r})")
         try:
             family, arch, metric, preprocess, dim, weights_sha = _parse_config(config)
+            decoder_spec = _parse_decoder(config, family)
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ModelError(f"{config_path}: missing or malformed field ({exc}) — re-train the model") from None
         if int(arch.get("dim", -1)) != dim:
             raise ModelError(f"{config_path}: 'dim' is {dim} but the architecture says {arch.get('dim')}")
-        if not weights_path.is_file():
-            raise ModelError(f"{weights_path}: missing — the model folder is incomplete; re-train or re-copy it")
-        if _sha256_of(weights_path) != weights_sha:
-            raise ModelError(
-                f"{weights_path}: its sha256 does not match {CONFIG} — the weights were changed or damaged; "
-                "re-train or re-copy the model folder"
+        module = _load_tensors(
+            weights_path, weights_sha, lambda: build_module(family, arch), f"the {family} architecture", "weights"
+        )
+        decoder = None
+        if decoder_spec is not None:
+            decoder_arch, decoder_sha = decoder_spec
+            decoder = _load_tensors(
+                folder / DECODER,
+                decoder_sha,
+                lambda: build_decoder(family, decoder_arch),
+                f"the {family} decoder architecture",
+                "decoder",
             )
-        try:
-            with torch.device("meta"):  # shapes only: a hostile architecture allocates nothing here
-                expected = {k: tuple(v.shape) for k, v in build_module(family, arch).state_dict().items()}
-        except (TypeError, ValueError, RuntimeError, KeyError, OverflowError) as exc:
-            raise ModelError(f"{config_path}: cannot build the {family} architecture ({exc})") from None
-        try:
-            with safe_open(str(weights_path), framework="pt") as f:  # reads the header only
-                stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelError(
-                f"{weights_path}: not a safetensors file ({str(exc)[:200]}) — re-train or re-copy the model folder"
-            ) from None
-        if stored != expected:
-            raise ModelError(
-                f"{weights_path}: tensors do not fit the {family} architecture ({_mismatch(expected, stored)}) — "
-                "re-train or re-copy the model folder"
-            )
-        try:
-            module = build_module(family, arch)
-            state = load_file(str(weights_path))
-            module.load_state_dict(state, strict=True)
-        except (SafetensorError, RuntimeError, OSError, TypeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(
-                f"{weights_path}: tensors do not fit the {family} architecture ({first}) — "
-                "re-train or re-copy the model folder"
-            ) from None
-        if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
-            raise ModelError(f"{weights_path}: some weights are NaN or infinite — re-train the model")
         threshold, training = config.get("threshold"), config.get("training")
         if not isinstance(threshold, (dict, type(None))) or not isinstance(training, (dict, type(None))):
             raise ModelError(f"{config_path}: 'threshold' and 'training' must be objects or null — re-train the model")
-        encoder = cls(family, arch, preprocess, module, metric, threshold, training or {})
+        encoder = cls(family, arch, preprocess, module, metric, threshold, training or {}, decoder=decoder)
         try:
             probe = encoder.embed(np.zeros((1, preprocess.channels, *preprocess.size), dtype=np.float32))
         except RuntimeError as exc:
             raise ModelError(f"{config_path}: the {family} architecture does not run ({str(exc)[:200]})") from None
         if probe.shape != (1, dim):
             raise ModelError(f"{config_path}: 'dim' is {dim} but the model produces {probe.shape[1]}")
+        if decoder is not None:
+            try:
+                encoder.decode(np.zeros((1, dim), dtype=np.float32))
+            except (RuntimeError, ModelError) as exc:
+                raise ModelError(
+                    f"{config_path}: the {family} decoder does not fit the encoder ({str(exc)[:200]}) — "
+                    "re-train or re-copy the model folder"
+                ) from None
         stored_fingerprint = config.get("fingerprint")
         if stored_fingerprint is not None and stored_fingerprint != encoder.fingerprint:
             raise ModelError(f"{config_path}: fingerprint does not match the weights — re-train the model")
         return encoder.to(device)
 
 
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def _write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
+    """Write ``tensors`` as a safetensors file readable as the umask allows; return its sha256."""
+    save_file(tensors, str(path), metadata={"format": FORMAT})
+    os.chmod(path, 0o666 & ~_umask())  # safetensors creates its file 0600, whatever the umask
+    return _sha256_of(path)
+
+
+def _load_tensors(path: Path, sha256: str, build: Callable[[], nn.Module], architecture: str, what: str) -> nn.Module:
+    """The module ``build`` makes, with the tensors of the safetensors file ``path`` loaded into it, once the file is
+    checked: its sha256 is ``sha256``, its header names exactly the tensors (and shapes) that the module has when
+    built on the ``meta`` device (nothing allocated yet), and every value is finite. ``architecture`` and ``what``
+    (``weights``, ``decoder``) name them in the errors, which are ``ModelError``s naming the file and the fix."""
+    if not path.is_file():
+        raise ModelError(f"{path}: missing — the model folder is incomplete; re-train or re-copy it")
+    if _sha256_of(path) != sha256:
+        raise ModelError(
+            f"{path}: its sha256 does not match {CONFIG} — the {what} {'were' if what == 'weights' else 'was'} "
+            "changed or damaged; re-train or re-copy the model folder"
+        )
+    try:
+        with torch.device("meta"):  # shapes only: a hostile architecture allocates nothing here
+            expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError, OverflowError) as exc:
+        raise ModelError(f"{path.parent / CONFIG}: cannot build {architecture} ({exc})") from None
+    try:
+        with safe_open(str(path), framework="pt") as f:  # reads the header only
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(
+            f"{path}: not a safetensors file ({str(exc)[:200]}) — re-train or re-copy the model folder"
+        ) from None
+    if stored != expected:
+        raise ModelError(
+            f"{path}: tensors do not fit {architecture} ({_mismatch(expected, stored)}) — "
+            "re-train or re-copy the model folder"
+        )
+    try:
+        module = build()
+        state = load_file(str(path))
+        module.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError, OSError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{path}: tensors do not fit {architecture} ({first}) — re-train or re-copy the model folder"
+        ) from None
+    if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
+        raise ModelError(
+            f"{path}: some {'' if what == 'weights' else what + ' '}weights are NaN or infinite — re-train the model"
+        )
+    return module
+
+
 def _parse_config(config: dict[str, Any]) -> tuple[str, dict[str, Any], str, Preprocess, int, str]:
     """The fields of ``encoder.json`` that rebuild a model, type-checked (``ValueError`` names the bad one)."""
     family, arch, metric = config["family"], config["arch"], config.get("metric", "l2")
     dim, weights_sha = config["dim"], config["weights_sha256"]
-    if not isinstance(family, str) or family not in FAMILIES:
-        raise ValueError(f"unknown family {str(family)[:40]!r}; known: {', '.join(FAMILIES)}")
+    get_family(family)  # ValueError: unknown family …; known: …
     if not isinstance(arch, dict) or not isinstance(metric, str) or not isinstance(weights_sha, str):
         raise ValueError("'arch' must be an object, 'metric' and 'weights_sha256' strings")
     if metric not in METRICS:
@@ -296,6 +401,25 @@ def _parse_config(config: dict[str, Any]) -> tuple[str, dict[str, Any], str, Pre
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise ValueError(f"'dim' must be a positive integer, not {str(dim)[:40]}")
     return family, arch, metric, Preprocess.from_json(config["preprocess"]), dim, weights_sha
+
+
+def _parse_decoder(config: dict[str, Any], family: str) -> tuple[dict[str, Any], str] | None:
+    """Format 2's ``decoder`` entry: ``(arch, sha256)``, or None when there is no decoder (null, or format 1,
+    which never had one). ``ValueError`` names what is wrong."""
+    if config["format"] == FORMAT_1:
+        return None
+    entry = config.get("decoder")
+    if entry is None:
+        return None
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("arch"), dict)
+        or not isinstance(entry.get("sha256"), str)
+    ):
+        raise ValueError("'decoder' must be null or an object with 'arch' (an object) and 'sha256' (a string)")
+    if get_family(family).decoder is None:
+        raise ValueError(f"'decoder': the {family} family has no decoder")
+    return entry["arch"], entry["sha256"]
 
 
 def _umask() -> int:

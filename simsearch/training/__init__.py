@@ -1,6 +1,7 @@
-"""Training encoders: ``config`` (what a run is asked to do), ``train`` (from a folder to an ``Encoder``), ``loop``
-(the generic loop), ``objectives`` (what each family optimises), ``losses``, ``sampling`` (labels, splits,
-batches, pairs), ``augment``, ``ema`` and ``calibrate`` (the verification threshold)."""
+"""Training encoders: ``config`` (what a run is asked to do), ``train`` (from a folder to an ``Encoder``, decoder
+included), ``loop`` (the generic loop), ``objectives`` (what each family optimises, one module per kind; the
+family registry in ``simsearch.models.registry`` names each family's objective), ``losses``, ``sampling`` (labels,
+splits, batches, pairs), ``augment``, ``ema`` and ``calibrate`` (the verification threshold)."""
 
 from simsearch.training.calibrate import calibrate_threshold
 from simsearch.training.config import NEURAL, TRAINABLE, TrainConfig, choose_size, parse_size

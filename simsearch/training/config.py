@@ -9,13 +9,14 @@ from simsearch.io import (
     MAX_SIDE,
     RESIZE_MODES,
 )
+from simsearch.models.registry import REGISTRY, Family, family_names
 from simsearch.training.augment import CLASS_AUGMENTS
 from simsearch.training.losses import LOSSES
 
-TRAINABLE = ("autoencoder", "denoising", "vae", "siamese", "pca", "pixels")
-
-
-NEURAL = ("autoencoder", "denoising", "vae", "siamese")
+#: The families ``train`` makes (all of the registry's), and those the training loop fits, as registered when
+#: this module was imported. ``TrainConfig`` reads the registry itself.
+TRAINABLE = family_names()
+NEURAL = tuple(family.name for family in REGISTRY.values() if family.trained)
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.family not in TRAINABLE:
-            raise UsageError(f"unknown family {self.family!r} — use one of: {', '.join(TRAINABLE)}")
+        if self.family not in REGISTRY:
+            raise UsageError(f"unknown family {self.family!r} — use one of: {', '.join(family_names())}")
         if self.loss not in LOSSES:
             raise UsageError(f"unknown loss {self.loss!r} — use one of: {', '.join(LOSSES)}")
         if self.resize not in RESIZE_MODES:
@@ -64,9 +65,9 @@ class TrainConfig:
             raise UsageError(f"--ema must be in [0, 1) (0: off; 0.995, say), not {self.ema}")
         if self.projection < 0 or self.similar_labels < 0:
             raise UsageError("--projection and --similar-labels must be ≥ 0")
-        if self.projection > 0 and self.family != "siamese":
+        if self.projection > 0 and self.family_record.objective != "siamese":
             raise UsageError("--projection is a head for the Siamese losses: use it with --family siamese")
-        if self.similar_labels > 1 and not (self.family == "siamese" and self.uses_labels):
+        if self.similar_labels > 1 and not (self.family_record.objective == "siamese" and self.uses_labels):
             raise UsageError(
                 "--similar-labels builds batches of labels: use it with --family siamese and --loss "
                 "contrastive or triplet"
@@ -87,9 +88,15 @@ class TrainConfig:
         parse_size(self.size)
 
     @property
+    def family_record(self) -> Family:
+        """The family's record in the registry."""
+        return REGISTRY[self.family]
+
+    @property
     def uses_labels(self) -> bool:
-        """Whether training reads the labels (the Siamese labelled losses, or an autoencoder's contrastive term)."""
-        return (self.family == "siamese" and self.loss != "ntxent") or self.contrastive_weight > 0
+        """Whether training reads the labels: a family that needs them (the Siamese labelled losses; NT-Xent needs
+        none), or an autoencoder's contrastive term."""
+        return (self.family_record.needs_labels and self.loss != "ntxent") or self.contrastive_weight > 0
 
 
 def parse_size(text: str) -> tuple[int, int] | None:

@@ -23,15 +23,15 @@ from simsearch.io import (
     load_images,
     survey_images,
 )
-from simsearch.models.autoencoder import ConvEncoder
 from simsearch.models.baseline import PCAEncoder, PixelEncoder
 from simsearch.models.encoder import Encoder, resolve_device
+from simsearch.models.registry import arch_of
 from simsearch.progress import Progress, no_progress
 from simsearch.training.augment import add_transformed_classes
 from simsearch.training.calibrate import calibrate_threshold
 from simsearch.training.config import TrainConfig, choose_size, parse_size
 from simsearch.training.loop import fit
-from simsearch.training.objectives import Objective, Reconstruction, Siamese, Variational
+from simsearch.training.objectives import Objective, objective_class
 from simsearch.training.sampling import Split, encode_labels, split_for_validation
 
 
@@ -75,38 +75,31 @@ def load_training_images(
     return x, labels, spec
 
 
+def objective_for(config: TrainConfig) -> type[Objective]:
+    """The class that trains ``config.family``, as the registry records it (``ValueError`` for a baseline)."""
+    name = config.family_record.objective
+    if name is None:
+        raise ValueError(f"the {config.family} family is not trained by the training loop")
+    return objective_class(name)
+
+
 def batch_size_for(config: TrainConfig) -> int:
-    """``batch_size``, or the family's default: 256 for the Siamese family (more pairs and triplets per batch,
-    which metric learning feeds on), 128 for the autoencoders."""
-    if config.batch_size is not None:
-        return config.batch_size
-    return 256 if config.family == "siamese" else 128
+    """``batch_size``, or the family's objective's default: 256 for the Siamese family (more pairs and triplets
+    per batch, which metric learning feeds on), 128 for the autoencoders."""
+    return objective_for(config).batch_size_for(config)
 
 
 def build_objective(
     images: torch.Tensor, y: np.ndarray, split: Split, spec: Preprocess, config: TrainConfig
 ) -> Objective:
-    family = config.family
-    encoder = ConvEncoder(spec.channels, spec.size, config.dim, normalize=family == "siamese")
+    """The family's encoder (and decoder, when it has one) made as its registry record says, new, and the
+    objective that trains them."""
+    family, objective = config.family_record, objective_for(config)
+    options: dict[str, Any] = {"normalize": True} if objective.normalize else {}
+    encoder = family.encoder_class(channels=spec.channels, size=spec.size, dim=config.dim, **options)
+    decoder = family.decoder_for(encoder)
     labels = torch.from_numpy(y).to(images.device)
-    common: dict[str, Any] = {"batch_size": batch_size_for(config), "seed": config.seed}
-    args = (images, labels, split.train, split.val)
-    if family in ("autoencoder", "denoising"):
-        return Reconstruction(
-            encoder, *args, denoising=family == "denoising", contrastive_weight=config.contrastive_weight, **common
-        )
-    if family == "vae":
-        return Variational(encoder, *args, beta=config.beta, **common)
-    return Siamese(
-        encoder,
-        *args,
-        loss=config.loss,
-        margin=config.margin,
-        augment=config.augment,
-        projection=config.projection,
-        similar_labels=config.similar_labels,
-        **common,
-    )
+    return objective.from_config(encoder, decoder, images, labels, split.train, split.val, config)
 
 
 def train_neural(
@@ -130,17 +123,10 @@ def train_neural(
     x_train, y_train, split_train = with_class_augment(images, y, split, config.class_augment)
     objective = build_objective(torch.from_numpy(x_train).to(device), y_train, split_train, spec, config)
     objective.model.to(device)
-    task = f"training {config.family}" + (f" ({config.loss})" if config.family == "siamese" else "")
-    history = fit(objective, config, progress, task)
+    history = fit(objective, config, progress, objective.task(config))
     module = objective.encoder.cpu().eval()
-    arch: dict[str, Any] = {
-        "channels": spec.channels,
-        "size": list(spec.size),
-        "dim": config.dim,
-        "widths": list(module.widths),
-        "normalize": module.normalize,
-    }
-    encoder = Encoder(config.family, arch, spec, module, history=history)
+    decoder = objective.decoder.cpu().eval() if objective.decoder is not None else None
+    encoder = Encoder(config.family, arch_of(module), spec, module, history=history, decoder=decoder)
     encoder.training = provenance(config, len(images), classes, split, history, device)
     if config.class_augment != "none":
         trained_on = y_train[split_train.train]
@@ -171,17 +157,15 @@ def with_class_augment(
 def fit_pca(images: np.ndarray, spec: Preprocess, config: TrainConfig) -> Encoder:
     n_inputs = spec.channels * spec.size[0] * spec.size[1]
     dim = min(config.dim, n_inputs)
-    arch: dict[str, Any] = {"channels": spec.channels, "size": list(spec.size), "dim": dim}
-    module = PCAEncoder(**arch).fit(torch.from_numpy(images))
-    encoder = Encoder("pca", arch, spec, module)
+    module = PCAEncoder(spec.channels, spec.size, dim).fit(torch.from_numpy(images))
+    encoder = Encoder("pca", arch_of(module), spec, module)
     encoder.training = provenance(config, len(images), [], None, [], torch.device("cpu"))
     return encoder
 
 
 def pixels_encoder(spec: Preprocess) -> Encoder:
-    dim = spec.channels * spec.size[0] * spec.size[1]
-    arch: dict[str, Any] = {"channels": spec.channels, "size": list(spec.size), "dim": dim}
-    return Encoder("pixels", arch, spec, PixelEncoder(**arch))
+    module = PixelEncoder(spec.channels, spec.size, spec.channels * spec.size[0] * spec.size[1])
+    return Encoder("pixels", arch_of(module), spec, module)
 
 
 def provenance(
@@ -214,12 +198,14 @@ def train_encoder(entries: Sequence[ImageFileEntry], config: TrainConfig, progre
     if not entries:
         raise DataError("no images to train on — the folder holds no readable image files")
     images, labels, spec = load_training_images(entries, config, progress)
+    if config.family_record.trained:
+        return train_neural(images, labels, spec, config, progress)
     if config.family == "pixels":
         # Pixels keep the plain [0, 1] scale so that distances are the familiar raw-pixel distances.
         return pixels_encoder(Preprocess(size=spec.size, channels=spec.channels, resize=spec.resize))
     if config.family == "pca":
         return fit_pca(images, spec, config)
-    return train_neural(images, labels, spec, config, progress)
+    raise UsageError(f"the {config.family} family is neither trained nor one of the baselines simsearch fits")
 
 
 def train_on_folder(root: Path, config: TrainConfig, progress: Progress = no_progress) -> Encoder:
