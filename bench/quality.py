@@ -27,9 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.datasets import SHARED_DATA, copy_omniglot, export_fashion
-from simsearch import metrics
+from simsearch import metrics, vectors
+from simsearch.embedding import embed_files
 from simsearch.indexing import IndexConfig, index_folder
-from simsearch.io import ImageError, find_images, load_images
+from simsearch.io import find_images
 from simsearch.models.encoder import Encoder
 from simsearch.search import Searcher, vote_accuracy
 from simsearch.store.collection import Collection
@@ -83,13 +84,9 @@ def train_row(row: str, folder: Path, args: argparse.Namespace) -> tuple[Encoder
     }
 
 
-def embed_files(encoder: Encoder, paths: list[Path]) -> np.ndarray:
-    arrays = []
-    for loaded in load_images(paths, encoder.preprocess):
-        if loaded is None or isinstance(loaded, ImageError):
-            raise RuntimeError(f"could not read a benchmark image: {loaded}")
-        arrays.append(loaded.array)
-    return encoder.embed(np.stack(arrays))
+def embed(encoder: Encoder, paths: list[Path]) -> np.ndarray:
+    """The embeddings query, verify and eval make of these files (``simsearch.embedding.embed_files``)."""
+    return embed_files(encoder, paths, convert=True, strict=True).embeddings
 
 
 def fashion(row: str, work: Path, args: argparse.Namespace) -> dict:
@@ -115,10 +112,10 @@ def omniglot(row: str, work: Path, args: argparse.Namespace) -> dict:
     encoder, record = train_row(row, work / "omniglot" / "train", args)
     unseen = work / "omniglot" / "unseen"
     entries, _ = find_images(unseen)
-    z = embed_files(encoder, [e.path for e in entries])
+    z = embed(encoder, [e.path for e in entries])
     y, classes = encode_labels([e.label for e in entries])
     i, j, same = verification_pairs(y, np.random.default_rng(0), max_genuine=10**9)
-    distances = np.linalg.norm(z[i] - z[j], axis=1)
+    distances = vectors.distances(z[i], z[j], encoder.metric)  # as verify and eval measure them
     eer = metrics.equal_error_rate(distances, same)[0]
     record.update(
         unseen_characters=len(classes),
@@ -142,7 +139,7 @@ def omniglot(row: str, work: Path, args: argparse.Namespace) -> dict:
 
 def one_shot(encoder: Encoder) -> float:
     """Mean accuracy over the 20 official 20-way one-shot runs: each test image takes the class of its
-    nearest training image (Euclidean distance in the latent space)."""
+    nearest training image (in the encoder's metric, as every other distance here)."""
     root = SHARED_DATA / "omniglot" / "one-shot-runs"
     correct = total = 0
     for run in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -150,8 +147,8 @@ def one_shot(encoder: Encoder) -> float:
         tests = [root / a for a, _ in pairs]
         answers = [root / b for _, b in pairs]
         train = sorted((run / "training").glob("*.png"))
-        zt, zq = embed_files(encoder, train), embed_files(encoder, tests)
-        nearest = np.linalg.norm(zq[:, None] - zt[None], axis=-1).argmin(1)
+        zt, zq = embed(encoder, train), embed(encoder, tests)
+        nearest = vectors.exact_distances(zq, np.broadcast_to(zt, (len(zq), *zt.shape)), encoder.metric).argmin(1)
         correct += sum(train[n].name == a.name for n, a in zip(nearest, answers, strict=True))
         total += len(tests)
     return correct / total

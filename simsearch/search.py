@@ -4,22 +4,28 @@ This is the public API the CLI calls::
 
     searcher = Searcher(Collection(Path("indexes/default")))
     results = searcher.query_files([Path("img.png")], k=9)
+    searcher.reload_if_newer()  # a server: pick up what `index` has committed since
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from simsearch import vectors
-from simsearch.errors import ImageError, ModelError, UsageError
-from simsearch.io import LoadedImage, find_images, load_images
+from simsearch.embedding import check_metric, embed_files
+from simsearch.errors import CollectionError, ImageError, ModelError, UsageError
+from simsearch.io import find_images
+from simsearch.models.encoder import Encoder
 from simsearch.store.collection import Collection, embeddings_of, int64_column
 
 
@@ -79,8 +85,83 @@ def vote_label(labels: Sequence[str | None]) -> tuple[str | None, float, dict[st
     return winner, top / len(labels), dict(tally.most_common())
 
 
+@dataclass(eq=False)
+class Generation:
+    """One loaded generation of a collection and everything a query reads from it, computed once: a reload swaps
+    it whole, and a query reads the one it started with to the end, so its answer is from one generation.
+
+    Two things are made on first use (a GPU copy of the embeddings for re-ranking, and the row of each content
+    hash for queries by file), each under ``lock``: a searcher can be shared by threads."""
+
+    manifest: dict[str, Any]
+    encoder: Encoder
+    index: Any
+    spec: vectors.IndexSpec
+    params: Any
+    float16: bool
+    meta: pa.Table  # paths, roots and labels stay Arrow columns: a row is read when it is an answer
+    ids: np.ndarray
+    embeddings: np.ndarray
+    rerank_on_gpu: bool
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _row_of_sha: dict[str, int] | None = None
+    _rerank: GpuRerank | None = None
+
+    def __post_init__(self) -> None:
+        self.order = np.argsort(self.ids, kind="stable")
+        self.sorted_ids = self.ids[self.order]
+        # Ids 0..n-1 in some order (a collection never re-indexed): a row is found by one gather.
+        self.dense_ids = bool(self.count) and int(self.sorted_ids[-1]) - int(self.sorted_ids[0]) == self.count - 1
+        # FAISS GPU indexes are not safe to search from two threads at once: searches on the GPU take turns.
+        self.search_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if vectors.is_on_gpu(self.index) else contextlib.nullcontext()
+        )
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    @property
+    def generation(self) -> int:
+        return int(self.manifest["generation"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.manifest["metric"])
+
+    def row_of_sha(self) -> dict[str, int]:
+        """Row of each stored content hash: made on the first query by file, not for embedding queries."""
+        if self._row_of_sha is None:
+            with self.lock:
+                if self._row_of_sha is None:
+                    column = self.meta.column("sha256").to_pylist()
+                    self._row_of_sha = {sha: row for row, sha in enumerate(column)}
+        return self._row_of_sha
+
+    def stored_embedding(self, sha256: str) -> np.ndarray | None:
+        row = self.row_of_sha().get(sha256)
+        return None if row is None else self.embeddings[row]
+
+    def rerank(self) -> GpuRerank:
+        """The GPU re-ranker, its copy of the embeddings made on the first search."""
+        if self._rerank is None:
+            with self.lock:
+                if self._rerank is None:
+                    self._rerank = GpuRerank(self.embeddings, self.metric)
+        return self._rerank
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Metadata row numbers of FAISS ids (any shape)."""
+        if self.dense_ids:
+            return self.order[ids - self.sorted_ids[0]]
+        return self.order[np.searchsorted(self.sorted_ids, ids)]
+
+
 class Searcher:
-    """A loaded collection (one consistent generation) ready to answer queries."""
+    """A loaded collection (one consistent generation) ready to answer queries.
+
+    A server can hold one: ``reload_if_newer`` switches to a newer generation once one is committed, and queries
+    may run on several threads meanwhile (each is answered from the generation it started with)."""
 
     def __init__(
         self,
@@ -94,55 +175,161 @@ class Searcher:
         """``use_gpu``: search on the GPU when FAISS sees one. ``float16``: a flat or IVF-Flat index is held there
         in float16 (half the memory; 2·k candidates re-ranked by exact float32 distances); None: in float32, or
         in float16 when float32 does not fit (then on the CPU when neither does)."""
-        self.collection = collection
-        snapshot = collection.load()
-        self.manifest = snapshot.manifest
-        self.metric = snapshot.metric
-        self.encoder = collection.load_encoder(snapshot.manifest, device=device)
-        info = snapshot.manifest.get("index") or {}
-        gpu = use_gpu and vectors.gpu_ready(info, snapshot.meta.num_rows)
-        self.index = vectors.to_gpu(snapshot.index, float16=bool(float16)) if gpu else snapshot.index
-        if gpu and float16 is None and not self.on_gpu and vectors.gpu_count():  # float32 did not fit
-            self.index = vectors.to_gpu(snapshot.index, float16=True)
-            float16 = True
-        self.float16 = bool(float16) and self.on_gpu
-        spec = vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat")
         for name, value in (("nprobe", nprobe), ("ef", ef)):
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be at least 1, not {value}")
-        self.spec = replace(spec, nprobe=nprobe or spec.nprobe, ef=ef or spec.ef, ef_cpu=ef or spec.ef_cpu)
-        vectors.set_search_params(self.index, self.spec)
-        self.params = vectors.search_params(self.index, self.spec)
-        meta = snapshot.meta
-        self.ids = int64_column(meta, "id")
-        self.order = np.argsort(self.ids, kind="stable")
-        self.sorted_ids = self.ids[self.order]
-        self.meta = meta  # paths, roots and labels stay Arrow columns: a row is read when it is an answer
-        self.embeddings = embeddings_of(meta)
-        # Ids 0..n-1 in some order (a collection never re-indexed): a row is found by one gather.
-        self.dense_ids = bool(self.count) and int(self.sorted_ids[-1]) - int(self.sorted_ids[0]) == self.count - 1
-        # A GPU search is re-ranked on the GPU too (the embeddings are copied there on the first search).
-        self.rerank_on_gpu = self.on_gpu and GpuRerank.available()
-        self._rerank: GpuRerank | None = None
+        self.collection = collection
+        self.use_gpu, self.device, self.nprobe, self.ef, self.want_float16 = use_gpu, device, nprobe, ef, float16
+        self._reload_lock = threading.Lock()
+        self._stamp = self._manifest_stamp()
+        self._current = self._load(None)
+
+    # --- the generation queries read (each property reads the current one) ---------------------------------------
+
+    @property
+    def current(self) -> Generation:
+        return self._current
+
+    @property
+    def generation(self) -> int:
+        return self._current.generation
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._current.manifest
+
+    @property
+    def metric(self) -> str:
+        return self._current.metric
+
+    @property
+    def encoder(self) -> Encoder:
+        return self._current.encoder
+
+    @property
+    def index(self) -> Any:
+        return self._current.index
+
+    @property
+    def spec(self) -> vectors.IndexSpec:
+        return self._current.spec
+
+    @property
+    def params(self) -> Any:
+        return self._current.params
+
+    @property
+    def float16(self) -> bool:
+        return self._current.float16
+
+    @property
+    def meta(self) -> pa.Table:
+        return self._current.meta
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._current.ids
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return self._current.embeddings
+
+    @property
+    def dense_ids(self) -> bool:
+        return self._current.dense_ids
+
+    @property
+    def rerank_on_gpu(self) -> bool:
+        return self._current.rerank_on_gpu
 
     @property
     def count(self) -> int:
-        return len(self.ids)
+        return self._current.count
 
-    @cached_property
+    @property
     def row_of_sha(self) -> dict[str, int]:
-        """Row of each stored content hash: made on the first query by file, not for embedding queries."""
-        return {sha: row for row, sha in enumerate(self.meta.column("sha256").to_pylist())}
+        return self._current.row_of_sha()
 
     @property
     def on_gpu(self) -> bool:
-        return vectors.is_on_gpu(self.index)
+        return vectors.is_on_gpu(self._current.index)
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Metadata row numbers of FAISS ids (any shape)."""
-        if self.dense_ids:
-            return self.order[ids - self.sorted_ids[0]]
-        return self.order[np.searchsorted(self.sorted_ids, ids)]
+        return self._current.rows_of(ids)
+
+    # --- loading and reloading ---------------------------------------------------------------------------------
+
+    def _manifest_stamp(self) -> tuple[int, ...] | None:
+        """What changes whenever a commit replaces the manifest (a rename: a new file), read without opening it."""
+        try:
+            st = os.stat(self.collection.manifest_path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _load(self, previous: Generation | None) -> Generation:
+        """Load the collection's current generation; its encoder is ``previous``'s when the fingerprint is equal."""
+        snapshot = self.collection.load()
+        manifest = snapshot.manifest
+        fingerprint = manifest["encoder"]["fingerprint"]
+        if previous is not None and previous.encoder.fingerprint == fingerprint:
+            encoder = previous.encoder
+        else:
+            encoder = self.collection.load_encoder(manifest, device=self.device)
+            encoder.inference_module()  # built now, not by the first of several threads
+        check_metric(snapshot.metric, str(self.collection.path))
+        if encoder.metric != snapshot.metric:
+            raise CollectionError(
+                f"{self.collection.path}: the collection's metric ({snapshot.metric}) is not its encoder's "
+                f"({encoder.metric}) — rebuild it with --rebuild"
+            )
+        info = manifest.get("index") or {}
+        float16 = self.want_float16
+        gpu = self.use_gpu and vectors.gpu_ready(info, snapshot.meta.num_rows)
+        index = vectors.to_gpu(snapshot.index, float16=bool(float16)) if gpu else snapshot.index
+        if gpu and float16 is None and not vectors.is_on_gpu(index) and vectors.gpu_count():  # float32 did not fit
+            index = vectors.to_gpu(snapshot.index, float16=True)
+            float16 = True
+        on_gpu = vectors.is_on_gpu(index)
+        spec = vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat")
+        spec = replace(spec, nprobe=self.nprobe or spec.nprobe, ef=self.ef or spec.ef, ef_cpu=self.ef or spec.ef_cpu)
+        vectors.set_search_params(index, spec)
+        return Generation(
+            manifest=manifest,
+            encoder=encoder,
+            index=index,
+            spec=spec,
+            params=vectors.search_params(index, spec),
+            float16=bool(float16) and on_gpu,
+            meta=snapshot.meta,
+            ids=int64_column(snapshot.meta, "id"),
+            embeddings=embeddings_of(snapshot.meta),
+            # A GPU search is re-ranked on the GPU too (the embeddings are copied there on the first search).
+            rerank_on_gpu=on_gpu and GpuRerank.available(),
+        )
+
+    def reload_if_newer(self) -> bool:
+        """Switch to the collection's newest generation if one was committed since this searcher loaded; returns
+        whether it did. Cheap when nothing changed: one ``stat`` of the manifest (a commit replaces it), nothing
+        read. Queries running meanwhile finish on the generation they started with; the encoder is loaded again
+        only when the collection's has changed (``index --rebuild``). A collection that can no longer be loaded
+        raises (and the next call tries again), and the searcher keeps answering from the generation it holds."""
+        if self._manifest_stamp() == self._stamp:
+            return False
+        with self._reload_lock:
+            stamp = self._manifest_stamp()  # before reading: a commit landing after it is seen by the next call
+            if stamp == self._stamp:
+                return False
+            current = self._current
+            if self.collection.read_manifest() == current.manifest:  # rewritten, but the same generation
+                self._stamp = stamp
+                return False
+            self._current = self._load(current)
+            self._stamp = stamp
+            return True
+
+    # --- queries -----------------------------------------------------------------------------------------------
 
     def search_embeddings(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """k nearest rows for each query embedding: (distances (q, k'), rows (q, k')), k' = min(k, n).
@@ -151,9 +338,12 @@ class Searcher:
         is at distance 0 whatever rounding the index's fast path introduced. An approximate index may find
         fewer than k' neighbours for a query: the missing places have distance ``inf``.
         """
+        return self._search(self._current, queries, k)
+
+    def _search(self, g: Generation, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if k < 1:
             raise UsageError(f"-k must be at least 1, not {k}")
-        dim = self.embeddings.shape[1]
+        dim = g.embeddings.shape[1]
         if queries.ndim != 2 or queries.shape[1] != dim:
             raise UsageError(f"query embeddings must have shape (q, {dim}), not {queries.shape}")
         if not np.isfinite(queries).all():  # FAISS would answer with made-up neighbours
@@ -162,18 +352,17 @@ class Searcher:
                 "or rebuild the collection with another model"
             )
         # Coarse codes (IVF-PQ) fetch refine·k candidates for the exact re-ranking; float16 vectors twice k.
-        wider = self.spec.refine or (2 if self.float16 else 1)
-        _, ids = vectors.search(self.index, queries, k * wider, self.metric, self.params)
-        k = min(k, self.count)
+        wider = g.spec.refine or (2 if g.float16 else 1)
+        with g.search_lock:
+            _, ids = vectors.search(g.index, queries, k * wider, g.metric, g.params)
+        k = min(k, g.count)
         found = ids >= 0  # an approximate index may return fewer than asked for
-        rows = self.rows_of(np.where(found, ids, self.sorted_ids[0] if self.count else 0))
-        if self.rerank_on_gpu:
-            if self._rerank is None:
-                self._rerank = GpuRerank(self.embeddings, self.metric)
-            distances, order = self._rerank(queries, rows, found, k)
+        rows = g.rows_of(np.where(found, ids, g.sorted_ids[0] if g.count else 0))
+        if g.rerank_on_gpu:
+            distances, order = g.rerank()(queries, rows, found, k)
         else:
             with np.errstate(over="ignore"):
-                distances = vectors.exact_distances(queries, self.embeddings[rows], self.metric)
+                distances = vectors.exact_distances(queries, g.embeddings[rows], g.metric)
             distances[~found] = np.inf
             order = np.argsort(distances, axis=1, kind="stable")[:, :k]
             distances = np.take_along_axis(distances, order, 1)
@@ -186,17 +375,21 @@ class Searcher:
 
     def query_arrays(self, images: np.ndarray, names: Sequence[str], k: int) -> list[QueryResult]:
         """Neighbours and votes for preprocessed ``images`` (q, C, H, W)."""
-        return self.query_embeddings(self.encoder.embed(images), names, k)
+        g = self._current
+        return self._answers(g, g.encoder.embed(images), names, k)
 
     def query_embeddings(self, queries: np.ndarray, names: Sequence[str], k: int) -> list[QueryResult]:
         """Neighbours and votes for query embeddings (q, d)."""
-        distances, rows = self.search_embeddings(queries, k)
+        return self._answers(self._current, queries, names, k)
+
+    def _answers(self, g: Generation, queries: np.ndarray, names: Sequence[str], k: int) -> list[QueryResult]:
+        distances, rows = self._search(g, queries, k)
         # Cell by cell: Arrow's take would import pandas (a second on a cold query).
-        columns = [self.meta.column(c) for c in ("path", "root", "label")]
+        columns = [g.meta.column(c) for c in ("path", "root", "label")]
         results = []
         for name, dist_row, row_row in zip(names, distances, rows, strict=True):
             neighbours = [
-                Neighbour(rank + 1, int(self.ids[r]), float(d), *(c[int(r)].as_py() for c in columns))
+                Neighbour(rank + 1, int(g.ids[r]), float(d), *(c[int(r)].as_py() for c in columns))
                 for rank, (d, r) in enumerate(zip(dist_row, row_row, strict=True))
                 if np.isfinite(d)
             ]
@@ -211,44 +404,33 @@ class Searcher:
         batch_size: int = 256,
         on_error: Callable[[ImageError], None] | None = None,
     ) -> list[QueryResult]:
-        """Neighbours and votes for image files, embedded in batches with one FAISS search per batch.
+        """Neighbours and votes for image files, embedded in batches (``embedding.embed_files``, as ``verify``
+        and ``eval`` embed them) with one FAISS search per batch.
 
         An unreadable file raises ``ImageError``, or, with ``on_error``, is passed to it and left out.
         A file whose content (sha256) is already in the collection is not embedded again: its stored
         embedding is used, so an indexed image queried by itself is at distance exactly 0 (a convolution
-        run on a batch of another size can differ in the last bits).
+        run on a batch of another size can differ in the last bits). Images are converted to the encoder's
+        channels, as ``index`` converts them.
         """
+        g = self._current
         results: list[QueryResult] = []
         for start in range(0, len(paths), batch_size):
             batch = list(paths[start : start + batch_size])
-            loaded: list[LoadedImage] = []
-            names: list[str] = []
-            for path, item in zip(
-                batch, load_images(batch, self.encoder.preprocess, names=[str(p) for p in batch]), strict=True
-            ):
-                if isinstance(item, ImageError):
-                    if on_error is None:
-                        raise item
-                    on_error(item)
-                    continue
-                assert item is not None
-                loaded.append(item)
-                names.append(str(path))
-            if loaded:
-                results += self.query_embeddings(self.embed_loaded(loaded), names, k)
+            embedded = embed_files(
+                g.encoder,
+                batch,
+                convert=True,
+                strict=on_error is None,
+                stored=g.stored_embedding,
+                batch_size=batch_size,
+            )
+            for _, error in embedded.errors:
+                assert on_error is not None
+                on_error(error)
+            if embedded.kept:
+                results += self._answers(g, embedded.embeddings, [str(batch[n]) for n in embedded.kept], k)
         return results
-
-    def embed_loaded(self, loaded: Sequence[LoadedImage]) -> np.ndarray:
-        """Embeddings (n, d) of loaded images: stored ones for indexed content, the encoder's for the rest."""
-        rows = [self.row_of_sha.get(item.sha256) for item in loaded]
-        out = np.empty((len(loaded), self.embeddings.shape[1]), dtype=np.float32)
-        new = [i for i, row in enumerate(rows) if row is None]
-        if new:
-            out[new] = self.encoder.embed(np.stack([loaded[i].array for i in new]))
-        for i, row in enumerate(rows):
-            if row is not None:
-                out[i] = self.embeddings[row]
-        return out
 
 
 class GpuRerank:

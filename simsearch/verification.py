@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from simsearch import metrics
+from simsearch import metrics, vectors
+from simsearch.embedding import check_metric, embed_files
 from simsearch.errors import DataError, ImageError, ModelError, UsageError
-from simsearch.io import LoadedImage, load_images
 from simsearch.models.encoder import Encoder
 
 
@@ -116,45 +116,25 @@ class Verdict:
 
 
 class Verifier:
-    """Embeds image files with one encoder and decides pairs at an operating point."""
+    """Embeds image files with one encoder (``embedding.embed_files``) and decides pairs at an operating point.
+    Distances are the encoder's metric's (``vectors.distances``), as its threshold was calibrated with."""
 
     def __init__(self, encoder: Encoder, convert: bool = False) -> None:
+        check_metric(encoder.metric, f"this {encoder.family} model")
         self.encoder = encoder
         self.convert = convert
         record = encoder.threshold or {}
         self.probability_model: dict[str, float] | None = record.get("probability")
 
     def embed_files(self, paths: Sequence[Path], batch_size: int = 256) -> np.ndarray:
-        """Embeddings (n, d) of image files; the first unreadable one raises ``ImageError``."""
-        spec = self.encoder.preprocess
-        out = np.empty((len(paths), self.encoder.dim), np.float32)
-        for start in range(0, len(paths), batch_size):
-            batch = list(paths[start : start + batch_size])
-            arrays = []
-            for path, item in zip(batch, load_images(batch, spec), strict=True):
-                if isinstance(item, ImageError):
-                    raise item
-                assert isinstance(item, LoadedImage)
-                self.check_channels(path, item)
-                arrays.append(item.array)
-            out[start : start + len(batch)] = self.encoder.embed(np.stack(arrays))
-        return out
+        """Embeddings (n, d) of image files; the first one that cannot be used raises ``ImageError``. A colour
+        image for a grey model (or the reverse) is refused unless ``convert``: the calibration holds only for
+        images like the ones the model was trained on."""
+        return embed_files(self.encoder, paths, convert=self.convert, strict=True, batch_size=batch_size).embeddings
 
-    def check_channels(self, path: Path, item: LoadedImage) -> None:
-        """A colour image for a grey model (or the reverse) is refused unless ``convert``: the calibration
-        holds only for images like the ones the model was trained on."""
-        if self.convert:
-            return
-        if self.encoder.preprocess.channels == 1 and not item.grey:
-            raise ImageError(
-                f"{path}: a colour image, but the model takes grey images (1 channel) — pass --convert to "
-                "convert it to grey, or use a model trained on colour images"
-            )
-        if self.encoder.preprocess.channels == 3 and item.grey:
-            raise ImageError(
-                f"{path}: a grey image, but the model takes colour images (3 channels) — pass --convert to "
-                "repeat its channel, or use a model trained on grey images"
-            )
+    def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The distances between matching rows of two embedding arrays, in the encoder's metric."""
+        return vectors.distances(a, b, self.encoder.metric)
 
     def decide(self, a: str, b: str, distance: float, point: OperatingPoint, label: bool | None = None) -> Verdict:
         probability = (
@@ -166,8 +146,8 @@ class Verifier:
         for path in (a, b):
             if not Path(path).is_file():
                 raise ImageError(f"{path}: no such image file — check the path")
-        za, zb = self.embed_files([a, b])
-        return self.decide(str(a), str(b), float(np.linalg.norm(za - zb)), point)
+        z = self.embed_files([a, b])
+        return self.decide(str(a), str(b), float(self.distances(z[:1], z[1:])[0]), point)
 
     def verify_pairs(self, pairs: Sequence[tuple[Path, Path, bool | None]], point: OperatingPoint) -> list[Verdict]:
         """Many pairs at once: every distinct file is embedded once, in batches."""
@@ -177,7 +157,7 @@ class Verifier:
                 raise ImageError(f"{path}: no such image file — check the path in the pairs file")
         z = self.embed_files(files)
         row = {path: i for i, path in enumerate(files)}
-        distances = np.linalg.norm(z[[row[a] for a, _, _ in pairs]] - z[[row[b] for _, b, _ in pairs]], axis=1)
+        distances = self.distances(z[[row[a] for a, _, _ in pairs]], z[[row[b] for _, b, _ in pairs]])
         return [self.decide(str(a), str(b), d, point, label) for (a, b, label), d in zip(pairs, distances, strict=True)]
 
 

@@ -171,3 +171,58 @@ def test_eval_command_table_json_and_errors(folder: Path, tmp_path: Path) -> Non
     assert bad.exit_code == 1 and bad.output.startswith("Error: ") and len(bad.output.strip().splitlines()) == 1
     bad_split = runner.invoke(app, ["eval", str(folder), "-m", str(model_dir), "--split", "1.5"])
     assert bad_split.exit_code == 2 and "--split must be between 0 and 1" in bad_split.output
+
+
+def drawings(root: Path) -> Path:
+    """Small dark shapes at random places and sizes on large light sheets, three shapes × 6: what ``resize: trim``
+    is for (the sheet's margin is cropped away before letterboxing)."""
+    rng = np.random.default_rng(7)
+    for shape in ("bar", "box", "cross"):
+        for n in range(6):
+            sheet = np.full((48, 64), 235, np.uint8)
+            side = int(rng.integers(8, 16))
+            top, left = int(rng.integers(0, 48 - side)), int(rng.integers(0, 64 - side))
+            patch = np.full((side, side), 235, np.uint8)
+            if shape == "bar":
+                patch[side // 3 : 2 * side // 3] = 20
+            elif shape == "box":
+                patch[:2], patch[-2:], patch[:, :2], patch[:, -2:] = 20, 20, 20, 20
+            else:
+                patch[side // 2 - 1 : side // 2 + 1], patch[:, side // 2 - 1 : side // 2 + 1] = 20, 20
+            sheet[top : top + side, left : left + side] = patch
+            (root / shape).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(sheet).save(root / shape / f"{n}.png")
+    return root
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_eval_measures_the_distances_verify_measures_for_a_trim_model(tmp_path: Path, metric: str) -> None:
+    """eval embeds with the model's own preprocessing (``resize: trim`` included), as verify and query do, and
+    measures pairs with the model's metric; the pixels and PCA baselines keep their own letterboxed input."""
+    from simsearch.evaluation import baseline_spec
+    from simsearch.io import Preprocess
+    from simsearch.models.baseline import PixelEncoder
+    from simsearch.training.sampling import encode_labels, verification_pairs
+    from simsearch.verification import OperatingPoint, Verifier
+
+    folder = drawings(tmp_path / "drawings")
+    arch = {"channels": 1, "size": [16, 16], "dim": 256}
+    spec = Preprocess(size=(16, 16), invert=True, resize="trim")
+    Encoder("pixels", arch, spec, PixelEncoder(**arch), metric=metric).save(tmp_path / "trim")
+    encoder = Encoder.load(tmp_path / "trim")
+    config = EvalConfig(bootstrap=20)
+    report = evaluate(folder, encoder, config)
+    y, _ = encode_labels(report.image_labels)
+    i, j, same = verification_pairs(y, np.random.default_rng(config.seed), config.max_genuine_pairs)
+    pairs = [(report.paths[a], report.paths[b], None) for a, b in zip(i, j, strict=True)]
+    manual = OperatingPoint(1.0, "manual")
+    verified = np.array([v.distance for v in Verifier(encoder).verify_pairs(pairs, manual)])
+    model, pixels = report.results[0], report.results[1]
+    np.testing.assert_allclose(model.genuine, verified[same], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(model.impostor, verified[~same], rtol=1e-6, atol=1e-7)
+    # The baselines: plain letterboxed pixels at the model's size, never trimmed, Euclidean.
+    assert baseline_spec(spec) == Preprocess(size=(16, 16), invert=True, resize="letterbox")
+    letterboxed = Encoder("pixels", arch, baseline_spec(spec), PixelEncoder(**arch))
+    plain = np.array([v.distance for v in Verifier(letterboxed).verify_pairs(pairs, manual)])
+    np.testing.assert_allclose(pixels.genuine, plain[same], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(pixels.genuine, model.genuine)  # trimming changed what the model sees

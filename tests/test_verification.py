@@ -250,3 +250,73 @@ def test_probability_model_round_trips(pixels_model: Path) -> None:
     assert record is not None
     p = metrics.match_probability(np.array([0.0, record["value"], 100.0]), record["probability"])
     assert p[0] > p[1] > p[2]
+
+
+# --- one distance, the model's metric ------------------------------------------------------------------------------
+
+
+def cosine_encoder() -> Encoder:
+    """A pixels encoder (16×16 grey) whose metric is cosine: its distances are 1 - cosine similarity."""
+    from simsearch.io import Preprocess
+    from simsearch.models.baseline import PixelEncoder
+
+    arch = {"channels": 1, "size": [16, 16], "dim": 256}
+    return Encoder("pixels", arch, Preprocess(size=(16, 16)), PixelEncoder(**arch), metric="cosine")
+
+
+def one_minus_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return 1 - (a64 * b64).sum(1) / np.linalg.norm(a64, axis=1) / np.linalg.norm(b64, axis=1)
+
+
+def test_a_cosine_models_verify_and_calibration_measure_one_minus_cosine(
+    tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from simsearch.io import find_images, load_images
+    from simsearch.training import calibrate_threshold
+    from simsearch.training.sampling import Split, encode_labels, scoring_pairs
+
+    cosine_encoder().save(tmp_path / "cos")
+    encoder = Encoder.load(tmp_path / "cos")
+    assert encoder.metric == "cosine"
+    verifier = Verifier(encoder)
+    a, b = image_folder / "hbars" / "0.png", image_folder / "blob" / "3.png"
+    z = verifier.embed_files([a, b])
+    verdict = verifier.verify(a, b, operating_point(encoder, "0.5"))
+    assert verdict.distance == pytest.approx(float(one_minus_cosine(z[:1], z[1:])[0]), abs=1e-6)
+    assert verdict.distance < 1.0 < float(np.linalg.norm(z[0] - z[1]))  # not the Euclidean distance
+    # Calibration scores its pairs with the same distance.
+    seen: list[np.ndarray] = []
+    real = metrics.calibrate
+    monkeypatch.setattr(metrics, "calibrate", lambda d, same, **kw: seen.append(np.array(d)) or real(d, same, **kw))
+    entries, _ = find_images(image_folder)
+    images = np.stack([item.array for item in load_images([e.path for e in entries], encoder.preprocess)])
+    y, _ = encode_labels([e.label for e in entries])
+    record = calibrate_threshold(encoder, images, y, Split(np.zeros(0, np.int64), np.arange(len(y)), "identities"))
+    assert record is not None and len(seen) == 1
+    pairs = scoring_pairs(y, np.random.default_rng(0))
+    assert pairs is not None
+    i, j, _ = pairs
+    zs = encoder.embed(images)
+    np.testing.assert_allclose(seen[0], one_minus_cosine(zs[i], zs[j]), atol=1e-6)
+    # A verdict at the calibrated threshold compares the same kind of distance.
+    pairs_verdicts = verifier.verify_pairs(
+        [(entries[p].path, entries[q].path, None) for p, q in zip(i, j, strict=True)], operating_point(encoder, "0.5")
+    )
+    np.testing.assert_allclose([v.distance for v in pairs_verdicts], seen[0], atol=1e-6)
+
+
+def test_a_model_whose_metric_cannot_be_measured_is_refused(tmp_path: Path, pixels_model: Path) -> None:
+    encoder = Encoder.load(pixels_model)
+    encoder.metric = "dot"
+    with pytest.raises(ModelError, match=r"metric 'dot' is not one simsearch measures \(l2, cosine\)"):
+        Verifier(encoder)
+    # On disk, encoder.json's metric is checked on load: `verify` says so in one line.
+    folder = tmp_path / "dot"
+    shutil.copytree(pixels_model, folder)
+    config = json.loads((folder / "encoder.json").read_text())
+    (folder / "encoder.json").write_text(json.dumps({**config, "metric": "dot"}))
+    good = tmp_path / "x.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(good)
+    result = invoke("verify", good, good, "-m", folder)
+    assert result.exit_code == 2 and "unknown metric 'dot'" in error_line(result)

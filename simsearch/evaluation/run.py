@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from simsearch.embedding import check_metric, embed_files
 from simsearch.errors import DataError
 from simsearch.evaluation.protocols import MAX_NEIGHBOURS, EvalConfig, choose_protocol
 from simsearch.evaluation.scoring import EncoderResult, score_encoder
-from simsearch.io import ImageError, Preprocess, Skipped, find_images, load_images
+from simsearch.io import ImageError, LoadedImage, Preprocess, Skipped, find_images, load_images
 from simsearch.models.encoder import Encoder
 from simsearch.progress import Progress, no_progress
 from simsearch.training.sampling import encode_labels
@@ -61,8 +62,25 @@ class EvalReport:
 
 
 def baseline_spec(spec: Preprocess) -> Preprocess:
-    """Plain [0, 1] pixels at the model's input size (inverted like the model's input): the baselines' input."""
-    return Preprocess(size=spec.size, channels=spec.channels, invert=spec.invert)
+    """The baselines' own input, whatever the model's: plain [0, 1] pixels (mean 0, std 1) at the model's input
+    size and channels, inverted like the model's input, and letterboxed (never trimmed), so that the pixels and
+    PCA rows are the same reference for every model."""
+    return Preprocess(
+        size=spec.size, channels=spec.channels, invert=spec.invert, mean=(0.0,), std=(1.0,), resize="letterbox"
+    )
+
+
+def baseline_images(
+    paths: list[Path], names: list[str], spec: Preprocess, workers: int, progress: Progress = no_progress
+) -> np.ndarray:
+    """The baselines' input arrays (n, C, H, W) of the images the model embedded (``baseline_spec``)."""
+    arrays = []
+    for n, item in enumerate(load_images(paths, spec, workers, names)):
+        if not isinstance(item, LoadedImage):  # it was read a moment ago: changed or removed since
+            raise item if isinstance(item, ImageError) else DataError(f"{names[n]}: could not be read again")
+        arrays.append(item.array)
+        progress("reading images for the baselines", n + 1, len(paths))
+    return np.stack(arrays)
 
 
 def evaluate(
@@ -77,38 +95,30 @@ def evaluate(
     unlabelled = len(entries) - len(labelled)
     if not labelled:
         raise DataError(f"{folder}: no labelled images — put each label's images in its own sub-folder")
-    spec = baseline_spec(encoder.preprocess)
-    arrays, kept = [], []
-    for n, (entry, item) in enumerate(
-        zip(
-            labelled,
-            load_images([e.path for e in labelled], spec, config.workers, [e.rel for e in labelled]),
-            strict=True,
-        )
-    ):
-        if isinstance(item, ImageError):
-            skipped.append(Skipped(entry.rel, str(item)))
-        elif item is not None:
-            arrays.append(item.array)
-            kept.append(entry)
-        progress("reading images", n + 1, len(labelled))
+    # The model's embeddings come from the path query and verify take (its own preprocessing, trim included).
+    check_metric(encoder.metric, f"this {encoder.family} model")
+    embedded = embed_files(
+        encoder,
+        [e.path for e in labelled],
+        convert=True,
+        names=[e.rel for e in labelled],
+        workers=config.workers,
+        progress=progress,
+    )
+    skipped += [Skipped(labelled[n].rel, str(error)) for n, error in embedded.errors]
+    kept = [labelled[n] for n in embedded.kept]
+    z_model = embedded.embeddings
     y, classes = encode_labels([e.label for e in kept])
     if len(classes) < 2:
         raise DataError(f"{folder}: evaluation needs at least 2 labels (sub-folders); found {len(classes)}")
     if np.bincount(y).max() < 2:
         raise DataError(f"{folder}: every label has a single image — evaluation needs labels with 2 or more")
-    images = np.stack(arrays)
     protocol = choose_protocol(y, classes, config)
     point: OperatingPoint | None = None
     if encoder.threshold or config.threshold != "auto":
         point = operating_point(encoder, config.threshold, config.far)
     elif config.open_set:
         operating_point(encoder, "auto")  # raises the clear "no calibrated threshold" error
-    mean = np.asarray(encoder.preprocess.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(encoder.preprocess.std, np.float32).reshape(1, -1, 1, 1)
-    progress("embedding", 0, len(images))
-    z_model = encoder.embed((images - mean) / std)
-    progress("embedding", len(images), len(images))
     candidates: list[tuple[str, str, np.ndarray, str, OperatingPoint | None]] = [
         (name, encoder.family, z_model, encoder.metric, point)
     ]
@@ -116,6 +126,8 @@ def evaluate(
     if config.baselines:
         from simsearch.models.baseline import PCAEncoder
 
+        spec = baseline_spec(encoder.preprocess)
+        images = baseline_images([e.path for e in kept], [e.rel for e in kept], spec, config.workers, progress)
         flat = images.reshape(len(images), -1)
         candidates.append(("pixels", "pixels", flat, "l2", None))
         dim = min(64, flat.shape[1], len(protocol.gallery))

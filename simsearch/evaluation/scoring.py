@@ -79,10 +79,8 @@ def neighbours(z: np.ndarray, metric: str, protocol: Protocol, width: int) -> tu
 
 
 def pair_distances(z: np.ndarray, i: np.ndarray, j: np.ndarray, metric: str) -> np.ndarray:
-    if metric == "cosine":
-        a, b = vectors.prepare(z[i], metric), vectors.prepare(z[j], metric)
-        return 1.0 - np.einsum("nd,nd->n", a, b)
-    return np.linalg.norm(z[i] - z[j], axis=1)
+    """Distances of the pairs of rows (``i``, ``j``) of ``z``: ``vectors.distances``, as ``verify`` measures."""
+    return vectors.distances(z[i], z[j], metric)
 
 
 def score_encoder(

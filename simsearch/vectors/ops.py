@@ -21,6 +21,7 @@ METRICS = ("l2", "cosine")
 
 
 def check_metric(metric: str) -> None:
+    """``ValueError`` for a metric simsearch cannot measure (see ``exact_distances``)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
 
@@ -146,7 +147,10 @@ def to_distance(raw: np.ndarray, metric: str) -> np.ndarray:
 
 
 def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str = "l2") -> np.ndarray:
-    """Pairwise distances between matching rows: ``queries`` (q, d) and ``vectors`` (q, k, d) → (q, k)."""
+    """The distance simsearch measures everywhere (search re-ranking, verification, calibration, eval): between
+    each query and its candidates, ``queries`` (q, d) and ``vectors`` (q, k, d) → (q, k) float32. Euclidean for
+    ``l2``; ``1 - cosine similarity`` for ``cosine``. A vector is at distance 0 from itself."""
+    check_metric(metric)
     q = prepare(queries, metric)
     v = np.asarray(vectors, dtype=np.float32)
     if metric == "cosine":
@@ -154,6 +158,14 @@ def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str = "l2"
         return (1.0 - np.einsum("qd,qkd->qk", q, v)).astype(np.float32)
     diff = v - q[:, None, :]
     return np.sqrt(np.einsum("qkd,qkd->qk", diff, diff)).astype(np.float32)  # einsum: no (q, k, d) squares
+
+
+def distances(a: np.ndarray, b: np.ndarray, metric: str = "l2") -> np.ndarray:
+    """``exact_distances`` between matching rows of ``a`` and ``b`` (n, d) → (n,) float32: pairs to verify."""
+    b = np.asarray(b, dtype=np.float32)
+    if b.ndim != 2:
+        raise ValueError(f"vectors must be (n, d), got shape {b.shape}")
+    return exact_distances(a, b[:, None, :], metric)[:, 0]
 
 
 def serialize(index: Any) -> bytes:

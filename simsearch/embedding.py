@@ -1,0 +1,126 @@
+"""Image files → embeddings: the one path that ``query`` (``Searcher.query_files``), ``verify`` (``Verifier``),
+``eval`` and the benchmarks take, so that one file gets one embedding whichever command asks.
+
+    result = embed_files(encoder, [Path("a.png"), Path("b.png")], convert=True)
+    result.embeddings  # (m, d) float32, one row per file that could be used, in input order
+    result.errors      # (position, ImageError) for each file that could not
+
+Each file is read, decoded and preprocessed with the encoder's own ``Preprocess`` (size, channels, ``resize``
+letterbox or trim, inversion, mean and std), and embedded by the encoder. The channel rule: an image is always
+converted to the model's channels (grey or RGB); with ``convert=False`` an image whose colour differs from the
+model's (a colour image for a grey model, a grey image for a colour one) is refused instead, as ``verify``
+does by default — its calibrated threshold holds only for images like the ones the model was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from simsearch.errors import ImageError, ModelError
+from simsearch.io import LoadedImage, Preprocess, load_images
+from simsearch.models.encoder import Encoder
+from simsearch.progress import Progress, no_progress
+from simsearch.vectors import METRICS
+
+
+@dataclass
+class Embedded:
+    """What ``embed_files`` made of a list of files: the embeddings of those it could use, and why it could not
+    use the others."""
+
+    embeddings: np.ndarray  # (m, d) float32, in input order
+    kept: list[int] = field(default_factory=list)  # the position in the input of each row of ``embeddings``
+    errors: list[tuple[int, ImageError]] = field(default_factory=list)  # (position in the input, why), in order
+
+
+def channel_problem(spec: Preprocess, item: LoadedImage) -> str:
+    """Why a decoded image does not fit a model's channels (what ``convert=False`` refuses), or ""."""
+    if spec.channels == 1 and not item.grey:
+        return (
+            "a colour image, but the model takes grey images (1 channel) — pass --convert to convert it to grey, "
+            "or use a model trained on colour images"
+        )
+    if spec.channels == 3 and item.grey:
+        return (
+            "a grey image, but the model takes colour images (3 channels) — pass --convert to repeat its channel, "
+            "or use a model trained on grey images"
+        )
+    return ""
+
+
+def embed_files(
+    encoder: Encoder,
+    paths: Sequence[Path],
+    *,
+    convert: bool,
+    strict: bool = False,
+    names: Sequence[str] | None = None,
+    stored: Callable[[str], np.ndarray | None] | None = None,
+    workers: int = 0,
+    batch_size: int = 256,
+    progress: Progress = no_progress,
+) -> Embedded:
+    """Embed image files with ``encoder``, ``batch_size`` at a time (decoded on ``workers`` threads).
+
+    ``convert``: see the module's channel rule. ``strict``: the first file that cannot be used raises its
+    ``ImageError`` (before any later batch is read); otherwise such files are listed in ``errors``. A file cannot
+    be used when it is missing or unreadable, does not decode, breaks the channel rule, or is embedded as NaN or
+    infinite values. ``names``: how errors name the files (default: their paths). ``stored``: the embedding
+    already stored for a content hash (sha256), or None: a file it knows is not embedded again.
+    """
+    names = [str(p) for p in paths] if names is None else list(names)
+    spec = encoder.preprocess
+    rows: list[np.ndarray] = []
+    result = Embedded(np.zeros((0, encoder.dim), np.float32))
+
+    def fail(position: int, error: ImageError) -> None:
+        if strict:
+            raise error
+        result.errors.append((position, error))
+
+    for start in range(0, len(paths), batch_size):
+        batch = list(paths[start : start + batch_size])
+        loaded: list[tuple[int, LoadedImage]] = []
+        for offset, item in enumerate(load_images(batch, spec, workers, names[start : start + len(batch)])):
+            position = start + offset
+            if isinstance(item, ImageError):
+                fail(position, item)
+            elif item is not None:
+                problem = "" if convert else channel_problem(spec, item)
+                if problem:
+                    fail(position, ImageError(f"{names[position]}: {problem}"))
+                else:
+                    loaded.append((position, item))
+        known = [stored(item.sha256) if stored is not None else None for _, item in loaded]
+        fresh = [n for n, z in enumerate(known) if z is None]
+        out = np.empty((len(loaded), encoder.dim), np.float32)
+        if fresh:
+            out[fresh] = encoder.embed(np.stack([loaded[n][1].array for n in fresh]))
+        for n, z in enumerate(known):
+            if z is not None:
+                out[n] = z
+        good = [bool(np.isfinite(row).all()) for row in out]
+        for (position, _), ok in zip(loaded, good, strict=True):
+            if ok:
+                result.kept.append(position)
+            else:
+                fail(position, ImageError(f"{names[position]}: the encoder gave a NaN or infinite embedding for it"))
+        rows.append(out[np.asarray(good, bool)])
+        progress("embedding", min(start + len(batch), len(paths)), len(paths))
+    if rows:
+        result.embeddings = np.concatenate(rows)
+    result.errors.sort(key=lambda error: error[0])
+    return result
+
+
+def check_metric(metric: str, source: str) -> None:
+    """Refuse a model or collection whose metric simsearch cannot measure (``source`` names it)."""
+    if metric not in METRICS:
+        raise ModelError(
+            f"{source}: its metric {metric[:20]!r} is not one simsearch measures ({', '.join(METRICS)}) — "
+            "retrain the model, or rebuild the collection with --rebuild"
+        )
