@@ -10,18 +10,18 @@ Run as ``python -m tests.fork_server``. It imports simsearch once, then answers 
 - ``{"op": "poll", "pid": PID}`` answers ``{"running": true}`` at once if the child has not ended, else as ``wait``.
 
 The child writes its stdout and stderr to ``out``, and appends one line per *event* to ``log`` (unbuffered, so a
-killed child's log is complete up to its death): ``event <n> <what>`` at each step of a commit (a generation
-file written to its temporary name, renamed into place, the manifest swapped, stale files removed) and after
-each embedded batch, and ``embed <path>`` for every image it decodes to embed. At event ``kill_at`` the child
-sends itself SIGKILL — the same death as ``kill -9`` from outside, at a known moment; at ``pause_at`` it waits
-(holding whatever it holds, such as the writer lock) until the file ``release`` exists; ``step_delay`` makes it
-sleep after every event (a slow writer, for readers to race with). Nothing here is part of
-simsearch: the hooks wrap its methods in the child only.
+killed child's log is complete up to its death): ``event <n> <what>`` for each event that simsearch's observer
+(``simsearch.progress``) is told of — the journal written, a generation file or folder written under its
+temporary name, renamed into place, stale files being removed and removed, a batch embedded — and
+``embed <path>`` for every image it decodes to embed (``decoded`` events, which are not numbered). At event
+``kill_at`` the child sends itself SIGKILL — the same death as ``kill -9`` from outside, at a known moment; at
+``pause_at`` it waits (holding whatever it holds, such as the writer lock) until the file ``release`` exists;
+``step_delay`` makes it sleep after every event (a slow writer, for readers to race with). Nothing here is part
+of simsearch: the child installs the observer through simsearch's public ``progress.observe``.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import signal
@@ -34,9 +34,9 @@ import rich.progress  # noqa: F401 - imported by the index command
 from PIL import Image
 
 import simsearch.cli as cli
+import simsearch.engines.local
 import simsearch.indexing.sync
-import simsearch.io
-import simsearch.models.encoder
+import simsearch.progress
 import simsearch.search  # imported before forking, so that children start at once
 import simsearch.store.collection
 
@@ -52,10 +52,13 @@ def _install_hooks(request: dict[str, Any]) -> None:
     def note(line: str) -> None:
         os.write(log_fd, (line.replace("\n", " ") + "\n").encode("utf-8", "backslashreplace"))
 
-    def event(what: str) -> None:
+    def observer(event: str, subject: str) -> None:
+        if event == simsearch.progress.DECODED:
+            note(f"embed {subject}")
+            return
         n = count[0]
         count[0] += 1
-        note(f"event {n} {what}")
+        note(f"event {n} {simsearch.progress.describe(event, subject)}")
         if n == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         if n == pause_at:
@@ -64,66 +67,7 @@ def _install_hooks(request: dict[str, Any]) -> None:
                 time.sleep(0.01)
         time.sleep(step_delay)
 
-    collection_cls = simsearch.store.collection.Collection
-    write_file, write_dir, remove_stale = (
-        collection_cls._write_file,
-        collection_cls._write_dir,
-        collection_cls._remove_stale,
-    )
-
-    def hooked_write_file(self, name, write):
-        def write_then_note(path):
-            write(path)
-            event(f"wrote temporary {name}")
-
-        digest = write_file(self, name, write_then_note)
-        event(f"renamed {name}")
-        return digest
-
-    def hooked_write_dir(self, name, write):
-        def write_then_note(path):
-            write(path)
-            event(f"wrote temporary {name}/")
-
-        write_dir(self, name, write_then_note)
-        event(f"renamed {name}/")
-
-    def hooked_remove_stale(self, files):
-        event("removing stale files")
-        remove_stale(self, files)
-        event("removed stale files")
-
-    collection_cls._write_file = hooked_write_file
-    collection_cls._write_dir = hooked_write_dir
-    collection_cls._remove_stale = hooked_remove_stale
-
-    load_batches, embed = simsearch.indexing.sync.load_batches, simsearch.models.encoder.Encoder.embed
-
-    def logged_load_batches(jobs, spec, workers=0, total=0, ahead=2):
-        taken = collections.deque()
-
-        def tap(jobs):
-            for job in jobs:
-                taken.append(job.names)
-                yield job
-
-        batches = load_batches(tap(jobs), spec, workers, total, ahead)
-        try:
-            for batch in batches:
-                for name, result in zip(taken.popleft(), batch, strict=True):
-                    if isinstance(result, simsearch.io.LoadedImage):
-                        note(f"embed {name}")
-                yield batch
-        finally:
-            batches.close()
-
-    def hooked_embed(self, images, batch_size=256):
-        out = embed(self, images, batch_size)
-        event(f"embedded a batch of {len(images)}")
-        return out
-
-    simsearch.indexing.sync.load_batches = logged_load_batches
-    simsearch.models.encoder.Encoder.embed = hooked_embed
+    simsearch.progress.observe(observer)
 
 
 def _child(request: dict[str, Any]) -> None:

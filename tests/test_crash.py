@@ -1,8 +1,8 @@
 """``kill -9`` during ``index``, at many moments: nothing committed is lost, and the next run resumes.
 
 Each kill point is a real ``simsearch index`` process (forked by tests/fork_server.py) that dies by SIGKILL —
-at a chosen event (between any two steps of a commit, or after an embedded batch), or from outside after a
-delay (anywhere at all, mid-write included). After every death the collection is checked (it opens; metadata
+at a chosen event of simsearch's observer (the journal written, between any two steps of a commit, or after an
+embedded batch), or from outside after a delay (anywhere at all, mid-write included). After every death the collection is checked (it opens; metadata
 rows equal FAISS ``ntotal`` and the ids match; every row is an exact copy of the before or after state), then
 ``index`` runs again and must decode exactly the images that the dead process had not committed.
 """
@@ -149,6 +149,7 @@ def test_kill_9_at_every_kind_of_moment_loses_nothing(fork_server: ForkServer, q
     points = kill_points(lab.census, per_kind=2)
     commits = sum(what == "renamed manifest.json" for what in lab.census)
     assert commits >= 6 and len(points) >= 20
+    assert any(lab.census[n].startswith("journal written") for n in points)  # before any file of a commit
     generations = set()
     for kill_at in points:
         collection = lab.fresh_copy()

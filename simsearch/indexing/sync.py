@@ -3,12 +3,17 @@
 Files are compared by content hash: an unchanged file is read and hashed but never decoded or embedded.
 Work is committed in checkpoints, so an interrupted run loses at most one checkpoint and the next run
 resumes where it stopped (the committed files now hash as unchanged).
+
+A run plans the diff first (``plan.plan_sync``: data, checked before anything is trained or written), has an
+``Embedder`` (``simsearch.engines``; by default the local one) decode and embed the files, applies its
+results batch by batch in path order, and commits checkpoints; at the end it re-types the index when needed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simsearch import vectors
-from simsearch.errors import CollectionError, DataError, ImageError, ModelError, UsageError
-from simsearch.io import ImageFileEntry, LoadedImage, LoadJob, Skipped, find_images, load_batches
+from simsearch.engines import Embedder, Result, Row, Skip
+from simsearch.engines.local import LocalEngine
+from simsearch.errors import CollectionError, DataError, ModelError, UsageError
+from simsearch.indexing.plan import Plan, ToLoad, plan_sync
+from simsearch.io import ImageFileEntry, Skipped, find_images
 from simsearch.models.encoder import Encoder, is_model_folder, resolve_device
-from simsearch.progress import Progress, no_progress
+from simsearch.progress import EMBEDDED, Progress, emit, no_progress
 from simsearch.store.collection import (
     SKIPPED_SCHEMA,
     Collection,
@@ -157,20 +165,20 @@ class _Pending:
     def __len__(self) -> int:
         return len(self.rows["id"]) + len(self.remove)
 
-    def add(self, row_id: int, entry: ImageFileEntry, root: str, image: LoadedImage, embedding: np.ndarray) -> None:
+    def add(self, row_id: int, entry: ImageFileEntry, root: str, row: Row) -> None:
         for key, value in (
             ("id", row_id),
             ("path", entry.rel),
             ("root", root),
             ("label", entry.label),
-            ("sha256", image.sha256),
-            ("bytes", image.bytes),
+            ("sha256", row.sha256),
+            ("bytes", row.bytes),
             ("mtime", entry.mtime),
-            ("width", image.width),
-            ("height", image.height),
+            ("width", row.width),
+            ("height", row.height),
         ):
             self.rows[key].append(value)
-        self.embeddings.append(embedding[None])
+        self.embeddings.append(row.embedding[None])
 
     def apply(self, meta: pa.Table, index: Any, metric: str, spec: vectors.IndexSpec) -> tuple[pa.Table, Any]:
         """Apply to ``index`` (in place, or rebuilt from the embeddings when its type cannot remove vectors)
@@ -195,10 +203,16 @@ class _Pending:
 
 
 def index_folder(
-    root: Path, collection: Collection, config: IndexConfig = IndexConfig(), progress: Progress = no_progress
+    root: Path,
+    collection: Collection,
+    config: IndexConfig = IndexConfig(),
+    progress: Progress = no_progress,
+    engine: Embedder | None = None,
 ) -> IndexReport:
     """Bring ``collection`` in line with the images under ``root`` (see the module docstring).
 
+    ``engine`` decodes and embeds the files that are new or changed (default: ``LocalEngine`` with
+    ``config.workers`` and ``config.batch_size``); the collection it makes does not depend on which.
     With ``config.rebuild`` on an existing collection, the new collection is built beside the live one (its
     ``staging()``), committed there checkpoint by checkpoint, and swapped in only when complete: readers see
     the whole old collection until then, and the same command resumes an interrupted rebuild."""
@@ -210,8 +224,9 @@ def index_folder(
     report = IndexReport(collection.path, str(root), found=len(entries))
     with collection.lock(wait=config.wait):
         run = _Run(root, collection, config, report, progress, skipped)
-        run.open(entries)
-        run.sync(entries)
+        plan = run.open(entries)
+        run.embed(plan, engine or LocalEngine(config.workers, config.batch_size))
+        run.finish()
     report.skipped = sorted(skipped, key=lambda s: s.rel)
     report.seconds = time.monotonic() - started
     return report
@@ -219,7 +234,9 @@ def index_folder(
 
 class _Run:
     """One ``index`` run inside the writer lock: where it commits (the collection, or its unfinished rebuild),
-    the state the next commit builds on, and the diff of the folder against it."""
+    the state the next commit builds on (metadata, index, skipped files, roots, the manifest it follows), and
+    the changes not yet committed. ``open`` plans, ``embed`` applies what the engine gives back and commits
+    checkpoints, ``finish`` re-types the index if need be and commits the rest."""
 
     def __init__(
         self,
@@ -236,12 +253,14 @@ class _Run:
         self.target = collection  # where commits go: the collection, or the rebuild beside it
         self.base: dict[str, Any] | None = None  # the manifest the next commit follows
         self.write_encoder = False
-        self.moved_root: str | None = None
-        self.old: dict[str, tuple[int, str]] = {}  # this root's rows: path → (id, sha256)
+        self.moved_from: str | None = None
+        self.roots: list[str] = []
+        self.next_id = 0
+        self.since_commit = 0  # rows embedded since the last commit
 
-    # --- where to commit, and with which encoder ----------------------------------------------------------
+    # --- where to commit, with which encoder, and the plan -----------------------------------------------------
 
-    def open(self, entries: list[ImageFileEntry]) -> None:
+    def open(self, entries: list[ImageFileEntry]) -> Plan:
         collection, config, report = self.collection, self.config, self.report
         staging = collection.staging()
         previous: Snapshot | None = None
@@ -259,10 +278,17 @@ class _Run:
         if previous is not None:
             self.meta, self.index, self.skipped_table = previous.meta, previous.index, previous.skipped
             self.roots = list(previous.manifest.get("roots", []))
-            self.old = _rows_of_root(self.meta, self.root_key)
-            if not self.old and entries:
-                self.old = self._take_over_moved_root(entries)
-        self._check_folder(entries, previous.meta.num_rows if previous else 0)
+        plan = plan_sync(
+            self.root_key,
+            entries,
+            previous.meta if previous else None,
+            self.roots,
+            int(self.base.get("next_id", 0)) if self.base else 0,
+            allow_empty=config.allow_empty,
+            index_type=config.index_type,
+        )
+        if plan.moved_from is not None:
+            self._take_over(plan.moved_from, plan.moved)
         encoder, trained = choose_encoder(
             self.target, previous.manifest if previous else None, entries, config, self.progress
         )
@@ -281,26 +307,12 @@ class _Run:
                 vectors.new_index(encoder.dim, encoder.metric),
                 SKIPPED_SCHEMA.empty_table(),
             )
-            self.roots = []
         self.spec = vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat")
         self.info: dict[str, Any] | None = info or None
+        self.pending = _Pending(encoder.dim)
         if trained and not config.strict and (self.base is None or self.target is not collection):
-            self.commit(_Pending(encoder.dim))  # keep the trained encoder even if indexing is interrupted
-
-    def _check_folder(self, entries: list[ImageFileEntry], rows: int) -> None:
-        """Refuse, before anything is trained or written, a run that would empty the collection of a folder
-        that only looks empty (a drive not mounted), or ask for an index type the collection is too small for."""
-        if not entries and self.old and not self.config.allow_empty:
-            raise DataError(
-                f"'{self.root}' holds no images now, but the collection has {len(self.old)} images from it — if it "
-                "is a drive that is not mounted, mount it and run again; to remove them from the collection, pass "
-                "--allow-empty"
-            )
-        if not entries and not self.old:
-            raise DataError(f"no images found under '{self.root}' — check the path (images are recognised by content)")
-        most = rows - len(self.old) + len(entries)
-        if self.config.index_type != "auto" and vectors.too_few(self.config.index_type, most):
-            raise UsageError(vectors.too_few(self.config.index_type, most))
+            self.commit()  # keep the trained encoder even if indexing is interrupted
+        return plan
 
     def _resumable_rebuild(self, staging: Collection) -> Snapshot | None:
         """The unfinished rebuild to resume, or None after dropping one that cannot be resumed (damaged, or
@@ -322,103 +334,9 @@ class _Run:
         self.report.discarded_rebuild = True
         return None
 
-    # --- the diff and the embedding ---------------------------------------------------------------------------
-
-    def sync(self, entries: list[ImageFileEntry]) -> None:
-        config, report, encoder, root_key, old = self.config, self.report, self.encoder, self.root_key, self.old
-        self.roots = sorted({*self.roots, root_key})
-        next_id = int(self.base.get("next_id", 0)) if self.base else 0
-        pending = _Pending(encoder.dim)
-        current = {e.rel for e in entries}
-        pending.remove.extend(row_id for rel, (row_id, _) in old.items() if rel not in current)
-        report.removed = len(pending.remove)
-        since_commit = 0
-        chunks = [entries[start : start + config.batch_size] for start in range(0, len(entries), config.batch_size)]
-        jobs = (
-            LoadJob(
-                [e.path for e in batch],
-                [e.rel for e in batch],
-                [old[e.rel][1] if e.rel in old else None for e in batch],
-            )
-            for batch in chunks
-        )
-        done = 0
-        with contextlib.closing(load_batches(jobs, encoder.preprocess, config.workers, len(entries))) as batches:
-            for batch, loaded in zip(chunks, batches, strict=True):
-                ready: list[tuple[ImageFileEntry, LoadedImage]] = []
-                for entry, result in zip(batch, loaded, strict=True):
-                    if result is None:
-                        report.unchanged += 1
-                    elif isinstance(result, ImageError):
-                        self._skip(entry, _reason(result, entry.rel), pending)
-                    else:
-                        ready.append((entry, result))
-                embeddings = encoder.embed(np.stack([r.array for _, r in ready]), config.batch_size) if ready else None
-                for i, (entry, result) in enumerate(ready):
-                    assert embeddings is not None
-                    if not np.isfinite(embeddings[i]).all():
-                        self._skip(entry, "the encoder gave a NaN or infinite embedding", pending)
-                        continue
-                    if entry.rel in old:
-                        row_id = old[entry.rel][0]
-                        pending.remove.append(row_id)
-                        report.updated += 1
-                    else:
-                        row_id = next_id
-                        next_id += 1
-                        report.added += 1
-                    pending.add(row_id, entry, root_key, result, embeddings[i])
-                    since_commit += 1
-                done += len(batch)
-                self.progress("embedding", done, len(entries), f"{report.embedded} new or changed")
-                if since_commit >= config.checkpoint_every and not config.strict:
-                    self.commit(pending)
-                    since_commit = 0
-        old_skipped = set(
-            self.skipped_table.filter(pc.equal(self.skipped_table.column("root"), root_key)).column("path").to_pylist()
-        )
-        count = self.meta.num_rows + len(pending.rows["id"]) - len(pending.remove)
-        try:
-            wanted = vectors.plan(config.index_type, count, encoder.dim, self.spec, (self.info or {}).get("trained_on"))
-        except ValueError as exc:  # too few vectors for the type asked for: keep what was embedded, then say so
-            if self.target is self.collection and (len(pending) or self.base is None or self.moved_root):
-                self.commit(pending)
-                raise UsageError(f"{exc} (the new embeddings were committed; the index is as it was)") from None
-            raise UsageError(str(exc)) from None
-        changed = len(pending) or self.base is None or self.moved_root or wanted is not None
-        if changed or self.target is not self.collection or old_skipped != {s.rel for s in self.skipped}:
-            self.commit(pending, wanted)
-        final = self.base
-        if self.target is not self.collection:
-            final = self.collection.adopt_staging()
-        assert final is not None
-        report.count = int(final["count"])
-        report.generation = int(final["generation"])
-
-    def _skip(self, entry: ImageFileEntry, reason: str, pending: _Pending) -> None:
-        if self.config.strict:
-            raise DataError(f"{self.root / entry.rel}: {reason} — fix or remove it, or drop --strict")
-        self.skipped.append(Skipped(entry.rel, reason))
-        if entry.rel in self.old:
-            pending.remove.append(self.old[entry.rel][0])
-            self.report.removed += 1
-
-    def _take_over_moved_root(self, entries: list[ImageFileEntry]) -> dict[str, tuple[int, str]]:
-        """A folder indexed before from a path that no longer exists, whose images are now under this root (it
-        was moved or renamed): its rows are taken over here, so unchanged images are not embedded again.
-        Returns the taken-over rows (path → (id, sha256)), or {} when no such folder holds most of them."""
-        rels = {e.rel for e in entries}
-        best: tuple[int, str] | None = None
-        for other in self.roots:
-            if other == self.root_key or Path(other).exists():
-                continue
-            rows = _rows_of_root(self.meta, other)
-            overlap = len(rels & rows.keys())
-            if rows and overlap * 2 >= len(rows) and (best is None or overlap > best[0]):
-                best = (overlap, other)
-        if best is None:
-            return {}
-        moved = best[1]
+    def _take_over(self, moved: str, found: int) -> None:
+        """The folder indexed from ``moved`` (a path that is gone) is this root now: its rows move here, with
+        their ids, so that its unchanged images are not embedded again; its skipped list is dropped."""
         column = self.meta.column("root")
         self.meta = self.meta.set_column(
             self.meta.schema.get_field_index("root"),
@@ -427,23 +345,117 @@ class _Run:
         )
         self.skipped_table = self.skipped_table.filter(pc.not_equal(self.skipped_table.column("root"), moved))
         self.roots = [r for r in self.roots if r != moved]
-        self.moved_root = moved
-        self.report.moved_from, self.report.moved = moved, best[0]
-        return _rows_of_root(self.meta, self.root_key)
+        self.moved_from = moved
+        self.report.moved_from, self.report.moved = moved, found
+
+    # --- embedding, and applying what comes back ----------------------------------------------------------------
+
+    def embed(self, plan: Plan, engine: Embedder) -> None:
+        """Have ``engine`` embed the plan's files, apply each batch as it comes, and commit every
+        ``checkpoint_every`` embedded images."""
+        config, report = self.config, self.report
+        self.roots = sorted({*self.roots, self.root_key})
+        self.next_id = plan.next_id
+        self.pending.remove.extend(plan.remove)
+        report.removed = len(plan.remove)
+        total, done = len(plan.load), 0
+        with contextlib.closing(engine.embed(self.encoder, plan.jobs(config.batch_size), total)) as batches:
+            for batch in batches:
+                files = plan.load[done : done + len(batch.job.paths)]
+                if len(batch.results) != len(files) or [t.entry.rel for t in files] != list(batch.job.names):
+                    raise AssertionError(f"{engine!r} did not give one result per file of the next job, in order")
+                if batch.rows:
+                    emit(EMBEDDED, str(batch.rows))
+                self._apply(files, batch.results)
+                done += len(files)
+                self.progress("embedding", done, total, f"{report.embedded} new or changed")
+                if self.since_commit >= config.checkpoint_every and not config.strict:
+                    self.commit()
+        if done != total:
+            raise AssertionError(f"{engine!r} stopped after {done} of {total} files")
+
+    def _apply(self, files: Sequence[ToLoad], results: Sequence[Result]) -> None:
+        """Add one batch's results to the pending changes: unreadable files first (in path order), then the
+        embedded ones (a NaN or infinite embedding skips its file)."""
+        report, pending = self.report, self.pending
+        rows: list[tuple[ToLoad, Row]] = []
+        for file, result in zip(files, results, strict=True):
+            if result is None:
+                report.unchanged += 1
+            elif isinstance(result, Skip):
+                self._skip(file, result.reason)
+            else:
+                rows.append((file, result))
+        for file, row in rows:
+            if row.embedding.shape != (self.pending.dim,) or row.embedding.dtype != np.float32:
+                raise AssertionError(
+                    f"an engine gave {file.entry.rel} a {row.embedding.dtype} {row.embedding.shape} embedding"
+                )
+            if not np.isfinite(row.embedding).all():
+                self._skip(file, "the encoder gave a NaN or infinite embedding")
+                continue
+            if file.row_id is not None:
+                row_id = file.row_id
+                pending.remove.append(row_id)
+                report.updated += 1
+            else:
+                row_id = self.next_id
+                self.next_id += 1
+                report.added += 1
+            pending.add(row_id, file.entry, self.root_key, row)
+            self.since_commit += 1
+
+    def _skip(self, file: ToLoad, reason: str) -> None:
+        if self.config.strict:
+            raise DataError(f"{self.root / file.entry.rel}: {reason} — fix or remove it, or drop --strict")
+        self.skipped.append(Skipped(file.entry.rel, reason))
+        if file.row_id is not None:
+            self.pending.remove.append(file.row_id)
+            self.report.removed += 1
+
+    # --- the end: the index type, the last commit, the rebuild swapped in ----------------------------------------
+
+    def finish(self) -> None:
+        """Re-type the index when the type asked for (or the size, under ``auto``) calls for it, commit what is
+        left when anything changed, and swap an unfinished rebuild in."""
+        config, report, pending, root_key = self.config, self.report, self.pending, self.root_key
+        old_skipped = set(
+            self.skipped_table.filter(pc.equal(self.skipped_table.column("root"), root_key)).column("path").to_pylist()
+        )
+        count = self.meta.num_rows + len(pending.rows["id"]) - len(pending.remove)
+        try:
+            wanted = vectors.plan(
+                config.index_type, count, self.encoder.dim, self.spec, (self.info or {}).get("trained_on")
+            )
+        except ValueError as exc:  # too few vectors for the type asked for: keep what was embedded, then say so
+            if self.target is self.collection and (len(pending) or self.base is None or self.moved_from):
+                self.commit()
+                raise UsageError(f"{exc} (the new embeddings were committed; the index is as it was)") from None
+            raise UsageError(str(exc)) from None
+        changed = len(pending) or self.base is None or self.moved_from or wanted is not None
+        if changed or self.target is not self.collection or old_skipped != {s.rel for s in self.skipped}:
+            self.commit(wanted)
+        final = self.base
+        if self.target is not self.collection:
+            final = self.collection.adopt_staging()
+        assert final is not None
+        report.count = int(final["count"])
+        report.generation = int(final["generation"])
 
     # --- commits ------------------------------------------------------------------------------------------------
 
-    def commit(self, pending: _Pending, wanted: vectors.IndexSpec | None = None) -> None:
-        """Apply ``pending`` and commit a generation (with the index ``wanted`` built first, at the end)."""
+    def commit(self, wanted: vectors.IndexSpec | None = None) -> None:
+        """Apply the pending changes and commit a generation (with the index ``wanted`` built first)."""
         encoder, root_key = self.encoder, self.root_key
-        self.meta, self.index = pending.apply(self.meta, self.index, encoder.metric, self.spec)
+        self.meta, self.index = self.pending.apply(self.meta, self.index, encoder.metric, self.spec)
+        self.since_commit = 0
         if wanted is not None:
             self.progress("building the index", 0, 1, wanted.type)
             x, ids = embeddings_of(self.meta), int64_column(self.meta, "id")
             try:
                 self.index, self.spec, self.info = vectors.build_tuned(wanted, x, ids, encoder.metric)
             except RuntimeError as exc:  # FAISS refused the build: keep the embeddings, say why in one line
-                self.commit(_Pending(encoder.dim))
+                self.commit()
                 first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 raise CollectionError(
                     f"FAISS could not build the {wanted.type} index ({first}) — the embeddings were committed; "
@@ -470,23 +482,3 @@ def _manifest_to_replace(collection: Collection) -> dict[str, Any] | None:
         return collection.read_manifest() if collection.exists() else None
     except CollectionError:
         return None
-
-
-def _reason(error: ImageError, rel: str) -> str:
-    """The error's message without the leading file name (the skipped list already names the file)."""
-    text = str(error)
-    return text[len(rel) + 2 :] if text.startswith(rel + ": ") else text
-
-
-def _rows_of_root(meta: pa.Table, root_key: str) -> dict[str, tuple[int, str]]:
-    """path → (id, sha256) for the rows that came from ``root_key``."""
-    mine = meta.filter(pc.equal(meta.column("root"), root_key))
-    return {
-        path: (int(row_id), sha)
-        for path, row_id, sha in zip(
-            mine.column("path").to_pylist(),
-            mine.column("id").to_pylist(),
-            mine.column("sha256").to_pylist(),
-            strict=True,
-        )
-    }

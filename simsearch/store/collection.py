@@ -19,6 +19,8 @@ read the manifest sees one consistent generation; a crash at any moment leaves t
 Replaced generations are removed after the commit; a commit that fails removes what it wrote, and what a killed
 writer left behind is removed by the next writer. simsearch deletes only files that a manifest or the journal
 names, and writes only in a folder that is new, empty, or carries the marker (or a manifest).
+Each step of a commit (journal written, a file written under its temporary name, renamed into place, stale files
+removed) is told to the process's observer when one is installed (``simsearch.progress.observe``).
 The formats themselves (manifest fields, Parquet schemas) are in ``formats.py``.
 """
 
@@ -42,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simsearch import __version__, processes
+from simsearch import __version__, processes, progress
 from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound
 from simsearch.models.encoder import Encoder
 from simsearch.store.formats import (
@@ -379,6 +381,7 @@ class Collection:
                 else:
                     (self.path / JOURNAL).unlink(missing_ok=True)
             raise
+        progress.emit(progress.JOURNAL_WRITTEN, JOURNAL)
         return before
 
     def _recover(self) -> None:
@@ -389,16 +392,17 @@ class Collection:
     def _remove_stale(self, files: dict[str, str]) -> None:
         """Remove the files the journal names that no manifest needs (``files`` included), then the journal.
         What cannot be removed now (a read-only folder) stays named, for a later writer."""
+        progress.emit(progress.REMOVING_STALE)
         current = self._current_files()
-        if current is None:
-            return  # a manifest that cannot be read: no file can be known to be stale
-        current.update(files.values())
-        left = [name for name in self._journal_names() if name not in current and not _remove(self.path / name)]
-        with contextlib.suppress(OSError):
-            if left:
-                _write_now(self.path / JOURNAL, json.dumps({"files": left}) + "\n")
-            else:
-                (self.path / JOURNAL).unlink(missing_ok=True)
+        if current is not None:  # else a manifest that cannot be read: no file can be known to be stale
+            current.update(files.values())
+            left = [name for name in self._journal_names() if name not in current and not _remove(self.path / name)]
+            with contextlib.suppress(OSError):
+                if left:
+                    _write_now(self.path / JOURNAL, json.dumps({"files": left}) + "\n")
+                else:
+                    (self.path / JOURNAL).unlink(missing_ok=True)
+        progress.emit(progress.REMOVED_STALE)
 
     def _next_generation(self, previous: dict[str, Any] | None) -> int:
         """One more than any generation this folder has used: a generation's file names are never reused, so
@@ -561,6 +565,7 @@ class Collection:
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
             write(tmp)
+            progress.emit(progress.WROTE_TEMPORARY, name)
             digest = hashlib.sha256()
             with open(tmp, "rb") as f:
                 while chunk := f.read(1 << 20):
@@ -571,6 +576,7 @@ class Collection:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        progress.emit(progress.RENAMED, name)
         return digest.hexdigest()
 
     def _write_dir(self, name: str, write: Any) -> None:
@@ -579,6 +585,7 @@ class Collection:
         tmp.mkdir()
         try:
             write(tmp)
+            progress.emit(progress.WROTE_TEMPORARY, f"{name}/")
             _fsync_dir(tmp)
             _remove(self.path / name)
             tmp.rename(self.path / name)
@@ -586,6 +593,7 @@ class Collection:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        progress.emit(progress.RENAMED, f"{name}/")
 
 
 #: A generation's number in one of its file names (``meta-000003.parquet``, ``encoder-000003``).
