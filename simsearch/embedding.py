@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simsearch.errors import ImageError, ModelError
+from simsearch.errors import ImageError, ModelError, option
 from simsearch.io import LoadedImage, Preprocess, load_images
 from simsearch.models.encoder import Encoder
 from simsearch.progress import Progress, no_progress
@@ -37,19 +37,22 @@ class Embedded:
     errors: list[tuple[int, ImageError]] = field(default_factory=list)  # (position in the input, why), in order
 
 
-def channel_problem(spec: Preprocess, item: LoadedImage) -> str:
-    """Why a decoded image does not fit a model's channels (what ``convert=False`` refuses), or ""."""
+def channel_problem(spec: Preprocess, item: LoadedImage, name: str) -> ImageError | None:
+    """Why the decoded image of the file ``name`` does not fit a model's channels (what ``convert=False``
+    refuses), or None."""
     if spec.channels == 1 and not item.grey:
-        return (
-            "a colour image, but the model takes grey images (1 channel) — pass --convert to convert it to grey, "
-            "or use a model trained on colour images"
+        return ImageError(
+            "a colour image, but the model takes grey images (1 channel)",
+            file=name,
+            remedy=f"pass {option('convert', 'true')} to convert it to grey, or use a model trained on colour images",
         )
     if spec.channels == 3 and item.grey:
-        return (
-            "a grey image, but the model takes colour images (3 channels) — pass --convert to repeat its channel, "
-            "or use a model trained on grey images"
+        return ImageError(
+            "a grey image, but the model takes colour images (3 channels)",
+            file=name,
+            remedy=f"pass {option('convert', 'true')} to repeat its channel, or use a model trained on grey images",
         )
-    return ""
+    return None
 
 
 def embed_files(
@@ -90,9 +93,9 @@ def embed_files(
             if isinstance(item, ImageError):
                 fail(position, item)
             elif item is not None:
-                problem = "" if convert else channel_problem(spec, item)
-                if problem:
-                    fail(position, ImageError(f"{names[position]}: {problem}"))
+                problem = None if convert else channel_problem(spec, item, names[position])
+                if problem is not None:
+                    fail(position, problem)
                 else:
                     loaded.append((position, item))
         known = [stored(item.sha256) if stored is not None else None for _, item in loaded]
@@ -108,7 +111,7 @@ def embed_files(
             if ok:
                 result.kept.append(position)
             else:
-                fail(position, ImageError(f"{names[position]}: the encoder gave a NaN or infinite embedding for it"))
+                fail(position, ImageError("the encoder gave a NaN or infinite embedding for it", file=names[position]))
         rows.append(out[np.asarray(good, bool)])
         progress("embedding", min(start + len(batch), len(paths)), len(paths))
     if rows:
@@ -117,10 +120,13 @@ def embed_files(
     return result
 
 
-def check_metric(metric: str, source: str) -> None:
-    """Refuse a model or collection whose metric simsearch cannot measure (``source`` names it)."""
+def check_metric(metric: str, source: str | Path) -> None:
+    """Refuse a model or collection whose metric simsearch cannot measure (``source`` names it: a description
+    such as ``this pca model``, or the path of a collection)."""
     if metric not in METRICS:
+        what = f"its metric {metric[:20]!r} is not one simsearch measures ({', '.join(METRICS)})"
         raise ModelError(
-            f"{source}: its metric {metric[:20]!r} is not one simsearch measures ({', '.join(METRICS)}) — "
-            "retrain the model, or rebuild the collection with --rebuild"
+            what if isinstance(source, Path) else f"{source}: {what}",
+            file=source if isinstance(source, Path) else None,
+            remedy=f"retrain the model, or rebuild the collection with {option('rebuild', 'true')}",
         )

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from simsearch import vectors
 from simsearch.embedding import check_metric, embed_files
-from simsearch.errors import CollectionError, ImageError, ModelError, UsageError
+from simsearch.errors import CollectionError, ImageError, ModelError, UsageError, option
 from simsearch.io import find_images
 from simsearch.models.encoder import Encoder
 from simsearch.store.collection import Collection, embeddings_of, int64_column
@@ -175,9 +175,9 @@ class Searcher:
         """``use_gpu``: search on the GPU when FAISS sees one. ``float16``: a flat or IVF-Flat index is held there
         in float16 (half the memory; 2·k candidates re-ranked by exact float32 distances); None: in float32, or
         in float16 when float32 does not fit (then on the CPU when neither does)."""
-        for name, value in (("nprobe", nprobe), ("ef", ef)):
+        for name, value in ((option("nprobe"), nprobe), (option("ef"), ef)):
             if value is not None and value < 1:
-                raise UsageError(f"--{name} must be at least 1, not {value}")
+                raise UsageError(f"{name} must be at least 1, not {value}")
         self.collection = collection
         self.use_gpu, self.device, self.nprobe, self.ef, self.want_float16 = use_gpu, device, nprobe, ef, float16
         self._reload_lock = threading.Lock()
@@ -278,11 +278,12 @@ class Searcher:
         else:
             encoder = self.collection.load_encoder(manifest, device=self.device)
             encoder.inference_module()  # built now, not by the first of several threads
-        check_metric(snapshot.metric, str(self.collection.path))
+        check_metric(snapshot.metric, self.collection.path)
         if encoder.metric != snapshot.metric:
             raise CollectionError(
-                f"{self.collection.path}: the collection's metric ({snapshot.metric}) is not its encoder's "
-                f"({encoder.metric}) — rebuild it with --rebuild"
+                f"the collection's metric ({snapshot.metric}) is not its encoder's ({encoder.metric})",
+                file=self.collection.path,
+                remedy=f"rebuild it with {option('rebuild', 'true')}",
             )
         info = manifest.get("index") or {}
         float16 = self.want_float16
@@ -342,14 +343,15 @@ class Searcher:
 
     def _search(self, g: Generation, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if k < 1:
-            raise UsageError(f"-k must be at least 1, not {k}")
+            raise UsageError(f"{option('k')} must be at least 1, not {k}")
         dim = g.embeddings.shape[1]
         if queries.ndim != 2 or queries.shape[1] != dim:
             raise UsageError(f"query embeddings must have shape (q, {dim}), not {queries.shape}")
         if not np.isfinite(queries).all():  # FAISS would answer with made-up neighbours
             raise ModelError(
-                f"{self.collection.path}: the encoder gave a NaN or infinite embedding — check the query images, "
-                "or rebuild the collection with another model"
+                "the encoder gave a NaN or infinite embedding",
+                file=self.collection.path,
+                remedy="check the query images, or rebuild the collection with another model",
             )
         # Coarse codes (IVF-PQ) fetch refine·k candidates for the exact re-ranking; float16 vectors twice k.
         wider = g.spec.refine or (2 if g.float16 else 1)
@@ -368,8 +370,9 @@ class Searcher:
             distances = np.take_along_axis(distances, order, 1)
         if np.isnan(distances).any() or (np.isinf(distances) & np.take_along_axis(found, order, 1)).any():
             raise ModelError(  # float32 overflow: the order would be meaningless
-                f"{self.collection.path}: a query embedding is too large to compare with the collection's "
-                "(its distances overflow) — check the query images, or rebuild the collection with another model"
+                "a query embedding is too large to compare with the collection's (its distances overflow)",
+                file=self.collection.path,
+                remedy="check the query images, or rebuild the collection with another model",
             )
         return distances, np.take_along_axis(rows, order, 1)
 
@@ -489,7 +492,7 @@ def expand_query_paths(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
         elif Path(path).is_file():
             files.append(Path(path))
         else:
-            raise ImageError(f"{path}: no such image file or folder — check the path")
+            raise ImageError("no such image file or folder", file=path, remedy="check the path")
     return files, problems
 
 

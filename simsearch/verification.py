@@ -18,8 +18,8 @@ import numpy as np
 
 from simsearch import metrics, vectors
 from simsearch.embedding import check_metric, embed_files
-from simsearch.errors import DataError, ImageError, ModelError, UsageError
-from simsearch.models.encoder import Encoder
+from simsearch.errors import DataError, ImageError, ModelError, UsageError, option
+from simsearch.models.encoder import TRAINED_FOLDER, Encoder
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,9 @@ def parse_threshold(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise UsageError(f"--threshold must be 'auto' or a number, not {text!r}") from None
+        raise UsageError(f"{option('threshold')} must be 'auto' or a number, not {text!r}") from None
     if not np.isfinite(value) or value < 0:
-        raise UsageError(f"--threshold must be a finite distance ≥ 0, not {text!r}")
+        raise UsageError(f"{option('threshold')} must be a finite distance ≥ 0, not {text!r}")
     return value
 
 
@@ -57,24 +57,25 @@ def operating_point(
     value = parse_threshold(threshold) if isinstance(threshold, str) else threshold
     if value is not None:
         if far is not None:
-            raise UsageError("give either --threshold NUMBER or --far, not both")
+            raise UsageError(f"give either {option('threshold', 'NUMBER')} or {option('far')}, not both")
         return OperatingPoint(float(value), "manual")
     record = encoder.threshold
     if not record:
         raise ModelError(
-            f"this {encoder.family} model has no calibrated threshold (it was trained without labelled "
-            "identities) — pass --threshold NUMBER, or train one on labelled sub-folders: "
-            "simsearch train IMAGES --family siamese"
+            f"this {encoder.family} model has no calibrated threshold (it was trained without labelled identities)",
+            remedy=f"pass {option('threshold', 'NUMBER')}, or train one with {option('family', 'siamese')} on "
+            "labelled sub-folders",
         )
     if far is None:
         return OperatingPoint(float(record["value"]), "eer", record.get("far"), record.get("frr"))
     if not 0 < far < 1:
-        raise UsageError(f"--far must be between 0 and 1 (e.g. 0.01 for 1%), not {far}")
+        raise UsageError(f"{option('far')} must be between 0 and 1 (e.g. 0.01 for 1%), not {far}")
     impostors = int(record.get("pairs", {}).get("impostor", 0))
     if impostors and far < 1 / impostors:
         raise UsageError(
-            f"--far {far:g} is finer than the calibration can resolve ({impostors} impostor pairs: at least "
-            f"{1 / impostors:.2g}) — use a larger --far, or calibrate on more held-out identities"
+            f"{option('far', f'{far:g}')} is finer than the calibration can resolve ({impostors} impostor pairs: "
+            f"at least {1 / impostors:.2g})",
+            remedy=f"use a larger {option('far')}, or calibrate on more held-out identities",
         )
     curve = record.get("curve")
     if not curve:
@@ -82,11 +83,13 @@ def operating_point(
             if abs(far - target) < 1e-12 and name in record:
                 point = record[name]
                 return OperatingPoint(float(point["value"]), f"far={far:.4g}", point["far"], point["frr"])
-        raise ModelError("this model stores thresholds for FAR 1% and 0.1% only — use one of those, or retrain it")
+        raise ModelError(
+            "this model stores thresholds for FAR 1% and 0.1% only", remedy="use one of those, or retrain it"
+        )
     rows = np.asarray(curve, np.float64)
     ok = np.flatnonzero(rows[:, 1] <= far)
     if not len(ok):
-        raise UsageError(f"no stored threshold reaches FAR ≤ {far:g} — use a larger --far")
+        raise UsageError(f"no stored threshold reaches FAR ≤ {far:g}", remedy=f"use a larger {option('far')}")
     t, f, r = rows[ok[-1]]
     return OperatingPoint(float(t), f"far={far:.4g}", float(f), float(r))
 
@@ -145,7 +148,7 @@ class Verifier:
     def verify(self, a: Path, b: Path, point: OperatingPoint) -> Verdict:
         for path in (a, b):
             if not Path(path).is_file():
-                raise ImageError(f"{path}: no such image file — check the path")
+                raise ImageError("no such image file", file=path, remedy="check the path")
         z = self.embed_files([a, b])
         return self.decide(str(a), str(b), float(self.distances(z[:1], z[1:])[0]), point)
 
@@ -154,7 +157,7 @@ class Verifier:
         files = list(dict.fromkeys(p for a, b, _ in pairs for p in (a, b)))
         for path in files:
             if not path.is_file():
-                raise ImageError(f"{path}: no such image file — check the path in the pairs file")
+                raise ImageError("no such image file", file=path, remedy="check the path in the pairs file")
         z = self.embed_files(files)
         row = {path: i for i, path in enumerate(files)}
         distances = self.distances(z[[row[a] for a, _, _ in pairs]], z[[row[b] for _, b, _ in pairs]])
@@ -174,19 +177,19 @@ def read_pairs(csv_path: Path) -> list[tuple[Path, Path, bool | None]]:
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise DataError(f"{csv_path}: no such pairs file — check the path") from None
+        raise DataError("no such pairs file", file=csv_path, remedy="check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{csv_path}: cannot read the pairs file ({exc})") from None
+        raise DataError(f"cannot read the pairs file ({exc})", file=csv_path) from None
     reader = csv.DictReader(text.splitlines())
     columns = [c.strip().lower() for c in (reader.fieldnames or [])]
     if "a" not in columns or "b" not in columns:
-        raise DataError(f"{csv_path}: the pairs file needs a header with columns a,b (and optionally label)")
+        raise DataError("the pairs file needs a header with columns a,b (and optionally label)", file=csv_path)
     base = csv_path.parent
     pairs: list[tuple[Path, Path, bool | None]] = []
     for line, raw in enumerate(reader, start=2):
         row = {str(k).strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
         if not row.get("a") or not row.get("b"):
-            raise DataError(f"{csv_path}:{line}: both a and b must name an image")
+            raise DataError("both a and b must name an image", file=f"{csv_path}:{line}")
         label: bool | None = None
         text_label = row.get("label", "").lower()
         if text_label in TRUE_WORDS:
@@ -194,13 +197,15 @@ def read_pairs(csv_path: Path) -> list[tuple[Path, Path, bool | None]]:
         elif text_label in FALSE_WORDS:
             label = False
         elif text_label:
-            raise DataError(f"{csv_path}:{line}: label {row['label']!r} is not 1/0, true/false or same/different")
+            raise DataError(
+                f"label {row['label']!r} is not 1/0, true/false or same/different", file=f"{csv_path}:{line}"
+            )
         pairs.append((base / row["a"], base / row["b"], label))
     if not pairs:
-        raise DataError(f"{csv_path}: no pairs in the file")
+        raise DataError("no pairs in the file", file=csv_path)
     labelled = [p[2] is not None for p in pairs]
     if any(labelled) and not all(labelled):
-        raise DataError(f"{csv_path}: some rows have a label and some do not — label every row or none")
+        raise DataError("some rows have a label and some do not", file=csv_path, remedy="label every row or none")
     return pairs
 
 
@@ -228,19 +233,19 @@ def pair_metrics(verdicts: Sequence[Verdict], resamples: int = 200, seed: int = 
 
 
 def load_encoder(model: str | None, name: str | None, home: Path, device: str = "cpu") -> tuple[Encoder, str]:
-    """The encoder of a model folder (``--model``) or of a collection (``--name``, default ``default``),
+    """The encoder of a model folder (``model``) or of a collection (``name``, default ``default``),
     and a short description of where it came from."""
     from simsearch.models.encoder import is_model_folder
     from simsearch.store.collection import Collection, resolve_path
 
     if model is not None and name is not None:
-        raise UsageError("give either --model (a model folder) or --name (a collection), not both")
+        raise UsageError(f"give either {option('model')} (a model folder) or {option('name')} (a collection), not both")
     if model is not None:
         path = Path(model)
         if not path.exists():
-            raise ModelError(f"no model folder at '{model}' — pass a folder made by 'simsearch train'")
+            raise ModelError(f"no model folder at '{model}'", remedy=TRAINED_FOLDER)
         if not is_model_folder(path):
-            raise ModelError(f"'{model}' holds no encoder.json — pass a folder made by 'simsearch train'")
+            raise ModelError(f"'{model}' holds no encoder.json", remedy=TRAINED_FOLDER)
         return Encoder.load(path, device=device), f"model {path}"
     collection = Collection(resolve_path(name or "default", home))
     return collection.load_encoder(device=device), f"collection {collection.path}"

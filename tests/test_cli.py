@@ -78,7 +78,11 @@ def test_query_against_missing_collection_is_one_error_line(tmp_path: Path, imag
     result = invoke("query", image_folder / "blob" / "0.png", "--home", tmp_path / "none")
     assert result.exit_code == 1
     lines = error_lines(result)
-    assert len(lines) == 1 and lines[0].startswith("Error: no collection at") and "simsearch index" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("Error: no collection at")
+        and "index a folder into it first" in lines[0]
+    )
 
 
 def test_query_of_missing_file_is_one_error_line(indexed: Path, tmp_path: Path) -> None:
@@ -273,6 +277,6 @@ def test_eval_refuses_an_absurd_bootstrap_before_any_work(
         error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert len(error) == 1 and "--bootstrap" in error[0] and bound in error[0], result.stderr
     for value in (9, 10_001, 100_000_000):  # the library's own check agrees with the command's
-        with pytest.raises(UsageError, match=r"^--bootstrap must be between 10 and 10,000 resamples, not "):
+        with pytest.raises(UsageError, match=r"^bootstrap must be between 10 and 10,000 resamples, not "):
             evaluation.EvalConfig(bootstrap=value)
     assert evaluation.EvalConfig(bootstrap=10_000).bootstrap == evaluation.MAX_BOOTSTRAP == cli.MAX_BOOTSTRAP == 10_000

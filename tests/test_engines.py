@@ -203,7 +203,7 @@ def test_the_plan_is_data(image_folder: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match="no images found"):
         plan_sync(root, [], None, [], 0)
-    with pytest.raises(UsageError, match="--type ivf needs at least 100 images"):
+    with pytest.raises(UsageError, match="index_type='ivf' needs at least 100 images"):
         plan_sync(root, entries, snapshot.meta, [root], 15, index_type="ivf")
 
 

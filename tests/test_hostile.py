@@ -31,7 +31,7 @@ from simsearch.search import Searcher
 from simsearch.store.collection import Collection
 from tests.conftest import consistent_snapshot
 
-REMEDY = ("--rebuild", "re-train", "re-copy", "simsearch train")
+REMEDY = ("--rebuild", "re-train", "re-copy", "made by training")
 
 
 def invoke(*args: object):

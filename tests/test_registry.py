@@ -16,7 +16,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from simsearch.cli import app
-from simsearch.errors import ModelError, UsageError
+from simsearch.cli.options import cli_spelling
+from simsearch.errors import ModelError, UsageError, spell
 from simsearch.models.registry import REGISTRY, Family, family_names, get_family
 from simsearch.training import NEURAL, TRAINABLE, TrainConfig
 
@@ -44,7 +45,7 @@ def test_the_readme_family_table_is_the_registry() -> None:
     assert all(set(cell) <= {"-", ":"} for cell in rule)
     assert [row[0] for row in rows] == [f"`{name}`" for name in family_names()]
     for (name, description, labels), family in zip(rows, REGISTRY.values(), strict=True):
-        assert description.replace("`", "") == family.description, name
+        assert description.replace("`", "") == spell(family.description, cli_spelling), name
         assert labels.split()[0] == ("yes" if family.needs_labels else "no"), name
 
 
@@ -82,7 +83,7 @@ def test_what_lists_families_reads_the_registry(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=f"or one of: {names}"):
         Encoder.load(tmp_path)
     for family in REGISTRY.values():
-        assert f"{family.name}: {family.description}" in FAMILY_HELP
+        assert f"{family.name}: {spell(family.description, cli_spelling)}" in FAMILY_HELP
     for command in ("train", "index"):
         output = CliRunner().invoke(app, [command, "--help"], terminal_width=200).output
         assert all(name in output for name in REGISTRY), (command, output)

@@ -89,7 +89,7 @@ def test_a_colour_query_is_converted_to_the_collections_grey(built: tuple[Collec
     Image.fromarray(rgb).convert("L").save(grey)
     [as_colour, as_grey] = searcher.query_files([colour, grey], k=5)
     assert as_colour.neighbours == as_grey.neighbours and as_colour.vote == "hbars"
-    with pytest.raises(ImageError, match="pass --convert"):
+    with pytest.raises(ImageError, match="pass convert=True"):
         embed_files(searcher.encoder, [colour], convert=False, strict=True)
     lenient = embed_files(searcher.encoder, [colour], convert=False)
     assert lenient.kept == [] and [n for n, _ in lenient.errors] == [0]

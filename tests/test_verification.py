@@ -56,7 +56,7 @@ def test_bad_operating_points(pixels_model: Path, threshold: str, far: float | N
 def test_a_model_without_threshold_needs_a_number(pixels_model: Path) -> None:
     encoder = Encoder.load(pixels_model)
     encoder.threshold = None
-    with pytest.raises(ModelError, match=r"no calibrated threshold.*--threshold NUMBER"):
+    with pytest.raises(ModelError, match=r"no calibrated threshold.*threshold=NUMBER"):
         operating_point(encoder, "auto")
     assert operating_point(encoder, "1.5").threshold == 1.5
 
@@ -132,7 +132,7 @@ def test_channel_mismatch_is_refused_unless_converted(tmp_path: Path, image_fold
     Image.fromarray(rgb).save(colour)
     verifier = Verifier(Encoder.load(pixels_model))
     point = operating_point(verifier.encoder)
-    with pytest.raises(ImageError, match=r"colour image, but the model takes grey images.*--convert"):
+    with pytest.raises(ImageError, match=r"colour image, but the model takes grey images.*convert=True"):
         verifier.verify(colour, image_folder / "hbars" / "0.png", point)
     converted = Verifier(Encoder.load(pixels_model), convert=True).verify(
         colour, image_folder / "hbars" / "0.png", point

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from simsearch import __version__
+from simsearch.cli.options import cli_spelling
 from simsearch.cli.render import err, out
 from simsearch.errors import SimsearchError
 
@@ -64,7 +65,7 @@ def _errors(left: str, exit_code: int | None = None) -> Iterator[_Stop]:
     try:
         yield stop
     except SimsearchError as exc:
-        err.print(f"Error: {exc}")
+        err.print(f"Error: {exc.render(cli_spelling)}")
         raise typer.Exit(exit_code or exc.exit_code) from None
     except OSError as exc:  # disk full, read-only folder, permissions: the OS's words, no traceback
         where = f"{exc.filename}: " if exc.filename else ""

@@ -40,3 +40,21 @@ def _train_config(family: str, dim: int, size: str, epochs: int, max_seconds: fl
     return TrainConfig(
         family=family, dim=dim, size=size, epochs=epochs, max_seconds=max_seconds, seed=seed, device=device
     )
+
+
+#: Library field names whose command-line flag is not ``--`` + the name with dashes.
+FLAG_NAMES = {
+    "index_type": "--type",
+    "k": "-k",
+    "as_json": "--json",
+    "folder": "--dir",
+    "out_dir": "--out",
+    "gpu": "--gpu/--no-gpu",
+    "baselines": "--baselines/--no-baselines",
+}
+
+
+def cli_spelling(name: str, value: str | None) -> str:
+    """How the command line spells an option an error names: ``--type flat``, ``--rebuild``, ``--far``."""
+    flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+    return flag if value in (None, "true") else f"{flag} {value}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from simsearch.cli.core import _errors, _unchanged, app
-from simsearch.cli.options import FAR_HELP, NAME_HELP, THRESHOLD_HELP, _home_option
+from simsearch.cli.options import FAR_HELP, NAME_HELP, THRESHOLD_HELP, _home_option, cli_spelling
 from simsearch.cli.render import _print_json, _render_result, err
 
 
@@ -48,7 +48,7 @@ def query(
 
         files, unreadable = expand_query_paths(images)
         if not files:
-            raise ImageError(f"no images under {', '.join(map(str, images))} — check the path")
+            raise ImageError(f"no images under {', '.join(map(str, images))}", remedy="check the path")
         searcher = Searcher(
             Collection(resolve_path(name, home)),
             use_gpu=gpu,
@@ -60,7 +60,7 @@ def query(
         point = operating_point(searcher.encoder, threshold, far) if open_set else None
         from_folders = any(path.is_dir() for path in images)
         results = searcher.query_files(
-            files, k, on_error=(lambda e: unreadable.append(str(e))) if from_folders else None
+            files, k, on_error=(lambda e: unreadable.append(e.render(cli_spelling))) if from_folders else None
         )
         for line in unreadable[:20]:
             err.print(f"Skipped {line}")

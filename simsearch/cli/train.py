@@ -7,11 +7,14 @@ from pathlib import Path
 import typer
 
 from simsearch.cli.core import _errors, app
+from simsearch.cli.options import cli_spelling
 from simsearch.cli.render import _describe_training, _RichProgress, out
+from simsearch.errors import spell
 from simsearch.models.registry import REGISTRY
 
-#: --family's help: every registered family with its one-line description (the registry imports no torch).
-FAMILY_HELP = "One of: " + "; ".join(f"{f.name}: {f.description}" for f in REGISTRY.values()) + "."
+#: --family's help: every registered family with its one-line description, options spelled as flags (the registry
+#: imports no torch).
+FAMILY_HELP = "One of: " + "; ".join(f"{f.name}: {spell(f.description, cli_spelling)}" for f in REGISTRY.values()) + "."
 
 
 @app.command()

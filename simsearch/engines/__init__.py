@@ -45,9 +45,9 @@ class Skip:
 
     @classmethod
     def of(cls, error: ImageError, name: str) -> Skip:
-        """The reason of ``error``, raised for the file named ``name``, without the leading name."""
-        text = str(error)
-        return cls(text[len(name) + 2 :] if text.startswith(name + ": ") else text)
+        """The reason of ``error``, raised for the file named ``name``: what went wrong and the remedy, without
+        the file (the whole message when the error names another file, or none)."""
+        return cls(error.reason() if error.file == name else str(error))
 
 
 #: What became of one file: embedded, skipped, or None when its sha256 equals the one its job gave (unchanged).

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simsearch.errors import DataError, UsageError
+from simsearch.errors import DataError, UsageError, option
 
 #: MAP@R and R-precision look at the R nearest neighbours; beyond this many they are computed over the
 #: first ``MAX_NEIGHBOURS`` only (and the report says so).
@@ -38,13 +38,17 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.k < 1:
-            raise UsageError(f"-k must be at least 1, not {self.k}")
+            raise UsageError(f"{option('k')} must be at least 1, not {self.k}")
         if self.split is not None and not 0 < self.split < 1:
-            raise UsageError(f"--split must be between 0 and 1 (the share of images used as queries), not {self.split}")
+            raise UsageError(
+                f"{option('split')} must be between 0 and 1 (the share of images used as queries), not {self.split}"
+            )
         if not 0 < self.unknown_fraction < 1:
-            raise UsageError(f"--unknown-fraction must be between 0 and 1, not {self.unknown_fraction}")
+            raise UsageError(f"{option('unknown_fraction')} must be between 0 and 1, not {self.unknown_fraction}")
         if not 10 <= self.bootstrap <= MAX_BOOTSTRAP:
-            raise UsageError(f"--bootstrap must be between 10 and {MAX_BOOTSTRAP:,} resamples, not {self.bootstrap:,}")
+            raise UsageError(
+                f"{option('bootstrap')} must be between 10 and {MAX_BOOTSTRAP:,} resamples, not {self.bootstrap:,}"
+            )
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,9 @@ def choose_protocol(y: np.ndarray, classes: list[str], config: EvalConfig) -> Pr
     if config.open_set:
         n_unknown = max(1, round(len(classes) * config.unknown_fraction))
         if len(classes) - n_unknown < 2:
-            raise DataError(f"--open-set needs at least 3 labels (one kept out of the gallery); found {len(classes)}")
+            raise DataError(
+                f"{option('open_set')} needs at least 3 labels (one kept out of the gallery); found {len(classes)}"
+            )
         unknown_codes = np.sort(rng.choice(len(classes), n_unknown, replace=False))
     is_unknown = np.isin(y, unknown_codes)
     known = rows[~is_unknown]

@@ -77,7 +77,7 @@ def baseline_images(
     arrays = []
     for n, item in enumerate(load_images(paths, spec, workers, names)):
         if not isinstance(item, LoadedImage):  # it was read a moment ago: changed or removed since
-            raise item if isinstance(item, ImageError) else DataError(f"{names[n]}: could not be read again")
+            raise item if isinstance(item, ImageError) else DataError("could not be read again", file=names[n])
         arrays.append(item.array)
         progress("reading images for the baselines", n + 1, len(paths))
     return np.stack(arrays)
@@ -89,12 +89,12 @@ def evaluate(
     """Score ``encoder`` (and, unless told not to, the pixels and PCA baselines) on a labelled folder."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder — pass a folder of images in one sub-folder per label")
+        raise DataError("no such folder", file=folder, remedy="pass a folder of images in one sub-folder per label")
     entries, skipped = find_images(folder)
     labelled = [e for e in entries if e.label is not None]
     unlabelled = len(entries) - len(labelled)
     if not labelled:
-        raise DataError(f"{folder}: no labelled images — put each label's images in its own sub-folder")
+        raise DataError("no labelled images", file=folder, remedy="put each label's images in its own sub-folder")
     # The model's embeddings come from the path query and verify take (its own preprocessing, trim included).
     check_metric(encoder.metric, f"this {encoder.family} model")
     embedded = embed_files(
@@ -110,9 +110,9 @@ def evaluate(
     z_model = embedded.embeddings
     y, classes = encode_labels([e.label for e in kept])
     if len(classes) < 2:
-        raise DataError(f"{folder}: evaluation needs at least 2 labels (sub-folders); found {len(classes)}")
+        raise DataError(f"evaluation needs at least 2 labels (sub-folders); found {len(classes)}", file=folder)
     if np.bincount(y).max() < 2:
-        raise DataError(f"{folder}: every label has a single image — evaluation needs labels with 2 or more")
+        raise DataError("every label has a single image", file=folder, remedy="evaluation needs labels with 2 or more")
     protocol = choose_protocol(y, classes, config)
     point: OperatingPoint | None = None
     if encoder.threshold or config.threshold != "auto":

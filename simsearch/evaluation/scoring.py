@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from simsearch import metrics, vectors
-from simsearch.errors import DataError
+from simsearch.errors import DataError, option
 from simsearch.evaluation.protocols import MAX_NEIGHBOURS, UNKNOWN, EvalConfig, Protocol
 from simsearch.search import vote_label
 from simsearch.training.sampling import verification_pairs
@@ -102,7 +102,7 @@ def score_encoder(
     width = int(min(max(config.k, relevant.max(initial=0)), MAX_NEIGHBOURS))
     dist, rows = neighbours(z, metric, protocol, width)
     if rows.shape[1] == 0:
-        raise DataError("the gallery is empty: every image was used as a query — lower --split")
+        raise DataError("the gallery is empty: every image was used as a query", remedy=f"lower {option('split')}")
     scores = metrics.retrieval_scores(y[q], y[rows], relevant, config.k)
     known = ~np.isin(y[q], protocol.unknown_codes)
     open_set = len(protocol.unknown_codes) > 0

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simsearch import vectors
-from simsearch.errors import DataError, UsageError
+from simsearch.errors import DataError, option
 from simsearch.io import ImageFileEntry, LoadJob
 
 
@@ -101,15 +101,16 @@ def plan_sync(
             old = rows_of_root(meta, moved[0])
     if not entries and old and not allow_empty:
         raise DataError(
-            f"'{root}' holds no images now, but the collection has {len(old)} images from it — if it "
-            "is a drive that is not mounted, mount it and run again; to remove them from the collection, pass "
-            "--allow-empty"
+            f"'{root}' holds no images now, but the collection has {len(old)} images from it",
+            remedy="if it is a drive that is not mounted, mount it and run again; to remove them from the collection, "
+            f"pass {option('allow_empty', 'true')}",
         )
     if not entries and not old:
-        raise DataError(f"no images found under '{root}' — check the path (images are recognised by content)")
+        raise DataError(f"no images found under '{root}'", remedy="check the path (images are recognised by content)")
     most = (meta.num_rows if meta is not None else 0) - len(old) + len(entries)
-    if index_type != "auto" and vectors.too_few(index_type, most):
-        raise UsageError(vectors.too_few(index_type, most))
+    problem = vectors.too_few(index_type, most) if index_type != "auto" else None
+    if problem is not None:
+        raise problem
     load = tuple(ToLoad(e, *old[e.rel]) if e.rel in old else ToLoad(e) for e in entries)
     current = {e.rel for e in entries}
     return Plan(

@@ -25,10 +25,10 @@ import pyarrow.compute as pc
 from simsearch import vectors
 from simsearch.engines import Embedder, Result, Row, Skip
 from simsearch.engines.local import LocalEngine
-from simsearch.errors import CollectionError, DataError, ModelError, UsageError
+from simsearch.errors import CollectionError, DataError, ModelError, UsageError, option
 from simsearch.indexing.plan import Plan, ToLoad, plan_sync
 from simsearch.io import ImageFileEntry, Skipped, find_images
-from simsearch.models.encoder import Encoder, is_model_folder, resolve_device
+from simsearch.models.encoder import TRAINED_FOLDER, Encoder, is_model_folder, resolve_device
 from simsearch.progress import EMBEDDED, Progress, emit, no_progress
 from simsearch.store.collection import (
     SKIPPED_SCHEMA,
@@ -40,6 +40,9 @@ from simsearch.store.collection import (
     meta_table,
 )
 from simsearch.training import TRAINABLE, TrainConfig, train_encoder
+
+#: The remedy for a file that ``strict`` refuses.
+STRICT = f"fix or remove it, or drop {option('strict')}"
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,13 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         if self.index_type not in ("auto", *vectors.INDEX_TYPES):
-            raise UsageError(f"--type must be auto, {', '.join(vectors.INDEX_TYPES)}; not {self.index_type!r}")
+            raise UsageError(
+                f"{option('index_type')} must be auto, {', '.join(vectors.INDEX_TYPES)}; not {self.index_type!r}"
+            )
         if self.index_type == "cagra" and not vectors.cagra_available():
             raise UsageError(
-                "--type cagra needs a GPU and a FAISS build with cuVS (faiss-gpu-cuvs) — use --type hnsw on this machine"
+                f"{option('index_type', 'cagra')} needs a GPU and a FAISS build with cuVS (faiss-gpu-cuvs)",
+                remedy=f"use {option('index_type', 'hnsw')} on this machine",
             )
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -121,8 +127,9 @@ def choose_encoder(
         if candidate is None or candidate.fingerprint != current.fingerprint:
             raise CollectionError(
                 f"collection '{collection.path}' was built with the {current.family} encoder "
-                f"{current.fingerprint[:12]} (d={current.dim}); --model {model} is a different encoder — "
-                "pass --rebuild to re-index everything with it, or choose another --name"
+                f"{current.fingerprint[:12]} (d={current.dim}); {option('model', model)} is a different encoder",
+                remedy=f"pass {option('rebuild', 'true')} to re-index everything with it, or choose another "
+                f"{option('name')}",
             )
         return current, False
     model = model or "autoencoder"
@@ -130,7 +137,7 @@ def choose_encoder(
     if loaded is not None:
         return loaded, False
     if not entries:
-        raise DataError("no images found to train an encoder on — check the folder, or pass --model")
+        raise DataError("no images found to train an encoder on", remedy=f"check the folder, or pass {option('model')}")
     return train_encoder(entries, replace(config.train, family=model), progress), True
 
 
@@ -140,11 +147,9 @@ def load_model_arg(model: str) -> Encoder | None:
         return None
     path = Path(model)
     if not path.exists():
-        raise ModelError(
-            f"no model folder at '{model}' — pass a folder made by 'simsearch train', or one of: {', '.join(TRAINABLE)}"
-        )
+        raise ModelError(f"no model folder at '{model}'", remedy=f"{TRAINED_FOLDER}, or one of: {', '.join(TRAINABLE)}")
     if not is_model_folder(path):
-        raise ModelError(f"'{model}' holds no encoder.json — pass a folder made by 'simsearch train'")
+        raise ModelError(f"'{model}' holds no encoder.json", remedy=TRAINED_FOLDER)
     return Encoder.load(path)
 
 
@@ -220,7 +225,7 @@ def index_folder(
     root = Path(root).resolve()
     entries, skipped = find_images(root)
     if config.strict and skipped:
-        raise DataError(f"{root / skipped[0].rel}: {skipped[0].reason} — fix or remove it, or drop --strict")
+        raise DataError(skipped[0].reason, file=root / skipped[0].rel, remedy=STRICT)
     report = IndexReport(collection.path, str(root), found=len(entries))
     with collection.lock(wait=config.wait):
         run = _Run(root, collection, config, report, progress, skipped)
@@ -407,7 +412,7 @@ class _Run:
 
     def _skip(self, file: ToLoad, reason: str) -> None:
         if self.config.strict:
-            raise DataError(f"{self.root / file.entry.rel}: {reason} — fix or remove it, or drop --strict")
+            raise DataError(reason, file=self.root / file.entry.rel, remedy=STRICT)
         self.skipped.append(Skipped(file.entry.rel, reason))
         if file.row_id is not None:
             self.pending.remove.append(file.row_id)
@@ -427,11 +432,13 @@ class _Run:
             wanted = vectors.plan(
                 config.index_type, count, self.encoder.dim, self.spec, (self.info or {}).get("trained_on")
             )
-        except ValueError as exc:  # too few vectors for the type asked for: keep what was embedded, then say so
+        except UsageError as exc:  # too few vectors for the type asked for: keep what was embedded, then say so
             if self.target is self.collection and (len(pending) or self.base is None or self.moved_from):
                 self.commit()
-                raise UsageError(f"{exc} (the new embeddings were committed; the index is as it was)") from None
-            raise UsageError(str(exc)) from None
+                raise UsageError(
+                    exc.what, remedy=f"{exc.remedy} (the new embeddings were committed; the index is as it was)"
+                ) from None
+            raise
         changed = len(pending) or self.base is None or self.moved_from or wanted is not None
         if changed or self.target is not self.collection or old_skipped != {s.rel for s in self.skipped}:
             self.commit(wanted)
@@ -458,8 +465,8 @@ class _Run:
                 self.commit()
                 first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 raise CollectionError(
-                    f"FAISS could not build the {wanted.type} index ({first}) — the embeddings were committed; "
-                    "run again with --type flat"
+                    f"FAISS could not build the {wanted.type} index ({first})",
+                    remedy=f"the embeddings were committed; run again with {option('index_type', 'flat')}",
                 ) from None
             self.progress("building the index", 1, 1, wanted.type)
         others = self.skipped_table.filter(pc.not_equal(self.skipped_table.column("root"), root_key))
@@ -477,7 +484,7 @@ class _Run:
 
 
 def _manifest_to_replace(collection: Collection) -> dict[str, Any] | None:
-    """With --rebuild, the old manifest only numbers the new generation; a damaged one is simply replaced."""
+    """With ``rebuild``, the old manifest only numbers the new generation; a damaged one is simply replaced."""
     try:
         return collection.read_manifest() if collection.exists() else None
     except CollectionError:

@@ -31,16 +31,16 @@ def decode_image(data: bytes, name: str = "image", draft: tuple[int, int] | None
     (the decoder's own DCT scaling: several times faster for photos, and a smoother reduction).
     """
     if not data:
-        raise ImageError(f"{name}: empty file")
+        raise ImageError("empty file", file=name)
     try:
         # Image.open reads only the header: the pixel count is checked before anything is decoded.
         img: Image.Image = Image.open(io.BytesIO(data))
         w, h = img.size
         if w <= 0 or h <= 0:
-            raise ImageError(f"{name}: image has no pixels ({w}×{h})")
+            raise ImageError(f"image has no pixels ({w}×{h})", file=name)
         if w * h > MAX_PIXELS:
             raise ImageError(
-                f"{name}: {w}×{h} pixels is over the limit of {MAX_PIXELS:,} (possible decompression bomb)"
+                f"{w}×{h} pixels is over the limit of {MAX_PIXELS:,} (possible decompression bomb)", file=name
             )
         img.seek(0)
         if draft is not None and img.format == "JPEG":
@@ -52,11 +52,11 @@ def decode_image(data: bytes, name: str = "image", draft: tuple[int, int] | None
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from None
+        raise ImageError(f"refused as a possible decompression bomb ({exc})", file=name) from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image Pillow can decode") from None
+        raise ImageError("not an image Pillow can decode", file=name) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
-        raise ImageError(f"{name}: could not be decoded ({exc or type(exc).__name__})") from None
+        raise ImageError(f"could not be decoded ({exc or type(exc).__name__})", file=name) from None
 
 
 def _normalise_mode(img: Image.Image) -> Image.Image:
@@ -94,18 +94,18 @@ def read_file(path: Path, name: str | None = None) -> bytes:
     try:
         size = path.stat().st_size
         if not path.is_file():
-            raise ImageError(f"{name}: not a file — pass an image file")
+            raise ImageError("not a file", file=name, remedy="pass an image file")
         if size > MAX_FILE_BYTES:
-            raise ImageError(f"{name}: {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image")
+            raise ImageError(f"{size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image", file=name)
         return path.read_bytes()
     except FileNotFoundError:
-        raise ImageError(f"{name}: no such file — check the path") from None
+        raise ImageError("no such file", file=name, remedy="check the path") from None
     except IsADirectoryError:
-        raise ImageError(f"{name}: is a folder, not an image file") from None
+        raise ImageError("is a folder, not an image file", file=name) from None
     except PermissionError:
-        raise ImageError(f"{name}: permission denied — make it readable") from None
+        raise ImageError("permission denied", file=name, remedy="make it readable") from None
     except OSError as exc:
-        raise ImageError(f"{name}: could not be read ({exc.strerror or exc})") from None
+        raise ImageError(f"could not be read ({exc.strerror or exc})", file=name) from None
 
 
 def is_grey(img: Image.Image) -> bool:
@@ -159,7 +159,7 @@ def survey_images(paths: Iterable[Path]) -> ImageSurvey:
         lum = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
         borders.append(float(np.median(np.concatenate([lum[0], lum[-1], lum[:, 0], lum[:, -1]]))))
     if not heights:
-        raise ImageError("none of the sampled files could be decoded — check that the folder holds images")
+        raise ImageError("none of the sampled files could be decoded", remedy="check that the folder holds images")
     return ImageSurvey(len(heights), int(np.median(heights)), int(np.median(widths)), grey, float(np.median(borders)))
 
 

@@ -105,9 +105,9 @@ def find_images(root: Path) -> tuple[list[ImageFileEntry], list[Skipped]]:
     """
     root = Path(root)
     if not root.exists():
-        raise ImageError(f"folder '{root}' does not exist — check the path")
+        raise ImageError(f"folder '{root}' does not exist", remedy="check the path")
     if not root.is_dir():
-        raise ImageError(f"'{root}' is not a folder — pass the folder that holds your images")
+        raise ImageError(f"'{root}' is not a folder", remedy="pass the folder that holds your images")
     found: list[ImageFileEntry] = []
     skipped: list[Skipped] = []
 

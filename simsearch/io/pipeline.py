@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from simsearch import processes
-from simsearch.errors import ImageError
+from simsearch.errors import ImageError, option
 from simsearch.io.decode import decode_image, image_size, is_grey, read_file
 from simsearch.io.preprocess import Preprocess, to_array
 
@@ -172,7 +172,8 @@ def load_batches(
                     batch = [result for future in futures for result in future.result()]
                 except BrokenProcessPool:
                     raise ImageError(
-                        "a decoding worker process died (killed, or out of memory?) — run again, with fewer --workers"
+                        "a decoding worker process died (killed, or out of memory?)",
+                        remedy=f"run again, with fewer {option('workers')}",
                     ) from None
                 submit()
                 yield batch

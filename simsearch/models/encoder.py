@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from simsearch import __version__
-from simsearch.errors import ModelError, UsageError
+from simsearch.errors import ModelError, UsageError, option
 from simsearch.io import Preprocess
 from simsearch.models.registry import arch_of, build_decoder, build_module, family_names, get_family
 
@@ -49,6 +49,8 @@ HISTORY = "history.jsonl"
 MODEL_FILES = (CONFIG, WEIGHTS, DECODER, HISTORY)
 METRICS = ("l2", "cosine")
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # encoder.json is a few kilobytes
+#: The remedy for a path that is no model folder.
+TRAINED_FOLDER = "pass a model folder made by training"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -56,9 +58,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU — use --device auto or cpu")
+        raise UsageError(
+            f"{option('device', 'cuda')} was asked for, but torch sees no CUDA GPU",
+            remedy=f"use {option('device', 'auto')} or cpu",
+        )
     if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"unknown device {device!r} — use auto, cpu or cuda")
+        raise UsageError(f"unknown device {device!r}", remedy="use auto, cpu or cuda")
     return torch.device(device)
 
 
@@ -181,12 +186,12 @@ class Encoder:
         """Decode embeddings (n, dim) float32 → images (n, C, H, W) float32, in the space ``embed`` takes: the
         preprocessed inputs (normalised by the spec's mean and std, and inverted when the spec says so)."""
         if self.decoder is None:
-            why = (
-                "its family has none"
-                if get_family(self.family).decoder is None
-                else "it was saved without one (a format-1 folder): re-train it to keep one"
+            if get_family(self.family).decoder is None:
+                raise ModelError(f"this {self.family} model has no decoder — its family has none")
+            raise ModelError(
+                f"this {self.family} model has no decoder",
+                remedy="it was saved without one (a format-1 folder): re-train it to keep one",
             )
-            raise ModelError(f"this {self.family} model has no decoder — {why}")
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ModelError(f"decoder expects embeddings of shape (n, {self.dim}), got {embeddings.shape}")
         out = np.empty((len(embeddings), self.preprocess.channels, *self.preprocess.size), dtype=np.float32)
@@ -272,30 +277,34 @@ class Encoder:
         config_path, weights_path = folder / CONFIG, folder / WEIGHTS
         if not config_path.is_file():
             raise ModelError(
-                f"no {CONFIG} in '{folder}' — pass a model folder made by 'simsearch train', "
-                "or one of: " + ", ".join(family_names())
+                f"no {CONFIG} in '{folder}'", remedy=f"{TRAINED_FOLDER}, or one of: {', '.join(family_names())}"
             )
         try:
             if config_path.stat().st_size > MAX_CONFIG_BYTES:
                 raise ValueError(f"over {MAX_CONFIG_BYTES:,} bytes")
             config = json.loads(config_path.read_text())
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON; deep nesting
-            raise ModelError(f"{config_path}: not valid JSON ({str(exc)[:200]}) — re-train the model") from None
+            raise ModelError(
+                f"not valid JSON ({str(exc)[:200]})", file=config_path, remedy="re-train the model"
+            ) from None
         version = config.get("format") if isinstance(config, dict) else None
         if version not in FORMATS:
             if isinstance(version, str) and version.startswith("simsearch.encoder/"):
                 raise ModelError(
-                    f"{config_path}: format {version[:40]!r} is not one this simsearch reads ({', '.join(FORMATS)})"
-                    " — use the newer simsearch that wrote it, or re-train the model"
+                    f"format {version[:40]!r} is not one this simsearch reads ({', '.join(FORMATS)})",
+                    file=config_path,
+                    remedy="use the newer simsearch that wrote it, or re-train the model",
                 )
-            raise ModelError(f"{config_path}: not a simsearch encoder (format must be {FORMAT!r} or {FORMAT_1!r})")
+            raise ModelError(f"not a simsearch encoder (format must be {FORMAT!r} or {FORMAT_1!r})", file=config_path)
         try:
             family, arch, metric, preprocess, dim, weights_sha = _parse_config(config)
             decoder_spec = _parse_decoder(config, family)
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise ModelError(f"{config_path}: missing or malformed field ({exc}) — re-train the model") from None
+            raise ModelError(
+                f"missing or malformed field ({exc})", file=config_path, remedy="re-train the model"
+            ) from None
         if int(arch.get("dim", -1)) != dim:
-            raise ModelError(f"{config_path}: 'dim' is {dim} but the architecture says {arch.get('dim')}")
+            raise ModelError(f"'dim' is {dim} but the architecture says {arch.get('dim')}", file=config_path)
         module = _load_tensors(
             weights_path, weights_sha, lambda: build_module(family, arch), f"the {family} architecture", "weights"
         )
@@ -311,25 +320,28 @@ class Encoder:
             )
         threshold, training = config.get("threshold"), config.get("training")
         if not isinstance(threshold, (dict, type(None))) or not isinstance(training, (dict, type(None))):
-            raise ModelError(f"{config_path}: 'threshold' and 'training' must be objects or null — re-train the model")
+            raise ModelError(
+                "'threshold' and 'training' must be objects or null", file=config_path, remedy="re-train the model"
+            )
         encoder = cls(family, arch, preprocess, module, metric, threshold, training or {}, decoder=decoder)
         try:
             probe = encoder.embed(np.zeros((1, preprocess.channels, *preprocess.size), dtype=np.float32))
         except RuntimeError as exc:
-            raise ModelError(f"{config_path}: the {family} architecture does not run ({str(exc)[:200]})") from None
+            raise ModelError(f"the {family} architecture does not run ({str(exc)[:200]})", file=config_path) from None
         if probe.shape != (1, dim):
-            raise ModelError(f"{config_path}: 'dim' is {dim} but the model produces {probe.shape[1]}")
+            raise ModelError(f"'dim' is {dim} but the model produces {probe.shape[1]}", file=config_path)
         if decoder is not None:
             try:
                 encoder.decode(np.zeros((1, dim), dtype=np.float32))
             except (RuntimeError, ModelError) as exc:
                 raise ModelError(
-                    f"{config_path}: the {family} decoder does not fit the encoder ({str(exc)[:200]}) — "
-                    "re-train or re-copy the model folder"
+                    f"the {family} decoder does not fit the encoder ({str(exc)[:200]})",
+                    file=config_path,
+                    remedy="re-train or re-copy the model folder",
                 ) from None
         stored_fingerprint = config.get("fingerprint")
         if stored_fingerprint is not None and stored_fingerprint != encoder.fingerprint:
-            raise ModelError(f"{config_path}: fingerprint does not match the weights — re-train the model")
+            raise ModelError("fingerprint does not match the weights", file=config_path, remedy="re-train the model")
         return encoder.to(device)
 
 
@@ -350,28 +362,31 @@ def _load_tensors(path: Path, sha256: str, build: Callable[[], nn.Module], archi
     built on the ``meta`` device (nothing allocated yet), and every value is finite. ``architecture`` and ``what``
     (``weights``, ``decoder``) name them in the errors, which are ``ModelError``s naming the file and the fix."""
     if not path.is_file():
-        raise ModelError(f"{path}: missing — the model folder is incomplete; re-train or re-copy it")
+        raise ModelError("missing", file=path, remedy="the model folder is incomplete; re-train or re-copy it")
     if _sha256_of(path) != sha256:
         raise ModelError(
-            f"{path}: its sha256 does not match {CONFIG} — the {what} {'were' if what == 'weights' else 'was'} "
-            "changed or damaged; re-train or re-copy the model folder"
+            f"its sha256 does not match {CONFIG}",
+            file=path,
+            remedy=f"the {what} {'were' if what == 'weights' else 'was'} changed or damaged; re-train or re-copy "
+            "the model folder",
         )
     try:
         with torch.device("meta"):  # shapes only: a hostile architecture allocates nothing here
             expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
     except (TypeError, ValueError, RuntimeError, KeyError, IndexError, OverflowError) as exc:
-        raise ModelError(f"{path.parent / CONFIG}: cannot build {architecture} ({exc})") from None
+        raise ModelError(f"cannot build {architecture} ({exc})", file=path.parent / CONFIG) from None
     try:
         with safe_open(str(path), framework="pt") as f:  # reads the header only
             stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(
-            f"{path}: not a safetensors file ({str(exc)[:200]}) — re-train or re-copy the model folder"
+            f"not a safetensors file ({str(exc)[:200]})", file=path, remedy="re-train or re-copy the model folder"
         ) from None
     if stored != expected:
         raise ModelError(
-            f"{path}: tensors do not fit {architecture} ({_mismatch(expected, stored)}) — "
-            "re-train or re-copy the model folder"
+            f"tensors do not fit {architecture} ({_mismatch(expected, stored)})",
+            file=path,
+            remedy="re-train or re-copy the model folder",
         )
     try:
         module = build()
@@ -380,11 +395,13 @@ def _load_tensors(path: Path, sha256: str, build: Callable[[], nn.Module], archi
     except (SafetensorError, RuntimeError, OSError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
-            f"{path}: tensors do not fit {architecture} ({first}) — re-train or re-copy the model folder"
+            f"tensors do not fit {architecture} ({first})", file=path, remedy="re-train or re-copy the model folder"
         ) from None
     if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
         raise ModelError(
-            f"{path}: some {'' if what == 'weights' else what + ' '}weights are NaN or infinite — re-train the model"
+            f"some {'' if what == 'weights' else what + ' '}weights are NaN or infinite",
+            file=path,
+            remedy="re-train the model",
         )
     return module
 
@@ -463,18 +480,23 @@ def check_model_target(folder: Path) -> None:
     if not folder.exists() and not folder.is_symlink():
         return
     if not folder.is_dir() or folder.is_symlink():
-        raise ModelError(f"'{folder}' exists and is a file or a link, not a folder — choose a new --out folder")
+        raise ModelError(
+            f"'{folder}' exists and is a file or a link, not a folder",
+            remedy=f"choose a new {option('out_dir')} folder",
+        )
     try:
         names = {entry.name for entry in os.scandir(folder)}
     except OSError as exc:
-        raise ModelError(f"'{folder}': cannot read it ({exc.strerror or exc}) — choose a new --out folder") from None
+        raise ModelError(
+            f"'{folder}': cannot read it ({exc.strerror or exc})", remedy=f"choose a new {option('out_dir')} folder"
+        ) from None
     if not names or (CONFIG in names and names <= set(MODEL_FILES) and _is_encoder_config(folder / CONFIG)):
         return
     others = sorted(names - set(MODEL_FILES)) or sorted(names)
     shown = ", ".join(repr(name) for name in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
     raise ModelError(
-        f"'{folder}' exists and is not a simsearch model folder (it holds {shown}) — simsearch will not replace "
-        f"it; choose a new --out folder, such as '{folder / 'model'}'"
+        f"'{folder}' exists and is not a simsearch model folder (it holds {shown})",
+        remedy=f"simsearch will not replace it; choose a new {option('out_dir')} folder, such as '{folder / 'model'}'",
     )
 
 

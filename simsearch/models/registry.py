@@ -18,6 +18,8 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from simsearch.errors import option
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -80,7 +82,7 @@ def register(family: Family) -> Family:
 register(
     Family(
         "autoencoder",
-        "reconstruct x from g(x) (add --contrastive-weight W to pull same-label images together too)",
+        f"reconstruct x from g(x) (add {option('contrastive_weight', 'W')} to pull same-label images together too)",
         encoder="autoencoder:ConvEncoder",
         decoder="autoencoder:ConvDecoder",
         objective="reconstruction",
@@ -98,7 +100,8 @@ register(
 register(
     Family(
         "vae",
-        "reconstruction + β·KL(N(μ,σ) ‖ N(0,1)), the embedding is μ (--beta trades reconstruction for a smoother space)",
+        f"reconstruction + β·KL(N(μ,σ) ‖ N(0,1)), the embedding is μ ({option('beta')} trades reconstruction for a "
+        "smoother space)",
         encoder="autoencoder:ConvEncoder",
         decoder="autoencoder:ConvDecoder",
         objective="variational",
@@ -107,10 +110,10 @@ register(
 register(
     Family(
         "siamese",
-        "a metric-learning loss on augmented images, embeddings on the unit sphere: --loss contrastive (same-label "
-        "pairs pulled to 0, different pairs pushed beyond --margin, 1.0), triplet (anchor nearer its positive than "
-        "its negative by --margin, 0.2, on semi-hard triplets mined in the batch) or ntxent (two augmented views of "
-        "one image agree, SimCLR's NT-Xent: no labels needed)",
+        f"a metric-learning loss on augmented images, embeddings on the unit sphere: {option('loss', 'contrastive')} "
+        f"(same-label pairs pulled to 0, different pairs pushed beyond {option('margin')}, 1.0), triplet (anchor "
+        f"nearer its positive than its negative by {option('margin')}, 0.2, on semi-hard triplets mined in the batch) "
+        "or ntxent (two augmented views of one image agree, SimCLR's NT-Xent: no labels needed)",
         encoder="autoencoder:ConvEncoder",
         objective="siamese",
         needs_labels=True,

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simsearch import __version__, processes, progress
-from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound
+from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound, option
 from simsearch.models.encoder import Encoder
 from simsearch.store.formats import (
     FIXED_NAMES,
@@ -78,7 +78,7 @@ __all__ = [
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few kilobytes; anything this large is not one
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-REBUILD = "rebuild with 'simsearch index IMAGES --rebuild'"  # the remedy for a damaged collection
+REBUILD = f"index the images again with {option('rebuild', 'true')}"  # the remedy for a damaged collection
 
 
 def resolve_path(name: str, home: Path) -> Path:
@@ -87,7 +87,7 @@ def resolve_path(name: str, home: Path) -> Path:
         return Path(name)
     if not NAME_PATTERN.match(name):
         raise CollectionError(
-            f"'{name}' is not a valid collection name — use letters, digits, '.', '_' and '-', or a path"
+            f"'{name}' is not a valid collection name", remedy="use letters, digits, '.', '_' and '-', or a path"
         )
     return Path(home) / name
 
@@ -142,21 +142,18 @@ class Collection:
 
     def read_manifest(self) -> dict[str, Any]:
         if not self.exists():
-            raise CollectionNotFound(
-                f"no collection at '{self.path}' — build it first with 'simsearch index IMAGES"
-                + (f" --name {self.path.name}'" if self.path.name != "default" else "'")
-            )
+            raise CollectionNotFound(f"no collection at '{self.path}'", remedy="index a folder into it first")
         try:
             if self.manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
                 raise ValueError(f"over {MAX_MANIFEST_BYTES:,} bytes")
             manifest = json.loads(self.manifest_path.read_text())
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON; deep nesting
             raise CollectionError(
-                f"{self.manifest_path}: unreadable ({type(exc).__name__}: {str(exc)[:200]}) — {REBUILD}"
+                f"unreadable ({type(exc).__name__}: {str(exc)[:200]})", file=self.manifest_path, remedy=REBUILD
             ) from None
         problems = manifest_problems(manifest)
         if problems:
-            raise CollectionError(f"{self.manifest_path}: {problems} — {REBUILD}")
+            raise CollectionError(problems, file=self.manifest_path, remedy=REBUILD)
         return manifest
 
     def load(self, attempts: int = 50) -> Snapshot:
@@ -174,8 +171,9 @@ class Collection:
             except FileNotFoundError as exc:
                 if self.read_manifest().get("generation") == manifest.get("generation") or attempt + 1 == attempts:
                     raise CollectionError(
-                        f"{self.path}: the manifest names '{Path(exc.filename or '?').name}', which is missing — "
-                        f"{REBUILD}"
+                        f"the manifest names '{Path(exc.filename or '?').name}', which is missing",
+                        file=self.path,
+                        remedy=REBUILD,
                     ) from None
                 time.sleep(0.001 * attempt)
         raise AssertionError("unreachable")
@@ -192,12 +190,14 @@ class Collection:
         except FileNotFoundError:
             raise  # removed by a commit since the manifest was read: load() reads the new one
         except OSError as exc:
-            raise CollectionError(f"{self.path}: a generation file is unreadable ({exc}) — {REBUILD}") from None
+            raise CollectionError(f"a generation file is unreadable ({exc})", file=self.path, remedy=REBUILD) from None
         checksums = manifest.get("sha256") or {}  # absent from manifests written before checksums were kept
         for key in GENERATION_KEYS:
             if key in checksums and hashlib.sha256(data[key]).hexdigest() != checksums[key]:
                 raise CollectionError(
-                    f"{paths[key]}: its sha256 does not match {MANIFEST} — the file was changed or damaged; {REBUILD}"
+                    f"its sha256 does not match {MANIFEST}",
+                    file=paths[key],
+                    remedy=f"the file was changed or damaged; {REBUILD}",
                 )
         dim = int(manifest["dim"])
         try:
@@ -205,25 +205,29 @@ class Collection:
             meta = pq.ParquetFile(pa.BufferReader(data["meta"])).read()
             skipped = pq.ParquetFile(pa.BufferReader(data["skipped"])).read()
         except (OSError, pa.ArrowException) as exc:
-            raise CollectionError(f"{self.path}: a generation file is unreadable ({exc}) — {REBUILD}") from None
+            raise CollectionError(f"a generation file is unreadable ({exc})", file=self.path, remedy=REBUILD) from None
         for key, table, schema in (("meta", meta, meta_schema(dim)), ("skipped", skipped, SKIPPED_SCHEMA)):
             if not table.schema.equals(schema):
-                raise CollectionError(f"{paths[key]}: its columns are not those of a simsearch collection — {REBUILD}")
+                raise CollectionError(
+                    "its columns are not those of a simsearch collection", file=paths[key], remedy=REBUILD
+                )
         try:
             index = vectors.deserialize(data["vectors"])
         except (RuntimeError, MemoryError):
-            raise CollectionError(f"{paths['vectors']}: not a valid FAISS index (damaged?) — {REBUILD}") from None
+            raise CollectionError("not a valid FAISS index (damaged?)", file=paths["vectors"], remedy=REBUILD) from None
         problem = vectors.index_problem(index, dim, str(manifest["metric"]))
         if problem:
-            raise CollectionError(f"{paths['vectors']}: {problem} — {REBUILD}")
+            raise CollectionError(problem, file=paths["vectors"], remedy=REBUILD)
         if not index.ntotal == meta.num_rows == manifest["count"]:
             raise CollectionError(
-                f"{self.path}: the vectors ({index.ntotal}), the metadata ({meta.num_rows} rows) and the manifest "
-                f"(count {manifest['count']}) disagree — {REBUILD}"
+                f"the vectors ({index.ntotal}), the metadata ({meta.num_rows} rows) and the manifest "
+                f"(count {manifest['count']}) disagree",
+                file=self.path,
+                remedy=REBUILD,
             )
         ids = int64_column(meta, "id")
         if not np.array_equal(np.sort(vectors.index_ids(index)), np.sort(ids)) or len(np.unique(ids)) != len(ids):
-            raise CollectionError(f"{self.path}: the ids of the vectors and of the metadata differ — {REBUILD}")
+            raise CollectionError("the ids of the vectors and of the metadata differ", file=self.path, remedy=REBUILD)
         _check_embeddings(meta, index, ids, str(manifest["metric"]), paths)
         return Snapshot(self.path, manifest, meta, skipped, index)
 
@@ -232,7 +236,9 @@ class Collection:
         encoder = Encoder.load(self.path / manifest["files"]["encoder"], device=device)
         if encoder.fingerprint != manifest["encoder"]["fingerprint"]:
             raise CollectionError(
-                f"{self.path}: its encoder folder does not match the manifest's fingerprint — rebuild with --rebuild"
+                "its encoder folder does not match the manifest's fingerprint",
+                file=self.path,
+                remedy=f"rebuild with {option('rebuild', 'true')}",
             )
         return encoder
 
@@ -254,11 +260,14 @@ class Collection:
         try:
             names = {entry.name for entry in os.scandir(self.path)}
         except NotADirectoryError:
-            raise CollectionError(f"'{self.path}' is a file, not a collection folder — choose another --name") from None
+            raise CollectionError(
+                f"'{self.path}' is a file, not a collection folder", remedy=f"choose another {option('name')}"
+            ) from None
         except OSError as exc:
             raise CollectionError(
-                f"{self.path}: cannot read the folder ({os.strerror(exc.errno) if exc.errno else exc}) — "
-                "make it readable, or choose another --name"
+                f"cannot read the folder ({os.strerror(exc.errno) if exc.errno else exc})",
+                file=self.path,
+                remedy=f"make it readable, or choose another {option('name')}",
             ) from None
         if MARKER in names or names <= {LOCK} or (MANIFEST in names and self._peek(MANIFEST) is not None):
             return
@@ -267,8 +276,8 @@ class Collection:
             f" and {len(others) - 3} more" if len(others) > 3 else ""
         )
         raise CollectionError(
-            f"'{self.path}' is not a simsearch collection (it holds {shown}) — simsearch will not write there; "
-            "choose another --name, or a new or empty folder"
+            f"'{self.path}' is not a simsearch collection (it holds {shown})",
+            remedy=f"simsearch will not write there; choose another {option('name')}, or a new or empty folder",
         )
 
     def _mark(self) -> None:
@@ -297,8 +306,9 @@ class Collection:
             if not (self.path / LOCK).is_file():
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 raise CollectionError(
-                    f"{self.path}: cannot write to the collection folder ({reason}) — make it writable, "
-                    "or choose another --home or --name"
+                    f"cannot write to the collection folder ({reason})",
+                    file=self.path,
+                    remedy=f"make it writable, or choose another {option('home')} or {option('name')}",
                 ) from None
             # A read-only folder: a read-only descriptor still takes the lock, and a run with nothing to
             # commit succeeds; a commit fails with its own clear error.
@@ -309,8 +319,8 @@ class Collection:
                 fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 raise CollectionLocked(
-                    f"another simsearch process is writing to '{self.path}' — wait for it to finish, "
-                    "or pass --wait to queue behind it"
+                    f"another simsearch process is writing to '{self.path}'",
+                    remedy=f"wait for it to finish, or pass {option('wait', 'true')} to queue behind it",
                 ) from None
             self._mark()
             self._recover()
@@ -510,8 +520,9 @@ class Collection:
         reason, switched = failure
         if switched:
             raise CollectionError(
-                f"{self.path}: generation {generation} was committed, but then {reason} ({writing}) — "
-                "check the disk before trusting this collection"
+                f"generation {generation} was committed, but then {reason} ({writing})",
+                file=self.path,
+                remedy="check the disk before trusting this collection",
             )
         live = previous if self.manifest_name == MANIFEST else self._peek(MANIFEST)
         kept = "the collection is as it was " + (
@@ -521,8 +532,9 @@ class Collection:
         if staged:
             kept += f", and the rebuild keeps the {staged['count']} images it committed"
         raise CollectionError(
-            f"{self.path}: could not write {writing} ({reason}) — {kept}; "
-            "free some space or make the folder writable, then run the same command again"
+            f"could not write {writing} ({reason})",
+            file=self.path,
+            remedy=f"{kept}; free some space or make the folder writable, then run the same command again",
         )
 
     def _discard_unless_current(self, generation: int, written: list[str], journal_before: list[str]) -> bool:
@@ -642,8 +654,10 @@ def _check_embeddings(meta: pa.Table, index: Any, ids: np.ndarray, metric: str, 
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         raise CollectionError(
-            f"{paths['meta']}: row {row} (id {ids[row]}, {meta.column('path')[row].as_py()!r}) holds a NaN or "
-            f"infinite embedding ({int((~finite).sum())} rows in all) — {REBUILD}"
+            f"row {row} (id {ids[row]}, {meta.column('path')[row].as_py()!r}) holds a NaN or "
+            f"infinite embedding ({int((~finite).sum())} rows in all)",
+            file=paths["meta"],
+            remedy=REBUILD,
         )
     row_of = vectors.lookup(np.arange(len(ids)), ids)
     for stored_ids, stored in vectors.stored_vectors(index):
@@ -653,8 +667,10 @@ def _check_embeddings(meta: pa.Table, index: Any, ids: np.ndarray, metric: str, 
         if wrong.any():
             row = int(rows[np.flatnonzero(wrong)[0]])
             raise CollectionError(
-                f"{paths['vectors']}: the vector of id {ids[row]} ({meta.column('path')[row].as_py()!r}) differs "
-                f"from its embedding in {paths['meta'].name} — {REBUILD}"
+                f"the vector of id {ids[row]} ({meta.column('path')[row].as_py()!r}) differs "
+                f"from its embedding in {paths['meta'].name}",
+                file=paths["vectors"],
+                remedy=REBUILD,
             )
 
 

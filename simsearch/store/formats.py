@@ -86,7 +86,11 @@ def _view(array: pa.Array, dtype: type, start: int, count: int) -> np.ndarray:
     if count == 0:
         return np.zeros(0, dtype)
     itemsize = np.dtype(dtype).itemsize
-    return np.frombuffer(array.buffers()[1], dtype=dtype, count=count, offset=(array.offset + start) * itemsize)
+    view: np.ndarray = np.frombuffer(
+        array.buffers()[1], dtype=dtype, count=count, offset=(array.offset + start) * itemsize
+    )
+    view.flags.writeable = False  # the table's own memory: writing into it would change the table
+    return view
 
 
 _KIND_NAMES = {int: "an integer", str: "a string", dict: "an object"}

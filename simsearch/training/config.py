@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simsearch.errors import UsageError
+from simsearch.errors import UsageError, option
 from simsearch.io import (
     MAX_SIDE,
     RESIZE_MODES,
@@ -50,41 +50,48 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.family not in REGISTRY:
-            raise UsageError(f"unknown family {self.family!r} — use one of: {', '.join(family_names())}")
+            raise UsageError(f"unknown family {self.family!r}", remedy=f"use one of: {', '.join(family_names())}")
         if self.loss not in LOSSES:
-            raise UsageError(f"unknown loss {self.loss!r} — use one of: {', '.join(LOSSES)}")
+            raise UsageError(f"unknown loss {self.loss!r}", remedy=f"use one of: {', '.join(LOSSES)}")
         if self.resize not in RESIZE_MODES:
-            raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}, not {self.resize!r}")
+            raise UsageError(f"{option('resize')} must be one of {', '.join(RESIZE_MODES)}, not {self.resize!r}")
         if self.invert not in ("auto", "yes", "no"):
-            raise UsageError(f"--invert must be auto, yes or no, not {self.invert!r}")
+            raise UsageError(f"{option('invert')} must be auto, yes or no, not {self.invert!r}")
         if self.batch_size is not None and self.batch_size < 2:
-            raise UsageError(f"--batch-size must be at least 2, not {self.batch_size}")
+            raise UsageError(f"{option('batch_size')} must be at least 2, not {self.batch_size}")
         if self.dim < 1:
-            raise UsageError(f"--dim must be at least 1, not {self.dim}")
+            raise UsageError(f"{option('dim')} must be at least 1, not {self.dim}")
         if not 0 <= self.ema < 1:
-            raise UsageError(f"--ema must be in [0, 1) (0: off; 0.995, say), not {self.ema}")
+            raise UsageError(f"{option('ema')} must be in [0, 1) (0: off; 0.995, say), not {self.ema}")
         if self.projection < 0 or self.similar_labels < 0:
-            raise UsageError("--projection and --similar-labels must be ≥ 0")
+            raise UsageError(f"{option('projection')} and {option('similar_labels')} must be ≥ 0")
         if self.projection > 0 and self.family_record.objective != "siamese":
-            raise UsageError("--projection is a head for the Siamese losses: use it with --family siamese")
+            raise UsageError(
+                f"{option('projection')} is a head for the Siamese losses: use it with {option('family', 'siamese')}"
+            )
         if self.similar_labels > 1 and not (self.family_record.objective == "siamese" and self.uses_labels):
             raise UsageError(
-                "--similar-labels builds batches of labels: use it with --family siamese and --loss "
-                "contrastive or triplet"
+                f"{option('similar_labels')} builds batches of labels: use it with {option('family', 'siamese')} "
+                f"and {option('loss', 'contrastive')} or triplet"
             )
         if self.class_augment not in CLASS_AUGMENTS:
-            raise UsageError(f"--class-augment must be one of {', '.join(CLASS_AUGMENTS)}, not {self.class_augment!r}")
+            raise UsageError(
+                f"{option('class_augment')} must be one of {', '.join(CLASS_AUGMENTS)}, not {self.class_augment!r}"
+            )
         if self.class_augment != "none" and not self.uses_labels:
             raise UsageError(
-                "--class-augment makes new labels, so it needs a labelled loss: --family siamese with --loss "
-                "contrastive or triplet, or --contrastive-weight"
+                f"{option('class_augment')} makes new labels, so it needs a labelled loss: "
+                f"{option('family', 'siamese')} with {option('loss', 'contrastive')} or triplet, or "
+                f"{option('contrastive_weight')}"
             )
         if self.epochs < 1:
-            raise UsageError(f"--epochs must be at least 1, not {self.epochs}")
+            raise UsageError(f"{option('epochs')} must be at least 1, not {self.epochs}")
         if self.max_seconds <= 0:
             raise UsageError(f"the training time limit must be positive, not {self.max_seconds}")
         if self.beta < 0 or self.contrastive_weight < 0 or (self.margin is not None and self.margin <= 0):
-            raise UsageError("--beta and --contrastive-weight must be ≥ 0, and --margin > 0")
+            raise UsageError(
+                f"{option('beta')} and {option('contrastive_weight')} must be ≥ 0, and {option('margin')} > 0"
+            )
         parse_size(self.size)
 
     @property
@@ -111,7 +118,7 @@ def parse_size(text: str) -> tuple[int, int] | None:
     if len(dims) == 1:
         dims = dims * 2
     if len(dims) != 2 or min(dims) < 1 or max(dims) > MAX_SIDE:
-        raise UsageError(f"--size must be 'auto' or HxW such as 64x64 (sides 1..{MAX_SIDE}), not {text!r}")
+        raise UsageError(f"{option('size')} must be 'auto' or HxW such as 64x64 (sides 1..{MAX_SIDE}), not {text!r}")
     return dims[0], dims[1]
 
 

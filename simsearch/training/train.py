@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simsearch.errors import DataError, UsageError
+from simsearch.errors import DataError, UsageError, option
 from simsearch.io import (
     ImageError,
     ImageFileEntry,
@@ -116,8 +116,8 @@ def train_neural(
     y, classes = encode_labels(labels)
     if config.uses_labels and len(classes) < 2:
         raise DataError(
-            f"--family {config.family} with this loss needs labels: put each class in its own sub-folder "
-            "(at least 2), or use --loss ntxent, which needs none"
+            f"{option('family', config.family)} with this loss needs labels: put each class in its own sub-folder "
+            f"(at least 2), or use {option('loss', 'ntxent')}, which needs none"
         )
     split = split_for_validation(y, config.val_fraction, config.seed)
     x_train, y_train, split_train = with_class_augment(images, y, split, config.class_augment)
@@ -147,8 +147,8 @@ def with_class_augment(
         return images, y, split
     if images.shape[2] != images.shape[3]:
         raise UsageError(
-            f"--class-augment {mode} turns images by 90°, so it needs square inputs, not "
-            f"{images.shape[2]}×{images.shape[3]}: add --size 64x64 (say)"
+            f"{option('class_augment', mode)} turns images by 90°, so it needs square inputs, not "
+            f"{images.shape[2]}×{images.shape[3]}: add {option('size', '64x64')} (say)"
         )
     x, labels, rows = add_transformed_classes(images, y, split.train, mode)
     return x, labels, Split(rows, split.val, split.mode)

@@ -11,6 +11,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from simsearch.errors import UsageError, option
 from simsearch.vectors.gpu import cagra_available, gpu_resources, is_cagra_on_gpu, is_on_gpu, on_cpu, to_gpu
 from simsearch.vectors.ops import add_vectors, check_metric, new_index, prepare
 
@@ -35,14 +36,14 @@ RECALL_TARGET = 0.95
 MIN_TRAINED = {"ivf": 100, "ivfpq": 100}
 
 
-def too_few(kind: str, n: int) -> str:
-    """Why an index of type ``kind`` cannot be built over ``n`` vectors, or ""."""
+def too_few(kind: str, n: int) -> UsageError | None:
+    """Why an index of type ``kind`` cannot be built over ``n`` vectors, or None."""
     least = MIN_TRAINED.get(kind, 0)
     if n >= least:
-        return ""
-    return (
-        f"--type {kind} needs at least {least} images to train on, and the collection would hold {n} — "
-        "use --type flat (exact search, and fast at this size)"
+        return None
+    return UsageError(
+        f"{option('index_type', kind)} needs at least {least} images to train on, and the collection would hold {n}",
+        remedy=f"use {option('index_type', 'flat')} (exact search, and fast at this size)",
     )
 
 
@@ -225,15 +226,16 @@ def plan(requested: str, n: int, dim: int, current: IndexSpec | None, trained_on
     one if approximate, else IVF). An IVF index is retrained once the collection has grown four-fold since
     its training, as its cells are then too crowded. A CAGRA graph is rebuilt whenever the collection has
     changed since it was built and a GPU can rebuild it: vectors added on a CPU go into its HNSW form only,
-    and the GPU takes only a graph that CAGRA built (see ``gpu_ready``). ``ValueError`` (``too_few``): ``n`` is
+    and the GPU takes only a graph that CAGRA built (see ``gpu_ready``). ``UsageError`` (``too_few``): ``n`` is
     too few vectors to build the requested type from.
     """
     if requested == "auto":
         kind = "flat" if n <= EXACT_LIMIT else (current.type if current and not current.exact else "ivf")
     else:
         kind = requested
-    if too_few(kind, n):
-        raise ValueError(too_few(kind, n))
+    problem = too_few(kind, n)
+    if problem is not None:
+        raise problem
     if current is None or current.type != kind:
         return default_spec(kind, n, dim)
     if kind in ("ivf", "ivfpq") and trained_on and n > 4 * trained_on:
