@@ -19,7 +19,7 @@ case "${1:-}" in
   tests)
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     python3 -c "import faiss, torch; print('faiss', faiss.__version__, 'gpus', faiss.get_num_gpus(), 'cagra', hasattr(faiss, 'GpuIndexCagra'), 'torch', torch.__version__)"
-    python3 -m pytest -q -p no:cacheprovider -x tests/test_vectors.py tests/test_indexing.py tests/test_cli.py tests/test_train.py 2>&1 \
+    python3 -m pytest -q -p no:cacheprovider -x tests/vectors/test_vectors.py tests/indexing/test_indexing.py tests/cli/test_cli.py tests/training/test_train.py 2>&1 \
       | tee "$OUT/pytest_gpu.log" | tail -20
     python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -3 ;;
   real) speed --only real --types flat ivf ivfpq cagra 2>&1 | grep -v Warning ;;

@@ -12,16 +12,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from simsearch import metrics
-from simsearch.cli import app
 from simsearch.errors import DataError, ImageError, ModelError, UsageError
 from simsearch.models.encoder import Encoder
 from simsearch.verification import Verifier, operating_point, pair_metrics, read_pairs
+from tests.helpers import invoke
 
 runner = CliRunner()
-
-
-def invoke(*args: object):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_operating_points(pixels_model: Path) -> None:

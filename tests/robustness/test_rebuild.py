@@ -12,20 +12,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simsearch.cli import app
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.store.collection import Collection
 from tests.conftest import ForkServer, consistent_snapshot, write_folder
-from tests.test_crash import rows_of
+from tests.helpers import invoke
+from tests.robustness.test_crash import rows_of
 
 REBUILD = ["--rebuild", "--model", "pca", "--dim", "4", "--batch-size", "4", "--checkpoint-every", "4"]
 FAST = ["--workers", "1", "--device", "cpu"]
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture

@@ -12,14 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from simsearch.cli import app
+from tests.helpers import error_lines, invoke
 
 runner = CliRunner()
 SIMSEARCH = shutil.which("simsearch", path=str(Path(sys.executable).parent)) or "simsearch"
-
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -68,10 +64,6 @@ def test_info(indexed: Path, image_folder: Path) -> None:
     assert "pixels" in result.output and "bad.png" in result.output
     data = json.loads(invoke("info", "--home", indexed, "--json").stdout)
     assert data["count"] == 15 and data["skipped"] == 1 and data["metric"] == "l2"
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
 
 
 def test_query_against_missing_collection_is_one_error_line(tmp_path: Path, image_folder: Path) -> None:

@@ -27,7 +27,7 @@ from simsearch.io import LoadJob, find_images, load_image
 from simsearch.models.encoder import Encoder
 from simsearch.store.collection import Collection, embeddings_of
 from tests.conftest import consistent_snapshot, pattern
-from tests.test_indexing import write_broken_files
+from tests.indexing.test_indexing import write_broken_files
 
 
 class InlineEmbedder:

@@ -1,6 +1,6 @@
 """Bad input never costs work: the bad-input corpus through ``index``, ``--strict``, a full disk, a read-only folder.
 
-The corpus (tests/corpus.py) is generated here; no data files. Files are made unreadable with chmod, and where
+The corpus (tests/robustness/corpus.py) is generated here; no data files. Files are made unreadable with chmod, and where
 the tests run as root (who reads everything anyway) the refusal is simulated at ``open``. A full disk and a
 read-only folder are simulated by writers that fail the way the kernel does (every write step, one at a time),
 and, where the tests may mount, are real: a 2 MB tmpfs, filled up, then remounted read-only.
@@ -23,16 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
-from typer.testing import CliRunner
 
 from simsearch import vectors
-from simsearch.cli import app
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.io import MAX_PIXELS
 from simsearch.search import Searcher
 from simsearch.store.collection import Collection, embeddings_of
 from tests.conftest import consistent_snapshot, pattern, run_with_timeout
-from tests.corpus import NON_UTF8_NAME, NON_UTF8_REL, Corpus, write_corpus
+from tests.helpers import error_lines, invoke
+from tests.robustness.corpus import NON_UTF8_NAME, NON_UTF8_REL, Corpus, write_corpus
 
 GOOD = 15  # the images of the image_folder fixture
 
@@ -76,14 +75,6 @@ def corpus(image_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Corpus:
 
 def pixels_config(**changes) -> IndexConfig:
     return IndexConfig(**{"model": "pixels", "device": "cpu", "workers": 2, **changes})
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
 
 
 def collection_state(collection: Collection) -> tuple[dict, list[str], int]:

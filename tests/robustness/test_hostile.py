@@ -19,9 +19,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
-from simsearch.cli import app
 from simsearch.errors import ModelError
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.io import Preprocess
@@ -30,12 +28,9 @@ from simsearch.models.encoder import Encoder
 from simsearch.search import Searcher
 from simsearch.store.collection import Collection
 from tests.conftest import consistent_snapshot
+from tests.helpers import invoke
 
 REMEDY = ("--rebuild", "re-train", "re-copy", "made by training")
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def tiny_model(folder: Path, seed: int = 0) -> Path:

@@ -23,6 +23,7 @@ from simsearch.io import LoadedImage, Preprocess, find_images, load_image
 from simsearch.search import Searcher
 from simsearch.store.collection import Collection
 from tests.conftest import encode, pattern, write_folder
+from tests.helpers import after_magic, mutated
 
 FUZZ = settings(
     deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow], max_examples=120
@@ -78,26 +79,8 @@ def odd_images(draw) -> bytes:
         return encode(img, fmt)
 
 
-@st.composite
-def damaged_images(draw) -> bytes:
-    """An odd image with a few bytes changed, cut out, or cut off."""
-    data = bytearray(draw(odd_images()))
-    for _ in range(draw(st.integers(1, 4))):
-        if not data:
-            break
-        at = draw(st.integers(0, len(data) - 1))
-        operation = draw(st.sampled_from(["set", "cut", "truncate"]))
-        if operation == "set":
-            data[at] = draw(st.integers(0, 255))
-        elif operation == "cut":
-            del data[at : at + draw(st.integers(1, 16))]
-        else:
-            del data[at:]
-    return bytes(data)
-
-
-random_bytes = st.tuples(st.sampled_from(MAGIC), st.binary(max_size=3000)).map(lambda t: t[0] + t[1])
-any_file = st.one_of(random_bytes, odd_images(), damaged_images())
+random_bytes = after_magic(MAGIC, 3000)
+any_file = st.one_of(random_bytes, odd_images(), mutated(odd_images()))
 specs = st.builds(
     Preprocess,
     size=st.tuples(st.integers(1, 48), st.integers(1, 48)),

@@ -37,6 +37,7 @@ from simsearch.io import (
     trim,
 )
 from tests.conftest import encode, handmade_png, run_with_timeout
+from tests.helpers import after_magic, mutated
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -857,34 +858,14 @@ def _valid_samples() -> list[bytes]:
 
 VALID_SAMPLES = _valid_samples()
 
-random_with_magic = st.tuples(
-    st.sampled_from([b"", PNG_MAGIC, JPEG_MAGIC, GIF_MAGIC, b"II*\x00", b"BM", b"P5\n"]),
-    st.binary(max_size=2000),
-).map(lambda t: t[0] + t[1])
-
-
-@st.composite
-def mutated_image(draw) -> bytes:
-    data = bytearray(draw(st.sampled_from(VALID_SAMPLES)))
-    for _ in range(draw(st.integers(1, 6))):
-        if not data:
-            break
-        at = draw(st.integers(0, len(data) - 1))
-        op = draw(st.sampled_from(["set", "cut", "truncate"]))
-        if op == "set":
-            data[at] = draw(st.integers(0, 255))
-        elif op == "cut":
-            del data[at : at + draw(st.integers(1, 8))]
-        else:
-            del data[at:]
-    return bytes(data)
+random_with_magic = after_magic([b"", PNG_MAGIC, JPEG_MAGIC, GIF_MAGIC, b"II*\x00", b"BM", b"P5\n"], 2000)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about corrupt EXIF/TIFF tags
 @settings(
     max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
-@given(st.one_of(random_with_magic, mutated_image()))
+@given(st.one_of(random_with_magic, mutated(st.sampled_from(VALID_SAMPLES), operations=6, cut=8)))
 def test_decode_image_only_raises_image_error(data: bytes) -> None:
     try:
         img = decode_image(data, "fuzz")

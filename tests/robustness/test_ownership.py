@@ -9,22 +9,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simsearch.cli import app
 from simsearch.errors import CollectionError, ModelError
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.models.encoder import Encoder
 from simsearch.store.collection import Collection
 from tests.conftest import consistent_snapshot
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
+from tests.helpers import error_lines, invoke
 
 
 def snapshot_of(folder: Path) -> dict[str, bytes | None]:

@@ -19,22 +19,17 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
-from simsearch.cli import app
 from simsearch.errors import ModelError
 from simsearch.io import Preprocess, find_images, load_images
 from simsearch.models.autoencoder import ConvDecoder, ConvEncoder
 from simsearch.models.encoder import MODEL_FILES, Encoder
 from simsearch.models.registry import REGISTRY, build_decoder
 from simsearch.training import TrainConfig
+from tests.helpers import invoke
 
 FORMAT1 = Path(__file__).parent / "fixtures" / "format1-autoencoder"
 ARCH = {"channels": 1, "size": [16, 16], "dim": 4, "widths": [4, 8]}
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def tiny_autoencoder(folder: Path, seed: int = 0) -> Path:
@@ -184,7 +179,7 @@ def test_a_collection_copies_the_decoder(image_folder: Path, tmp_path: Path) -> 
 
 
 def test_a_format1_folder_loads_and_embeds_identically(tmp_path: Path) -> None:
-    """tests/fixtures/format1-autoencoder/model was trained and saved by simsearch at commit 0520881 (see
+    """tests/models/fixtures/format1-autoencoder/model was trained and saved by simsearch at commit 0520881 (see
     make_fixture.py there), with the embeddings that release gave for inputs.npy."""
     folder = FORMAT1 / "model"
     stored = json.loads((folder / "encoder.json").read_text())

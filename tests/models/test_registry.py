@@ -21,7 +21,7 @@ from simsearch.errors import ModelError, UsageError, spell
 from simsearch.models.registry import REGISTRY, Family, family_names, get_family
 from simsearch.training import NEURAL, TRAINABLE, TrainConfig
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def family_table(text: str) -> list[list[str]]:

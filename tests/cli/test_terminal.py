@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 import simsearch.cli.core as cli_core
 import simsearch.cli.render as render
 import simsearch.cli.train as cli_train
-from simsearch.cli import app
 from tests.conftest import pattern, write_folder
+from tests.helpers import invoke
 
 SIMSEARCH = shutil.which("simsearch", path=str(Path(sys.executable).parent)) or "simsearch"
 
@@ -57,10 +56,6 @@ ROOT = ("imgs[", "u]\x1b[5m")
 ROOT_SHOWN = "imgs[/u]\\x1b[5m"
 HOME = ("home[", "x]\x1b[0m")
 HOME_SHOWN = "home[/x]\\x1b[0m"
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def raw_controls(text: str) -> list[str]:

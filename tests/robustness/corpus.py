@@ -28,7 +28,7 @@ class Corpus:
     indexed: dict[str, tuple[int, int]] = field(default_factory=dict)  # rel → stored (width, height)
     skipped: dict[str, str] = field(default_factory=dict)  # rel → regex the reason must match
     ignored: list[str] = field(default_factory=list)  # neither indexed nor listed
-    unreadable: list[Path] = field(default_factory=list)  # made unreadable (see tests/test_robustness.py)
+    unreadable: list[Path] = field(default_factory=list)  # made unreadable (see tests/robustness/test_robustness.py)
 
     @property
     def bad_inputs(self) -> int:

@@ -13,20 +13,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 import simsearch.store.collection
-from simsearch.cli import app
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.search import Searcher
 from simsearch.store.collection import Collection
 from tests.conftest import ForkServer, consistent_snapshot, pattern, write_folder
+from tests.helpers import invoke
 
 PIXELS = ["--model", "pixels", "--workers", "1", "--device", "cpu"]
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def wait_for(condition, timeout: float = 30) -> None:
