@@ -4,6 +4,7 @@ that make damaged and random image files. (Fixtures live in conftest.py.)"""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
@@ -44,3 +45,14 @@ def mutated(draw: Any, source: st.SearchStrategy[bytes], operations: int = 4, cu
 def after_magic(magics: Sequence[bytes], max_size: int) -> st.SearchStrategy[bytes]:
     """Random bytes after one of ``magics``: what a reader that trusts the first bytes of a file must survive."""
     return st.tuples(st.sampled_from(list(magics)), st.binary(max_size=max_size)).map(lambda t: t[0] + t[1])
+
+
+class Payload:
+    """A pickle payload: unpickling it runs ``Path.touch(marker)``, so the marker file proves whether it ran (what
+    a model file that is secretly a pickle must never do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return (Path.touch, (self.marker,))

@@ -26,7 +26,7 @@ from simsearch.models.autoencoder import ConvDecoder, ConvEncoder
 from simsearch.models.encoder import MODEL_FILES, Encoder
 from simsearch.models.registry import REGISTRY, build_decoder
 from simsearch.training import TrainConfig
-from tests.helpers import invoke
+from tests.helpers import Payload, invoke
 
 FORMAT1 = Path(__file__).parent / "fixtures" / "format1-autoencoder"
 ARCH = {"channels": 1, "size": [16, 16], "dim": 4, "widths": [4, 8]}
@@ -261,16 +261,6 @@ def test_a_tampered_decoder_is_refused(tmp_path: Path) -> None:
     path.unlink()
     with pytest.raises(ModelError, match=r"decoder\.safetensors: missing — the model folder is incomplete"):
         Encoder.load(model)
-
-
-class Payload:
-    """Unpickling this runs ``Path.touch(marker)``: the marker file proves whether the payload ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 @pytest.mark.parametrize("form", ["pickle", "torch.save"])

@@ -28,7 +28,7 @@ from simsearch.models.encoder import Encoder
 from simsearch.search import Searcher
 from simsearch.store.collection import Collection
 from tests.conftest import consistent_snapshot
-from tests.helpers import invoke
+from tests.helpers import Payload, invoke
 
 REMEDY = ("--rebuild", "re-train", "re-copy", "made by training")
 
@@ -355,16 +355,6 @@ def test_a_weights_file_that_is_not_safetensors(tmp_path: Path, content: bytes) 
 
 # ----------------------------------------------------------------------------------------------------------------
 # pickle: never
-
-
-class Payload:
-    """Unpickling this runs ``Path.touch(marker)``: the marker file proves whether the payload ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 @pytest.mark.parametrize("form", ["pickle", "torch.save"])
