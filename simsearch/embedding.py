@@ -22,9 +22,9 @@ import numpy as np
 
 from simsearch.errors import ImageError, ModelError, option
 from simsearch.io import LoadedImage, Preprocess, load_images
+from simsearch.metrics import METRICS
 from simsearch.models.encoder import Encoder
 from simsearch.progress import Progress, no_progress
-from simsearch.vectors import METRICS
 
 
 @dataclass

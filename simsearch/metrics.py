@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 #: Operating points stored with every calibration, beside the EER point.
+#: The distances simsearch measures embeddings by: Euclidean (``l2``) and 1 − cosine similarity (``cosine``).
+METRICS = ("l2", "cosine")
 FAR_TARGETS = (("far_1%", 0.01), ("far_0.1%", 0.001))
 #: Most points of the ROC curve kept in ``encoder.json`` (enough to pick a threshold for any FAR).
 CURVE_POINTS = 256

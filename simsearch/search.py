@@ -211,24 +211,12 @@ class Searcher:
         return self._current.index
 
     @property
-    def spec(self) -> vectors.IndexSpec:
-        return self._current.spec
-
-    @property
-    def params(self) -> Any:
-        return self._current.params
-
-    @property
     def float16(self) -> bool:
         return self._current.float16
 
     @property
     def meta(self) -> pa.Table:
         return self._current.meta
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self._current.ids
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -239,24 +227,12 @@ class Searcher:
         return self._current.dense_ids
 
     @property
-    def rerank_on_gpu(self) -> bool:
-        return self._current.rerank_on_gpu
-
-    @property
     def count(self) -> int:
         return self._current.count
 
     @property
-    def row_of_sha(self) -> dict[str, int]:
-        return self._current.row_of_sha()
-
-    @property
     def on_gpu(self) -> bool:
         return vectors.is_on_gpu(self._current.index)
-
-    def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Metadata row numbers of FAISS ids (any shape)."""
-        return self._current.rows_of(ids)
 
     # --- loading and reloading ---------------------------------------------------------------------------------
 

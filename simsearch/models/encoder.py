@@ -35,6 +35,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from simsearch import __version__
 from simsearch.errors import ModelError, UsageError, option
 from simsearch.io import Preprocess
+from simsearch.metrics import METRICS
 from simsearch.models.registry import arch_of, build_decoder, build_module, family_names, get_family
 
 FORMAT = "simsearch.encoder/2"
@@ -47,7 +48,6 @@ CONFIG = "encoder.json"
 HISTORY = "history.jsonl"
 #: Everything a model folder may hold: replacing one removes these names and nothing else.
 MODEL_FILES = (CONFIG, WEIGHTS, DECODER, HISTORY)
-METRICS = ("l2", "cosine")
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # encoder.json is a few kilobytes
 #: The remedy for a path that is no model folder.
 TRAINED_FOLDER = "pass a model folder made by training"

@@ -339,14 +339,10 @@ class Collection:
 
     def _peek(self, name: str) -> dict[str, Any] | None:
         """The manifest ``name`` (``manifest.json`` or ``rebuild.json``) if it exists and is valid, else None."""
-        path = self.path / name
         try:
-            if path.stat().st_size > MAX_MANIFEST_BYTES:
-                return None
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError):
+            return Collection(self.path, name).read_manifest()
+        except (CollectionNotFound, CollectionError):
             return None
-        return None if manifest_problems(manifest) else manifest
 
     def _named_by(self, name: str) -> list[str]:
         """The plain file names a manifest of this folder names, even one that fails its checks (a damaged

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from simsearch.metrics import METRICS
+
 FORMAT = "simsearch.collection/1"
 MANIFEST = "manifest.json"
 #: The manifest of an unfinished ``index --rebuild``: a whole collection of its own, written beside the live one
@@ -113,7 +115,7 @@ def manifest_problems(manifest: Any) -> str:
             return f"'{key}' is missing or not {_KIND_NAMES[kind]}"
     if manifest["generation"] < 0 or manifest["count"] < 0 or manifest["dim"] < 1:
         return "'generation', 'count' or 'dim' is out of range"
-    if manifest["metric"] not in ("l2", "cosine"):
+    if manifest["metric"] not in METRICS:
         return f"unknown metric {manifest['metric'][:20]!r}"
     files = manifest["files"]
     for key in (*GENERATION_KEYS, "encoder"):

@@ -15,9 +15,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from simsearch.metrics import METRICS
 from simsearch.vectors.gpu import on_cpu
-
-METRICS = ("l2", "cosine")
 
 
 def check_metric(metric: str) -> None:
