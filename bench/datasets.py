@@ -53,3 +53,32 @@ def copy_omniglot(target: Path, alphabets: list[str]) -> Path:
         if not (target / alphabet).exists():
             shutil.copytree(source / alphabet, target / alphabet)
     return target
+
+
+FACES = "faces-att"
+SIGNATURES = "signatures-sigcomp"
+FORGERY_SUFFIX = "_forg"
+
+
+def identity_folders(root: Path) -> dict[str, list[Path]]:
+    """The identities of a verification data set and their folders: ``sN`` → [sN] for faces; ``WWW`` →
+    [WWW, WWW_forg] for signatures (the skilled forgeries of a writer belong to that writer's identity)."""
+    identities: dict[str, list[Path]] = {}
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        identities.setdefault(folder.name.removesuffix(FORGERY_SUFFIX), []).append(folder)
+    return identities
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files of one identity folder, sorted."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".png", ".pgm"})
+
+
+def copy_identities(target: Path, identities: dict[str, list[Path]], names: list[str]) -> Path:
+    """A folder holding every folder of the named identities, as a user would have them: labels are the folder
+    names (``WWW`` and ``WWW_forg`` are two labels)."""
+    for name in names:
+        for folder in identities[name]:
+            if not (target / folder.name).exists():
+                shutil.copytree(folder, target / folder.name)
+    return target

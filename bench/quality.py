@@ -1,18 +1,37 @@
 """Latent-space quality of every encoder family, on the real data in ../shared/data, in one run.
 
-    python bench/quality.py                       # everything, on this machine's default device
+    python bench/quality.py                       # every family on fashion and omniglot (the default data sets)
     python bench/quality.py --only siamese:contrastive --device cuda --tag gpu
+    python bench/quality.py --datasets faces signatures --only pixels pca fisherfaces lbp hog --tag verification
 
 Fashion-MNIST subset: train on the train split, index it, query every test image: k=9 (and k=1) vote accuracy.
 Omniglot background_small1: train on three alphabets (Greek, Korean, Latin), evaluate on the two unseen ones
 (Balinese, Early_Aramaic): verification ROC AUC and EER over every genuine pair and four times as many random
 impostor pairs; and accuracy on the 20 official 20-way one-shot runs (nearest training image).
-Each neural row also records its wall time per epoch. Writes bench/results/quality[-TAG].json and .md.
+Each neural row also records its wall time per epoch.
+
+Faces (AT&T, 28 people) and signatures (SigComp2011 Dutch, 14 writers), run only when named in ``--datasets``:
+verification on identities never seen in training, in identity folds (``bench/identity.py``): faces in 4 folds
+of 7 people, signatures in 3 folds of writers (a writer's genuine ``WWW`` and forged ``WWW_forg`` folders
+together). For each fold a row is fitted on a folder holding the other folds' identity folders (labels: folder
+names, so ``WWW`` and ``WWW_forg`` are two labels) and scored on the held-out identities: faces, every genuine
+pair of each held-out person and 4× as many random impostor pairs against the other held-out people;
+signatures, each held-out writer's genuine–genuine pairs (66) against its genuine–skilled-forgery pairs (144).
+EER and ROC AUC are each fold model's on its held-out identities, averaged over folds, with 95% intervals from a
+bootstrap over identities (the EER of all folds' pairs pooled is kept too).
+Rows there: the hand-crafted rivals of ``bench/classics.py`` (``pixels``, ``pca``, ``fisherfaces``, ``lda``,
+``lbp``, ``hog``, ``hog:plain``: on these data sets ``pixels`` and ``pca`` name those, not simsearch's families) and
+simsearch's neural families, trained per fold through ``train_encoder`` on the fold's training folder. For a
+model that stores a threshold, the FAR and FRR that threshold gives on the held-out pairs (pooled) stand beside
+the ones its calibration promised (mean over folds), with how it was calibrated.
+
+Writes bench/results/quality[-TAG].json and .md; ``--merge`` lays the rows run now over that file's rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -26,7 +45,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import SHARED_DATA, copy_omniglot, export_fashion
+from bench.classics import CLASSIC_ROWS, Classic, load_images
+from bench.datasets import (
+    FACES,
+    FORGERY_SUFFIX,
+    SHARED_DATA,
+    SIGNATURES,
+    copy_identities,
+    copy_omniglot,
+    export_fashion,
+    identity_folders,
+    image_files,
+)
+from bench.identity import Pairs, assign_folds, errors_at, forgery_pairs, identity_bootstrap, impostor_pairs
 from simsearch import metrics, vectors
 from simsearch.embedding import embed_files
 from simsearch.indexing import IndexConfig, index_folder
@@ -49,6 +80,16 @@ ROWS = [
 ]
 OMNIGLOT_TRAIN = ["Greek", "Korean", "Latin"]
 OMNIGLOT_UNSEEN = ["Balinese", "Early_Aramaic"]
+#: The verification data sets: their folder in ../shared/data and how many identity folds.
+VERIFICATION = {"faces": (FACES, 4), "signatures": (SIGNATURES, 3)}
+DATASETS = ["fashion", "omniglot", *VERIFICATION]
+#: On faces and signatures ``pixels`` and ``pca`` are the hand-crafted rows; the neural families follow them.
+VERIFICATION_ROWS = CLASSIC_ROWS + [r for r in ROWS if r not in CLASSIC_ROWS]
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def rows_of(dataset: str) -> list[str]:
+    return VERIFICATION_ROWS if dataset in VERIFICATION else ROWS
 
 
 def config_for(row: str, args: argparse.Namespace) -> TrainConfig:
@@ -154,34 +195,207 @@ def one_shot(encoder: Encoder) -> float:
     return correct / total
 
 
-def markdown(report: dict) -> str:
-    lines = [f"# Latent-space quality ({report['date']}, {report['device']})", ""]
-    lines += ["## Fashion-MNIST subset (3,615 train → 4,443 test), vote of k neighbours", ""]
-    lines += [
-        "| encoder | k=9 accuracy | k=1 accuracy | epochs | s/epoch | train s |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for row, r in report["fashion"].items():
-        lines.append(
-            f"| {row} | {r['knn9_accuracy']:.3f} | {r['knn1_accuracy']:.3f} | {r['epochs']} | "
-            f"{r['epoch_seconds_median'] or '–'} | {r['train_seconds']} |"
+@dataclasses.dataclass(frozen=True)
+class Fold:
+    """One identity fold: the training folder (the other folds' identities) and the held-out pairs."""
+
+    train: Path
+    heldout: list[str]
+    pairs: Pairs
+
+
+def prepare_folds(dataset: str, work: Path) -> list[Fold]:
+    """The folds of a verification data set, their training folders copied under ``work``. The pairs depend on
+    the fold alone (rng seeded by its index), so every row is scored on the same pairs."""
+    folder, count = VERIFICATION[dataset]
+    root = SHARED_DATA / folder
+    identities = identity_folders(root)
+    folds = []
+    for k, heldout in enumerate(assign_folds(list(identities), count)):
+        train = copy_identities(
+            work / dataset / f"fold{k}" / "train", identities, [n for n in identities if n not in heldout]
         )
-    lines += [
+        if dataset == "faces":
+            pairs = impostor_pairs({n: image_files(root / n) for n in heldout}, np.random.default_rng(k))
+        else:
+            genuine = {n: image_files(root / n) for n in heldout}
+            pairs = forgery_pairs(genuine, {n: image_files(root / f"{n}{FORGERY_SUFFIX}") for n in heldout})
+        folds.append(Fold(train, heldout, pairs))
+    return folds
+
+
+def fold_distances(row: str, dataset: str, fold: Fold, args: argparse.Namespace) -> tuple[np.ndarray, dict]:
+    """The held-out pairs' distances under ``row`` fitted on the fold's training folder, and the fold's record."""
+    pairs = fold.pairs
+    entries, _ = find_images(fold.train)
+    if row in CLASSIC_ROWS:
+        started = time.perf_counter()
+        model = Classic(row, dataset).fit(
+            load_images([e.path for e in entries], dataset), [str(e.label) for e in entries]
+        )
+        record: dict = {"train_seconds": round(time.perf_counter() - started, 2)}
+        z = model.features(load_images(pairs.files, dataset))
+        return model.distance(z[pairs.i], z[pairs.j]), record
+    encoder, trained = train_row(row, fold.train, args)
+    record = {k: trained[k] for k in ("train_seconds", "epochs", "epoch_seconds_median", "input", "dim", "device")}
+    z = embed(encoder, pairs.files)
+    distances = vectors.distances(z[pairs.i], z[pairs.j], encoder.metric)  # as verify and eval measure them
+    if encoder.threshold:
+        t = encoder.threshold
+        record["threshold"] = {
+            "value": t["value"],
+            "promised": {"far": t["far"], "frr": t["frr"]},
+            "measured": errors_at(distances, pairs.same, t["value"]),
+            **{k: t[k] for k in ("split", "identities", "pairs", "calibration") if k in t},
+        }
+    return distances, record
+
+
+def verification(row: str, dataset: str, folds: list[Fold], args: argparse.Namespace) -> dict:
+    """A row fitted per fold and scored on the pooled held-out pairs of all folds."""
+    distances, records = [], []
+    for fold in folds:
+        d, record = fold_distances(row, dataset, fold, args)
+        record["heldout"] = fold.heldout
+        record["eer"] = round(metrics.equal_error_rate(d, fold.pairs.same)[0], 4)
+        distances.append(d)
+        records.append(record)
+    same = np.concatenate([f.pairs.same for f in folds])
+    owner = np.concatenate([f.pairs.owner for f in folds])
+    out: dict = {
+        **identity_bootstrap(
+            [(d, f.pairs.same, f.pairs.owner) for d, f in zip(distances, folds, strict=True)],
+            BOOTSTRAP_RESAMPLES,
+            seed=0,
+        ),
+        "identities": len(set(owner)),
+        "pairs": {"genuine": int(same.sum()), "impostor": int((~same).sum())},
+        "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
+    }
+    if "epochs" in records[0]:
+        out["epochs"] = [r["epochs"] for r in records]
+    thresholds = [r["threshold"] for r in records if "threshold" in r]
+    if thresholds:
+        if len(thresholds) != len(records):
+            raise RuntimeError(f"{row}: only {len(thresholds)} of {len(records)} folds stored a threshold")
+        counts = {k: sum(t["measured"][k] for t in thresholds) for k in thresholds[0]["measured"]}
+        out["threshold"] = {
+            "promised_far": round(float(np.mean([t["promised"]["far"] for t in thresholds])), 4),
+            "measured_far": round(counts["false_accepts"] / counts["impostor"], 4),
+            "promised_frr": round(float(np.mean([t["promised"]["frr"] for t in thresholds])), 4),
+            "measured_frr": round(counts["false_rejects"] / counts["genuine"], 4),
+        }
+    out["folds"] = records
+    return out
+
+
+def calibration_note(r: dict) -> str:
+    """How the stored thresholds were calibrated, in a few words (from the first fold, ranges over folds)."""
+    folds = [f["threshold"] for f in r["folds"] if "threshold" in f]
+    if not folds:
+        return "–"
+
+    def spread(values: list) -> str:
+        return str(min(values)) if min(values) == max(values) else f"{min(values)}–{max(values)}"
+
+    parts = [", ".join(sorted({str(t.get("split", "?")) for t in folds}))]
+    if all("identities" in t for t in folds):
+        parts.append(f"{spread([t['identities'] for t in folds])} identities")
+    if all("pairs" in t for t in folds):
+        genuine = spread([t["pairs"]["genuine"] for t in folds])
+        impostor = spread([t["pairs"]["impostor"] for t in folds])
+        parts.append(f"{genuine}/{impostor} pairs")
+    calibration = folds[0].get("calibration")  # the first fold's; the JSON keeps every fold's
+    if isinstance(calibration, dict):
+        shown = {"identities", "labels", "epochs", "chosen_epoch"} | ({"method"} if "split" in folds[0] else set())
+        parts += [
+            f"{k}={v}" for k, v in calibration.items() if k not in shown and isinstance(v, str | int | float | bool)
+        ]
+        forgeries = (
+            calibration.get("pairs", {}).get("skilled_forgery") if isinstance(calibration.get("pairs"), dict) else 0
+        )
+        if forgeries:
+            parts.append(f"{forgeries} skilled-forgery pairs")
+    elif calibration is not None:
+        parts.append(str(calibration))
+    return "; ".join(parts)
+
+
+def interval(values: list[float]) -> str:
+    return f"{values[0]:.3f} [{values[1]:.3f}, {values[2]:.3f}]"
+
+
+VERIFICATION_TITLES = {
+    "faces": "Faces (AT&T, 28 people): 4 identity folds of 7; every genuine pair of a held-out person vs 4× random "
+    "impostor pairs against the other held-out people",
+    "signatures": "Signatures (SigComp2011 Dutch, 14 writers): 3 identity folds; each held-out writer's "
+    "genuine–genuine pairs vs its genuine–skilled-forgery pairs",
+}
+
+
+def verification_markdown(dataset: str, rows: dict) -> list[str]:
+    first = next(iter(rows.values()))
+    lines = [
         "",
-        f"## Omniglot: trained on {', '.join(OMNIGLOT_TRAIN)}; evaluated on unseen {', '.join(OMNIGLOT_UNSEEN)}",
+        f"## {VERIFICATION_TITLES[dataset]}",
         "",
-    ]
-    lines += [
-        "| encoder | ROC AUC | EER | 20-way one-shot | input | epochs | s/epoch | train s |",
+        f"{first['identities']} identities, {first['pairs']['genuine']} genuine and {first['pairs']['impostor']} "
+        "impostor pairs over all folds. EER and ROC AUC: each fold's model on its own held-out identities, the mean "
+        "over folds, 95% intervals from a bootstrap over identities; pooled EER: all folds' pairs at once (one "
+        "threshold across the fold models). Measured FAR/FRR: each fold model's stored threshold on its held-out "
+        "pairs, counts pooled over folds.",
+        "",
+        "| row | EER [95%] | ROC AUC [95%] | pooled EER | promised FAR / measured FAR | promised FRR / measured FRR "
+        "| calibration | train s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row, r in report["omniglot"].items():
-        shape = "×".join(map(str, r["input"])) + (" inv" if r["invert"] else "")
+    for row, r in rows.items():
+        t = r.get("threshold")
+        far = f"{t['promised_far']:.3f} / {t['measured_far']:.3f}" if t else "–"
+        frr = f"{t['promised_frr']:.3f} / {t['measured_frr']:.3f}" if t else "–"
+        train = f"{r['train_seconds']}" + (f" ({'/'.join(map(str, r['epochs']))} epochs)" if "epochs" in r else "")
+        pooled = f"{r['pooled_eer'][0]:.3f}" if "pooled_eer" in r else "–"
         lines.append(
-            f"| {row} | {r['roc_auc']:.3f} | {r['eer']:.3f} | {r['one_shot_accuracy']:.3f} | {shape} | {r['epochs']} | "
-            f"{r['epoch_seconds_median'] or '–'} | {r['train_seconds']} |"
+            f"| {row} | {interval(r['eer'])} | {interval(r['roc_auc'])} | {pooled} | {far} | {frr} | {calibration_note(r)} "
+            f"| {train} |"
         )
-    lines += ["", "Command: `" + report["command"] + "`"]
+    return lines
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Latent-space quality ({report['date']}, {report['device']})"]
+    if report.get("fashion"):
+        lines += ["", "## Fashion-MNIST subset (3,615 train → 4,443 test), vote of k neighbours", ""]
+        lines += [
+            "| encoder | k=9 accuracy | k=1 accuracy | epochs | s/epoch | train s |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for row, r in report["fashion"].items():
+            lines.append(
+                f"| {row} | {r['knn9_accuracy']:.3f} | {r['knn1_accuracy']:.3f} | {r['epochs']} | "
+                f"{r['epoch_seconds_median'] or '–'} | {r['train_seconds']} |"
+            )
+    if report.get("omniglot"):
+        lines += [
+            "",
+            f"## Omniglot: trained on {', '.join(OMNIGLOT_TRAIN)}; evaluated on unseen {', '.join(OMNIGLOT_UNSEEN)}",
+            "",
+        ]
+        lines += [
+            "| encoder | ROC AUC | EER | 20-way one-shot | input | epochs | s/epoch | train s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row, r in report["omniglot"].items():
+            shape = "×".join(map(str, r["input"])) + (" inv" if r["invert"] else "")
+            lines.append(
+                f"| {row} | {r['roc_auc']:.3f} | {r['eer']:.3f} | {r['one_shot_accuracy']:.3f} | {shape} | "
+                f"{r['epochs']} | {r['epoch_seconds_median'] or '–'} | {r['train_seconds']} |"
+            )
+    for dataset in VERIFICATION:
+        if report.get(dataset):
+            lines += verification_markdown(dataset, report[dataset])
+    lines += [""] + [f"Note: {note}" for note in report.get("notes", [])]  # hand-written in the JSON, kept by --merge
+    lines += ["Command: `" + report["command"] + "`"]
     lines += [f"Rows updated by `{u['command']}` ({u['date']})" for u in report.get("updates", [])]
     lines.append("")
     return "\n".join(lines)
@@ -189,8 +403,14 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", default=ROWS, help=f"rows to run (default: all of {ROWS})")
-    parser.add_argument("--datasets", nargs="*", default=["fashion", "omniglot"])
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help=f"rows to run (default: all of each data set's: {ROWS} on fashion and omniglot, {VERIFICATION_ROWS} "
+        "on faces and signatures)",
+    )
+    parser.add_argument("--datasets", nargs="*", default=["fashion", "omniglot"], choices=DATASETS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--max-seconds", type=float, default=TrainConfig.max_seconds)
@@ -204,6 +424,11 @@ def main() -> None:
         "--merge", action="store_true", help="update the rows run now in an existing result file, keep the others"
     )
     args = parser.parse_args()
+    if args.only is not None:
+        known = {r for d in args.datasets for r in rows_of(d)}
+        unknown = [r for r in args.only if r not in known]
+        if unknown:
+            parser.error(f"no row {', '.join(unknown)} on {', '.join(args.datasets)}; rows: {sorted(known)}")
     if not SHARED_DATA.is_dir():
         sys.exit(f"no benchmark data at {SHARED_DATA} — see the README's Benchmarks section")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -216,35 +441,47 @@ def main() -> None:
         if args.device != "cpu" and torch.cuda.is_available()
         else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "command": "python " + " ".join(sys.argv),
-        "fashion": {},
-        "omniglot": {},
+        **{dataset: {} for dataset in args.datasets},
     }
     with tempfile.TemporaryDirectory(prefix="simsearch-quality-") as tmp:
         work = Path(tmp)
-        export_fashion(work / "fashion" / "train", "train")
-        export_fashion(work / "fashion" / "test", "t10k")
-        copy_omniglot(work / "omniglot" / "train", OMNIGLOT_TRAIN)
-        copy_omniglot(work / "omniglot" / "unseen", OMNIGLOT_UNSEEN)
         for dataset in args.datasets:
-            for row in args.only:
+            started_dataset = time.perf_counter()
+            rows = [r for r in (args.only if args.only is not None else rows_of(dataset)) if r in rows_of(dataset)]
+            if dataset == "fashion":
+                export_fashion(work / "fashion" / "train", "train")
+                export_fashion(work / "fashion" / "test", "t10k")
+            elif dataset == "omniglot":
+                copy_omniglot(work / "omniglot" / "train", OMNIGLOT_TRAIN)
+                copy_omniglot(work / "omniglot" / "unseen", OMNIGLOT_UNSEEN)
+            folds = prepare_folds(dataset, work) if dataset in VERIFICATION else []
+            for row in rows:
                 started = time.perf_counter()
-                record = (fashion if dataset == "fashion" else omniglot)(row, work, args)
+                if dataset in VERIFICATION:
+                    record = verification(row, dataset, folds, args)
+                else:
+                    record = (fashion if dataset == "fashion" else omniglot)(row, work, args)
+                record["wall_seconds"] = round(time.perf_counter() - started, 1)
                 report[dataset][row] = record
-                print(
-                    f"{dataset:9s} {row:22s} {json.dumps(record)}  ({time.perf_counter() - started:.0f} s)", flush=True
-                )
+                summary = {k: v for k, v in record.items() if k != "folds"}
+                print(f"{dataset:10s} {row:22s} {json.dumps(summary)}", flush=True)
                 save(report, base, args.out / name)  # after every row: an interrupted run keeps what it measured
+            print(f"{dataset}: {time.perf_counter() - started_dataset:.0f} s", flush=True)
     print(markdown(merged(report, base)))
 
 
 def merged(report: dict, base: dict | None) -> dict:
-    """``report``'s rows laid over ``base`` (an earlier result file), or ``report`` itself."""
+    """``report``'s rows laid over ``base`` (an earlier result file), or ``report`` itself: every data set of
+    either, rows of ``base`` in their order with the ones run now replacing them, new rows after."""
     if base is None:
         return report
     out = json.loads(json.dumps(base))
-    for dataset in ("fashion", "omniglot"):
-        out[dataset] = {row: report[dataset].get(row, r) for row, r in out[dataset].items()}
-        out[dataset].update({row: r for row, r in report[dataset].items() if row not in out[dataset]})
+    for dataset in DATASETS:
+        if dataset not in report and dataset not in out:
+            continue
+        now, before = report.get(dataset, {}), out.get(dataset, {})
+        out[dataset] = {row: now.get(row, r) for row, r in before.items()}
+        out[dataset].update({row: r for row, r in now.items() if row not in out[dataset]})
     out.setdefault("updates", []).append({"date": report["date"], "command": report["command"]})
     return out
 
