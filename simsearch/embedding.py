@@ -35,6 +35,14 @@ class Embedded:
     embeddings: np.ndarray  # (m, d) float32, in input order
     kept: list[int] = field(default_factory=list)  # the position in the input of each row of ``embeddings``
     errors: list[tuple[int, ImageError]] = field(default_factory=list)  # (position in the input, why), in order
+    #: Novelty of each row (``models.novelty``: above 1, unlike the training images), or None when the encoder
+    #: has no reference to tell (baselines, models saved before references were kept).
+    novelty: np.ndarray | None = None
+
+    @property
+    def unfamiliar(self) -> np.ndarray | None:
+        """Whether each row's image is unlike the images the model was trained on (None: not known)."""
+        return None if self.novelty is None else self.novelty > 1.0
 
 
 def channel_problem(spec: Preprocess, item: LoadedImage, name: str) -> ImageError | None:
@@ -78,6 +86,7 @@ def embed_files(
     names = [str(p) for p in paths] if names is None else list(names)
     spec = encoder.preprocess
     rows: list[np.ndarray] = []
+    novelty: list[np.ndarray] = []
     result = Embedded(np.zeros((0, encoder.dim), np.float32))
 
     def fail(position: int, error: ImageError) -> None:
@@ -113,9 +122,14 @@ def embed_files(
             else:
                 fail(position, ImageError("the encoder gave a NaN or infinite embedding for it", file=names[position]))
         rows.append(out[np.asarray(good, bool)])
+        if encoder.reference is not None and loaded:
+            scores = encoder.reference.score(np.stack([item.array for _, item in loaded]), spec)
+            novelty.append(scores[np.asarray(good, bool)])
         progress("embedding", min(start + len(batch), len(paths)), len(paths))
     if rows:
         result.embeddings = np.concatenate(rows)
+    if encoder.reference is not None:
+        result.novelty = np.concatenate(novelty) if novelty else np.zeros(0, np.float64)
     result.errors.sort(key=lambda error: error[0])
     return result
 

@@ -125,24 +125,124 @@ def thin_curve(roc: Roc, points: int = CURVE_POINTS) -> list[list[float]]:
     return [[float(roc.thresholds[i]), float(roc.far[i]), float(roc.frr[i])] for i in finite]
 
 
-def fit_match_probability(distances: np.ndarray, same: np.ndarray) -> dict[str, float]:
-    """A logistic model P(match | distance) fitted on labelled pairs (Platt scaling), with both classes
-    weighted equally: the probability assumes a match and a non-match are equally likely a priori."""
-    from sklearn.linear_model import LogisticRegression
+def fit_match_probability(
+    distances: np.ndarray, same: np.ndarray, prior_count: float | None = None
+) -> dict[str, float]:
+    """A logistic model P(match | distance) = σ(intercept + slope · distance) fitted on labelled pairs, genuine
+    and impostor pairs weighted equally (so ``prior`` 0.5: a match and a non-match equally likely a priori).
 
-    model = LogisticRegression(C=1e6, class_weight="balanced", max_iter=1000)
-    model.fit(np.asarray(distances, np.float64).reshape(-1, 1), np.asarray(same, int))
-    return {"intercept": float(model.intercept_[0]), "slope": float(model.coef_[0, 0]), "prior": 0.5}
+    Platt's targets (Platt, 1999) instead of 0 and 1: (m₊ + 1)/(m₊ + 2) for genuine pairs and 1/(m₋ + 2) for
+    impostors, where m₊ and m₋ count the independent evidence: the pairs by default, or ``prior_count`` (the
+    number of identities the pairs come from, as pairs of one identity are not independent). They are a prior
+    (Laplace's rule of succession) that keeps the slope finite when the pairs are separable, where a plain
+    maximum-likelihood fit is not defined (slope → -∞, every answer 0 or 1): the genuine pairs' probabilities
+    then average about (m₊ + 1)/(m₊ + 2), and the fewer the identities the flatter the curve. Fitted by Newton's
+    method (the loss is strictly convex)."""
+    d = np.asarray(distances, np.float64)
+    same = np.asarray(same, bool)
+    n_pos, n_neg = int(same.sum()), int((~same).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("a match probability needs both genuine and impostor pairs")
+    m_pos, m_neg = (n_pos, n_neg) if prior_count is None else (prior_count, prior_count)
+    target = np.where(same, (m_pos + 1) / (m_pos + 2), 1 / (m_neg + 2))
+    weight = np.where(same, 0.5 / n_pos, 0.5 / n_neg)
+    centre, scale = float(d.mean()), float(d.std()) or 1.0
+    x = np.column_stack([np.ones_like(d), (d - centre) / scale])
+
+    def loss(beta: np.ndarray) -> float:
+        z = x @ beta
+        return float(np.sum(weight * (np.logaddexp(0, z) - target * z)))
+
+    beta = np.zeros(2)
+    for _ in range(100):
+        p = 0.5 * (1 + np.tanh(x @ beta / 2))  # σ(z), without overflow
+        gradient = x.T @ (weight * (p - target))
+        hessian = (x * (weight * p * (1 - p))[:, None]).T @ x + 1e-12 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        size, before = 1.0, loss(beta)
+        while loss(beta - size * step) > before + 1e-15 and size > 1e-6:  # damped: never uphill
+            size /= 2
+        beta = beta - size * step
+        if np.max(np.abs(size * step)) < 1e-10:
+            break
+    slope = beta[1] / scale
+    return {"intercept": float(beta[0] - slope * centre), "slope": float(slope), "prior": 0.5}
 
 
-def match_probability(distance: float | np.ndarray, model: dict[str, float]) -> Any:
-    z = model["intercept"] + model["slope"] * np.asarray(distance, np.float64)
-    return 1.0 / (1.0 + np.exp(-z))
+def match_probability(distance: float | np.ndarray, model: dict[str, float], threshold: float | None = None) -> Any:
+    """P(match | distance) under ``model`` (``fit_match_probability``). With ``threshold``, under the prior at
+    which that threshold is the break-even decision: the intercept shifted so that P = 0.5 exactly there,
+    and so the probability agrees with the verdict at the threshold in use (``implied_prior`` gives that prior)."""
+    d = np.asarray(distance, np.float64)
+    z = model["slope"] * (d - threshold) if threshold is not None else model["intercept"] + model["slope"] * d
+    return 0.5 * (1 + np.tanh(z / 2))  # σ(z), without overflow
 
 
-def calibrate(distances: np.ndarray, same: np.ndarray, identities: int) -> dict[str, Any]:
+def implied_prior(model: dict[str, float], threshold: float) -> float:
+    """The prior probability of a match at which ``threshold`` is the break-even point of ``model`` (deciding
+    'match' exactly when P(match | distance) ≥ 0.5): the prior ``match_probability(..., threshold)`` assumes."""
+    logit = -(model["intercept"] + model["slope"] * threshold)
+    base = float(model.get("prior", 0.5))
+    logit += math.log(base / (1 - base))
+    return float(1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, logit)))))
+
+
+def identity_bootstrap(
+    distances: np.ndarray,
+    same: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    threshold: float,
+    resamples: int,
+    rng: np.random.Generator,
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """95% percentile intervals ((far low, high), (frr low, high)) of the FAR and FRR at ``threshold`` when the
+    *identities* are resampled with replacement (pairs of one identity are not independent: the interval is as
+    wide as the number of identities makes it). ``first``/``second`` are the identity of each pair's two sides;
+    an identity drawn c times counts its own pairs c times and a pair with another identity drawn c' times c·c'."""
+    d = np.asarray(distances, np.float64)
+    same = np.asarray(same, bool)
+    ids, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
+    a, b = inverse[: len(d)], inverse[len(d) :]
+    n = len(ids)
+    accepted = (d <= threshold).astype(np.float64)
+    own = a == b  # genuine pairs and skilled forgeries: one identity
+    gen_total = np.bincount(a[same], minlength=n).astype(np.float64)
+    gen_rejected = np.bincount(a[same], weights=1 - accepted[same], minlength=n)
+    imp_own = ~same & own
+    own_total = np.bincount(a[imp_own], minlength=n).astype(np.float64)
+    own_accepted = np.bincount(a[imp_own], weights=accepted[imp_own], minlength=n)
+    cross = ~same & ~own
+    cross_total = np.zeros((n, n))
+    cross_accepted = np.zeros((n, n))
+    np.add.at(cross_total, (a[cross], b[cross]), 1.0)
+    np.add.at(cross_accepted, (a[cross], b[cross]), accepted[cross])
+    far: list[float] = []
+    frr: list[float] = []
+    for start in range(0, resamples, 100):
+        draws = min(100, resamples - start)
+        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(draws)]).astype(float)
+        imp_num = ((counts @ cross_accepted) * counts).sum(1) + counts @ own_accepted
+        imp_den = ((counts @ cross_total) * counts).sum(1) + counts @ own_total
+        gen_num, gen_den = counts @ gen_rejected, counts @ gen_total
+        far.extend(imp_num[imp_den > 0] / imp_den[imp_den > 0])
+        frr.extend(gen_num[gen_den > 0] / gen_den[gen_den > 0])
+
+    def interval(values: list[float]) -> tuple[float, float]:
+        if not values:
+            return math.nan, math.nan
+        low, high = np.percentile(values, [2.5, 97.5])
+        return float(low), float(high)
+
+    return interval(far), interval(frr)
+
+
+def calibrate(
+    distances: np.ndarray, same: np.ndarray, identities: int, prior_count: float | None = None
+) -> dict[str, Any]:
     """The threshold record stored in ``encoder.json``: the EER point, the points for FAR = 1% and 0.1%, a
-    thinned ROC curve (to pick a threshold for any other FAR) and the match-probability model."""
+    thinned ROC curve (to pick a threshold for any other FAR) and the match-probability model (``prior_count``:
+    see ``fit_match_probability``)."""
     roc = roc_curve(distances, same)
     eer, threshold, far, frr = eer_of(roc)
     record: dict[str, Any] = {
@@ -158,7 +258,7 @@ def calibrate(distances: np.ndarray, same: np.ndarray, identities: int) -> dict[
     for name, target in FAR_TARGETS:
         t, f, r = point_at_far(roc, target)
         record[name] = {"value": t, "far": f, "frr": r}
-    record["probability"] = fit_match_probability(distances, same)
+    record["probability"] = fit_match_probability(distances, same, prior_count)
     record["curve"] = thin_curve(roc)
     return record
 

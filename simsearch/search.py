@@ -26,6 +26,7 @@ from simsearch.embedding import check_metric, embed_files
 from simsearch.errors import CollectionError, ImageError, ModelError, UsageError, option
 from simsearch.io import find_images
 from simsearch.models.encoder import Encoder
+from simsearch.models.novelty import REMEDY, unfamiliar, unfamiliar_text
 from simsearch.store.collection import Collection, embeddings_of, int64_column
 
 
@@ -51,6 +52,20 @@ class QueryResult:
     #: Open set: the threshold the nearest neighbour was held to, and whether it was beyond it ("unknown").
     threshold: float | None = None
     unknown: bool = False
+    #: Whether the query image is unlike the images the encoder was trained on (``models.novelty``); None when
+    #: the encoder cannot tell (no novelty reference), or for a query given as an embedding.
+    unfamiliar: bool | None = None
+
+    @property
+    def reason(self) -> str | None:
+        """Why an open-set query is "unknown": an unfamiliar input, or a nearest neighbour beyond the threshold."""
+        if not self.unknown or self.threshold is None:
+            return None
+        if self.unfamiliar:
+            return f"{unfamiliar_text(self.query)} — {REMEDY}"
+        if not self.neighbours:
+            return "no neighbours"
+        return f"nearest {self.neighbours[0].distance:.4f} > threshold {self.threshold:.4f}"
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -59,15 +74,17 @@ class QueryResult:
             "vote_share": self.vote_share,
             "votes": self.votes,
             "neighbours": [n.__dict__ for n in self.neighbours],
+            "unfamiliar": self.unfamiliar,
         }
         if self.threshold is not None:
-            out |= {"threshold": self.threshold, "unknown": self.unknown}
+            out |= {"threshold": self.threshold, "unknown": self.unknown, "reason": self.reason}
         return out
 
     def hold_to(self, threshold: float) -> None:
-        """Open-set answer: when the nearest neighbour is beyond ``threshold`` the query is "unknown" (no vote)."""
+        """Open-set answer: the query is "unknown" (no vote) when the nearest neighbour is beyond ``threshold``, or
+        when the query is unlike the images the encoder was trained on (``unfamiliar``)."""
         self.threshold = threshold
-        self.unknown = not self.neighbours or self.neighbours[0].distance > threshold
+        self.unknown = bool(self.unfamiliar) or not self.neighbours or self.neighbours[0].distance > threshold
         if self.unknown:
             self.vote, self.vote_share = None, 0.0
 
@@ -355,7 +372,11 @@ class Searcher:
     def query_arrays(self, images: np.ndarray, names: Sequence[str], k: int) -> list[QueryResult]:
         """Neighbours and votes for preprocessed ``images`` (q, C, H, W)."""
         g = self._current
-        return self._answers(g, g.encoder.embed(images), names, k)
+        results = self._answers(g, g.encoder.embed(images), names, k)
+        flags = unfamiliar(g.encoder, images)
+        for n, result in enumerate(results):
+            result.unfamiliar = None if flags is None else bool(flags[n])
+        return results
 
     def query_embeddings(self, queries: np.ndarray, names: Sequence[str], k: int) -> list[QueryResult]:
         """Neighbours and votes for query embeddings (q, d)."""
@@ -408,7 +429,11 @@ class Searcher:
                 assert on_error is not None
                 on_error(error)
             if embedded.kept:
-                results += self._answers(g, embedded.embeddings, [str(batch[n]) for n in embedded.kept], k)
+                answers = self._answers(g, embedded.embeddings, [str(batch[n]) for n in embedded.kept], k)
+                flags = embedded.unfamiliar
+                for n, answer in enumerate(answers):
+                    answer.unfamiliar = None if flags is None else bool(flags[n])
+                results += answers
         return results
 
 

@@ -10,30 +10,43 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from simsearch import metrics, vectors
-from simsearch.embedding import check_metric, embed_files
+from simsearch.embedding import Embedded, check_metric, embed_files
 from simsearch.errors import DataError, ImageError, ModelError, UsageError, option
 from simsearch.models.encoder import TRAINED_FOLDER, Encoder
+from simsearch.models.novelty import REMEDY, unfamiliar_text
 
 
 @dataclass(frozen=True)
 class OperatingPoint:
     """A threshold and what it was chosen for: ``eer``, ``far=1%`` …, or ``manual``. ``far``/``frr`` are
-    the rates measured on the held-out calibration pairs (None for a manual threshold)."""
+    the rates measured on the held-out calibration pairs (None for a manual threshold, and for a threshold not
+    calibrated on unseen identities). ``calibration``: how the model's stored threshold was obtained
+    (``calibration_of``; not in ``to_json``, as it is the model's, not the point's); ``prior``: the prior
+    probability of a match at which this threshold is the break-even point, the one the match probability assumes
+    (``metrics.implied_prior``; None without a probability model)."""
 
     threshold: float
     name: str
     far: float | None = None
     frr: float | None = None
+    calibration: dict[str, Any] | None = None
+    prior: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "operating_point": self.name, "far": self.far, "frr": self.frr}
+        return {
+            "threshold": self.threshold,
+            "operating_point": self.name,
+            "far": self.far,
+            "frr": self.frr,
+            "prior": self.prior,
+        }
 
 
 def parse_threshold(text: str) -> float | None:
@@ -53,7 +66,71 @@ def operating_point(
     encoder: Encoder, threshold: str | float | None = "auto", far: float | None = None
 ) -> OperatingPoint:
     """The threshold to decide with: a number given by the user, or the stored calibration's EER point, or
-    (with ``far``) the most accepting stored threshold whose held-out FAR is at most ``far``."""
+    (with ``far``) the most accepting stored threshold whose held-out FAR is at most ``far``; with how the
+    stored threshold was obtained and the prior the match probability assumes at this threshold."""
+    point = _chosen_point(encoder, threshold, far)
+    record = encoder.threshold or {}
+    model = record.get("probability")
+    prior = metrics.implied_prior(model, point.threshold) if model else None
+    return replace(point, calibration=calibration_of(record), prior=prior)
+
+
+def calibration_of(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How a stored threshold was obtained: its record's ``calibration`` (``training.calibrate``), or, for a model
+    trained before that was recorded, what its ``split`` says (``recorded``: False). None without a record."""
+    if not record:
+        return None
+    if isinstance(record.get("calibration"), dict):
+        return dict(record["calibration"])
+    split = str(record.get("split") or "")
+    return {
+        "method": {"identities": "held-out identities", "images": "held-out images"}.get(split, "held-out pairs"),
+        "unseen_identities": split == "identities" if split else None,
+        "identities": record.get("identities"),
+        "pairs": record.get("pairs"),
+        "recorded": False,
+    }
+
+
+def describe_calibration(record: dict[str, Any] | None) -> str:
+    """One sentence on how far a stored threshold can be trusted: how it was obtained, on how many identities
+    and pairs, and its FAR interval."""
+    c = calibration_of(record)
+    if c is None:
+        return "The model has no calibrated threshold."
+    pairs = c.get("pairs") or {}
+    counts = f"{pairs.get('genuine', 0):,} genuine and {pairs.get('impostor', 0):,} impostor pairs"
+    if pairs.get("skilled_forgery"):
+        counts += f", {pairs['skilled_forgery']:,} of them skilled forgeries"
+    ids, method = c.get("identities"), c.get("method")
+    if c.get("reason"):
+        return (
+            f"The threshold is NOT calibrated on unseen identities ({c['reason']}): it comes from held-out images "
+            f"of the {ids} training identities, so its false-accept rate on new identities is unknown."
+        )
+    interval = c.get("far_interval")
+    far = ""
+    if interval and all(isinstance(v, (int, float)) and np.isfinite(v) for v in interval):
+        far = f"; 95% interval of its FAR: {interval[0]:.1%} to {interval[1]:.1%}"
+    if not c.get("recorded", True):
+        return (
+            f"Threshold calibrated on {method} ({counts}, {ids} labels); how far it holds for new identities was "
+            "not recorded (a model trained by an older simsearch)."
+        )
+    if method == "cross-fitted":
+        return (
+            f"Threshold cross-fitted over {ids} identities in {c.get('folds')} folds ({counts}, each pair scored by "
+            f"a model that never saw its identities){far}."
+        )
+    if method == "held-out identities":
+        return f"Threshold calibrated on held-out identities ({ids}; {counts}){far}."
+    return (
+        f"Threshold calibrated on held-out images of the {c.get('labels', ids)} training labels ({counts}): it "
+        f"holds for those labels, not for new identities{far}."
+    )
+
+
+def _chosen_point(encoder: Encoder, threshold: str | float | None, far: float | None) -> OperatingPoint:
     value = parse_threshold(threshold) if isinstance(threshold, str) else threshold
     if value is not None:
         if far is not None:
@@ -70,6 +147,11 @@ def operating_point(
         return OperatingPoint(float(record["value"]), "eer", record.get("far"), record.get("frr"))
     if not 0 < far < 1:
         raise UsageError(f"{option('far')} must be between 0 and 1 (e.g. 0.01 for 1%), not {far}")
+    if (calibration_of(record) or {}).get("reason"):
+        raise ModelError(
+            "this model's threshold is not calibrated on unseen identities, so it promises no false-accept rate",
+            remedy=f"pass {option('threshold', 'NUMBER')}, or train on at least 4 identities (sub-folders)",
+        )
     impostors = int(record.get("pairs", {}).get("impostor", 0))
     if impostors and far < 1 / impostors:
         raise UsageError(
@@ -103,6 +185,16 @@ class Verdict:
     point: OperatingPoint
     probability: float | None
     label: bool | None = None
+    #: The files of the pair that are unlike the images the model was trained on (such a pair is never a match);
+    #: None when the model cannot tell (no novelty reference).
+    unfamiliar: tuple[str, ...] | None = None
+
+    @property
+    def reason(self) -> str | None:
+        """Why the pair was not compared (an unfamiliar input, and the remedy), or None."""
+        if not self.unfamiliar:
+            return None
+        return "; ".join(unfamiliar_text(name) for name in self.unfamiliar) + f" — {REMEDY}"
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -112,7 +204,10 @@ class Verdict:
             "match": self.match,
             "probability": self.probability,
             **self.point.to_json(),
+            "unfamiliar": None if self.unfamiliar is None else list(self.unfamiliar),
         }
+        if self.reason is not None:
+            out["reason"] = self.reason
         if self.label is not None:
             out["label"] = self.label
         return out
@@ -133,24 +228,44 @@ class Verifier:
         """Embeddings (n, d) of image files; the first one that cannot be used raises ``ImageError``. A colour
         image for a grey model (or the reverse) is refused unless ``convert``: the calibration holds only for
         images like the ones the model was trained on."""
-        return embed_files(self.encoder, paths, convert=self.convert, strict=True, batch_size=batch_size).embeddings
+        return self.embedded(paths, batch_size).embeddings
+
+    def embedded(self, paths: Sequence[Path], batch_size: int = 256) -> Embedded:
+        """``embed_files``'s result for ``paths`` (every file kept, in order), with each one's novelty."""
+        return embed_files(self.encoder, paths, convert=self.convert, strict=True, batch_size=batch_size)
 
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """The distances between matching rows of two embedding arrays, in the encoder's metric."""
         return vectors.distances(a, b, self.encoder.metric)
 
-    def decide(self, a: str, b: str, distance: float, point: OperatingPoint, label: bool | None = None) -> Verdict:
-        probability = (
-            float(metrics.match_probability(distance, self.probability_model)) if self.probability_model else None
+    def decide(
+        self,
+        a: str,
+        b: str,
+        distance: float,
+        point: OperatingPoint,
+        label: bool | None = None,
+        unfamiliar: Sequence[str] | None = None,
+    ) -> Verdict:
+        """The verdict on a pair at ``point``; a pair with an ``unfamiliar`` input is no match, of no probability."""
+        probability = (  # P = 0.5 exactly at the threshold in use (the prior it implies: ``OperatingPoint.prior``)
+            float(metrics.match_probability(distance, self.probability_model, point.threshold))
+            if self.probability_model
+            else None
         )
-        return Verdict(a, b, float(distance), bool(distance <= point.threshold), point, probability, label)
+        flagged = None if unfamiliar is None else tuple(dict.fromkeys(unfamiliar))
+        if flagged:
+            return Verdict(a, b, float(distance), False, point, None, label, flagged)
+        return Verdict(a, b, float(distance), bool(distance <= point.threshold), point, probability, label, flagged)
 
     def verify(self, a: Path, b: Path, point: OperatingPoint) -> Verdict:
         for path in (a, b):
             if not Path(path).is_file():
                 raise ImageError("no such image file", file=path, remedy="check the path")
-        z = self.embed_files([a, b])
-        return self.decide(str(a), str(b), float(self.distances(z[:1], z[1:])[0]), point)
+        embedded = self.embedded([a, b])
+        z, flags = embedded.embeddings, embedded.unfamiliar
+        unfamiliar = None if flags is None else [str(p) for p, flag in zip((a, b), flags, strict=True) if flag]
+        return self.decide(str(a), str(b), float(self.distances(z[:1], z[1:])[0]), point, unfamiliar=unfamiliar)
 
     def verify_pairs(self, pairs: Sequence[tuple[Path, Path, bool | None]], point: OperatingPoint) -> list[Verdict]:
         """Many pairs at once: every distinct file is embedded once, in batches."""
@@ -158,10 +273,16 @@ class Verifier:
         for path in files:
             if not path.is_file():
                 raise ImageError("no such image file", file=path, remedy="check the path in the pairs file")
-        z = self.embed_files(files)
+        embedded = self.embedded(files)
+        z, flags = embedded.embeddings, embedded.unfamiliar
         row = {path: i for i, path in enumerate(files)}
         distances = self.distances(z[[row[a] for a, _, _ in pairs]], z[[row[b] for _, b, _ in pairs]])
-        return [self.decide(str(a), str(b), d, point, label) for (a, b, label), d in zip(pairs, distances, strict=True)]
+        return [
+            self.decide(
+                str(a), str(b), d, point, label, None if flags is None else [str(p) for p in (a, b) if flags[row[p]]]
+            )
+            for (a, b, label), d in zip(pairs, distances, strict=True)
+        ]
 
 
 TRUE_WORDS = {"1", "true", "yes", "same", "match", "genuine"}

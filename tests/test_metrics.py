@@ -185,3 +185,67 @@ def test_bootstrap_pairs_brackets_auc_and_eer() -> None:
     assert auc[0] == pytest.approx(roc_auc_score(same, -d))
     assert auc[1] < auc[0] < auc[2] and eer[1] < eer[0] < eer[2]
     assert 0 < auc[2] - auc[1] < 0.1
+
+
+def separable() -> tuple[np.ndarray, np.ndarray]:
+    """Genuine distances in [0, 1], impostors in [2, 3]: any threshold in between makes no error."""
+    rng = np.random.default_rng(0)
+    return np.r_[rng.uniform(0, 1, 200), rng.uniform(2, 3, 800)], np.arange(1000) < 200
+
+
+def test_match_probability_is_not_saturated_on_separable_pairs() -> None:
+    d, same = separable()
+    slopes = []
+    for prior_count in (None, 21, 4):
+        model = metrics.fit_match_probability(d, same, prior_count)
+        assert np.isfinite(model["slope"]) and -50 < model["slope"] < 0
+        slopes.append(model["slope"])
+        p = metrics.match_probability(d, model)
+        # Platt's targets pull the genuine pairs' probability to about (m + 1)/(m + 2), not to 1.
+        m = 200 if prior_count is None else prior_count
+        assert (m + 1) / (m + 2) - 0.03 < p[same].mean() < (m + 1) / (m + 2) + 0.01
+        assert p[d > 1.0].max() < 0.6 and p[d < 2.0].min() > 0.4  # the gap is uncertain, 0.5 near its middle
+    assert slopes[0] < slopes[1] < slopes[2]  # the fewer the identities, the less certain
+    at_21 = metrics.match_probability(np.array([0.0, 3.0]), metrics.fit_match_probability(d, same, 21))
+    assert 0.95 < at_21[0] < 0.999 and 0.001 < at_21[1] < 0.05  # shown with 3 decimals: not 1.000 and 0.000
+
+
+def test_match_probability_is_one_half_at_the_threshold_in_use() -> None:
+    d, same = tied_data()
+    model = metrics.fit_match_probability(d, same, prior_count=30)
+    for threshold in (0.8, 1.37, 2.5):
+        assert metrics.match_probability(threshold, model, threshold) == 0.5
+        p = metrics.match_probability(np.array([threshold - 0.1, threshold + 0.1]), model, threshold)
+        assert p[0] > 0.5 > p[1]
+        # It is the posterior under the prior that makes this threshold the break-even point.
+        prior = metrics.implied_prior(model, threshold)
+        logit = model["intercept"] + model["slope"] * 1.1 + np.log(prior / (1 - prior))
+        assert metrics.match_probability(1.1, model, threshold) == pytest.approx(1 / (1 + np.exp(-logit)))
+    assert metrics.implied_prior(model, 0.8) < metrics.implied_prior(model, 2.5)  # a looser threshold: more matches
+
+
+def test_identity_bootstrap_resamples_identities_not_pairs() -> None:
+    rng = np.random.default_rng(0)
+    n = 12
+    # Each identity's genuine distances share an offset: pairs of one identity are not independent.
+    offset = rng.normal(0, 0.4, n)
+    gi = np.repeat(np.arange(n), 15)
+    genuine = 1 + offset[gi] + rng.normal(0, 0.05, len(gi))
+    a, b = rng.integers(0, n, 2000), rng.integers(0, n, 2000)
+    keep = a != b
+    a, b = a[keep], b[keep]
+    impostor = 2 + offset[a] + offset[b] + rng.normal(0, 0.05, len(a))
+    d = np.r_[genuine, impostor]
+    same = np.r_[np.ones(len(gi), bool), np.zeros(len(a), bool)]
+    first, second = np.r_[gi, a], np.r_[gi, b]
+    threshold = 1.6
+    far = float((impostor <= threshold).mean())
+    (far_low, far_high), (frr_low, frr_high) = metrics.identity_bootstrap(
+        d, same, first, second, threshold, 500, np.random.default_rng(1)
+    )
+    assert far_low <= far <= far_high and frr_low <= float((genuine > threshold).mean()) <= frr_high
+    # Wider than resampling the pairs would say, which treats thousands of correlated pairs as independent.
+    pairs = metrics.bootstrap_pairs(
+        metrics.SortedPairs(d, same), lambda roc: metrics.at_threshold(roc, threshold)[0], 500, np.random.default_rng(1)
+    )
+    assert far_high - far_low > 2 * (pairs[2] - pairs[1])

@@ -316,3 +316,83 @@ def test_a_model_whose_metric_cannot_be_measured_is_refused(tmp_path: Path, pixe
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(good)
     result = invoke("verify", good, good, "-m", folder)
     assert result.exit_code == 2 and "unknown metric 'dot'" in error_line(result)
+
+
+# --- how the threshold was obtained, and a probability consistent with it --------------------------------------
+
+
+def test_the_probability_is_one_half_at_the_threshold_in_use(pixels_model: Path) -> None:
+    verifier = Verifier(Encoder.load(pixels_model))
+    for point in (
+        operating_point(verifier.encoder, "auto"),
+        operating_point(verifier.encoder, "auto", far=0.05),
+        operating_point(verifier.encoder, "0.75"),  # a threshold of the user's own
+        operating_point(verifier.encoder, 40.0),
+    ):
+        assert point.prior is not None and 0 <= point.prior <= 1
+        at = verifier.decide("a", "b", point.threshold, point)
+        assert at.match and at.probability == 0.5
+        for distance in (point.threshold * 0.5, point.threshold * 1.5 + 0.01):
+            verdict = verifier.decide("a", "b", distance, point)
+            assert verdict.probability is not None and (verdict.probability > 0.5) == verdict.match
+    manual = operating_point(verifier.encoder, "0.75")
+    assert manual.name == "manual" and manual.to_json()["prior"] == manual.prior
+
+
+def old_model(pixels_model: Path, folder: Path) -> Path:
+    """``pixels_model`` as an older simsearch wrote it: no ``calibration``, a saturated probability fit."""
+    shutil.copytree(pixels_model, folder)
+    config = json.loads((folder / "encoder.json").read_text())
+    record = {k: v for k, v in config["threshold"].items() if k not in ("calibration", "split")}
+    record["probability"] = {"intercept": 346.0 * record["value"], "slope": -346.0, "prior": 0.5}
+    (folder / "encoder.json").write_text(json.dumps({**config, "threshold": {**record, "split": "images"}}))
+    return folder
+
+
+def test_an_older_model_without_a_calibration_record_still_verifies(
+    tmp_path: Path, image_folder: Path, pixels_model: Path
+) -> None:
+    model = old_model(pixels_model, tmp_path / "old")
+    a, b = image_folder / "hbars/0.png", image_folder / "hbars/1.png"
+    text = invoke("verify", a, b, "-m", model)
+    assert text.exit_code == 0, text.output
+    assert "EER point" in text.output and "not recorded (a model trained by an older simsearch)" in text.output
+    data = json.loads(invoke("verify", a, b, "-m", model, "--json").stdout)
+    assert data["calibration"] == {
+        "method": "held-out images",
+        "unseen_identities": False,
+        "identities": 3,
+        "pairs": json.loads((model / "encoder.json").read_text())["threshold"]["pairs"],
+        "recorded": False,
+    }
+    assert 0.5 <= data["probability"] <= 1
+    assert invoke("verify", a, b, "-m", model, "--far", "0.05").exit_code == 0
+
+
+def test_verify_says_how_a_cross_fitted_threshold_was_obtained(
+    tmp_path: Path, image_folder: Path, pixels_model: Path
+) -> None:
+    folder = tmp_path / "crossfit"
+    shutil.copytree(pixels_model, folder)
+    config = json.loads((folder / "encoder.json").read_text())
+    calibration = {
+        "method": "cross-fitted",
+        "unseen_identities": True,
+        "folds": 4,
+        "identities": 21,
+        "labels": 21,
+        "pairs": {"genuine": 945, "impostor": 3780, "skilled_forgery": 0},
+        "far_interval": [0.021, 0.098],
+        "frr_interval": [0.03, 0.09],
+        "epochs": 23,
+    }
+    config["threshold"] = {**config["threshold"], "calibration": calibration, "split": "cross-fitted"}
+    (folder / "encoder.json").write_text(json.dumps(config))
+    a, b = image_folder / "vbars/0.png", image_folder / "vbars/2.png"
+    text = invoke("verify", a, b, "-m", folder)
+    assert "cross-fitted over 21 identities in 4 folds (945 genuine and 3,780 impostor pairs" in text.output
+    assert "95% interval of its FAR: 2.1% to 9.8%" in text.output and "prior match rate" in text.output
+    data = json.loads(invoke("verify", a, b, "-m", folder, "--json").stdout)
+    assert data["calibration"] == calibration and 0 < data["prior"] < 1
+    pairs = json.loads(invoke("verify", "--pairs", write_pairs(tmp_path, image_folder), "-m", folder, "--json").stdout)
+    assert pairs["calibration"] == calibration

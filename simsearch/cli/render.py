@@ -127,10 +127,14 @@ def _describe_training(family: str, dim: int, shape: tuple[int, ...], t: dict[st
         return f"Using raw pixels as embeddings (input {size}, d={dim})."
     if family == "pca":
         return f"Fitted PCA (input {size}, d={dim}) on {t.get('images')} images."
+    validated = (
+        f"best {t.get('validation_metric')} {t['best_validation']:.4f}"
+        if t.get("best_validation") is not None
+        else "not validated: no held-out images to measure it on (add more images per label)"
+    )
     return (
         f"Trained a {family} encoder (input {size}, d={dim}) on {t.get('images')} images: {t.get('epochs_run')} "
-        f"epochs in {t.get('seconds', 0):.0f} s on {t.get('device')}, best {t.get('validation_metric')} "
-        f"{t.get('best_validation') or 0:.4f}."
+        f"epochs in {t.get('seconds', 0):.0f} s on {t.get('device')}, {validated}."
     )
 
 
@@ -175,8 +179,7 @@ def _render_index_report(report: IndexReport) -> None:
 
 def _render_result(result: QueryResult) -> None:
     if result.unknown and result.threshold is not None:
-        nearest = result.neighbours[0].distance if result.neighbours else float("nan")
-        caption = f"vote: unknown (nearest {nearest:.4f} > threshold {result.threshold:.4f})"
+        caption = "vote: unknown (unfamiliar input)" if result.unfamiliar else f"vote: unknown ({result.reason})"
     elif result.vote is not None:
         caption = f"vote: {result.vote} ({round(result.vote_share * len(result.neighbours))}/{len(result.neighbours)})"
     else:
@@ -185,6 +188,10 @@ def _render_result(result: QueryResult) -> None:
     for n in result.neighbours:
         table.add_row(str(n.rank), f"{n.distance:.4f}", n.path, n.label or "")
     out.print(table)
+    if result.unfamiliar:
+        from simsearch.models.novelty import REMEDY, unfamiliar_text
+
+        out.print(f"{unfamiliar_text(result.query)}: its neighbours mean little — {REMEDY}.")
 
 
 def _describe_index(info: dict[str, Any]) -> str:
@@ -210,10 +217,20 @@ def _point_text(verdict: Any) -> str:
     if point.name == "manual":
         return "threshold given with --threshold"
     name = "EER point" if point.name == "eer" else point.name.upper().replace("FAR=", "FAR ≤ ")
+    if point.far is None or point.frr is None:
+        return f"{name} of held-out images of the training identities: not calibrated on unseen identities"
     return f"{name}: FAR {point.far:.2%}, FRR {point.frr:.2%} on held-out pairs"
 
 
 def _render_verdict(verdict: Any) -> None:
+    if verdict.unfamiliar:
+        out.print(f"NO MATCH: {verdict.a} ↔ {verdict.b}")
+        out.print(f"{verdict.reason}.")
+        out.print(
+            f"distance {verdict.distance:.4f}, threshold {verdict.point.threshold:.4f} ({_point_text(verdict)}): "
+            "not compared, as an unfamiliar input is never a match"
+        )
+        return
     sign = "≤" if verdict.match else ">"
     word = "MATCH" if verdict.match else "NO MATCH"
     probability = f"; match probability {verdict.probability:.3f}" if verdict.probability is not None else ""
@@ -229,7 +246,8 @@ def _render_pairs(verdicts: list[Any], summary: dict[str, Any] | None, limit: in
     for v in verdicts[:limit]:
         probability = f"{v.probability:.3f}" if v.probability is not None else "–"
         label = "" if v.label is None else ("same" if v.label else "different")
-        table.add_row(v.a, v.b, f"{v.distance:.4f}", "match" if v.match else "no match", probability, label)
+        verdict = "unfamiliar" if v.unfamiliar else "match" if v.match else "no match"
+        table.add_row(v.a, v.b, f"{v.distance:.4f}", verdict, probability, label)
     out.print(table)
     if len(verdicts) > limit:
         out.print(f"… and {len(verdicts) - limit} more pairs: use --json for all of them.")
@@ -238,6 +256,16 @@ def _render_pairs(verdicts: list[Any], summary: dict[str, Any] | None, limit: in
         f"{matches} of {len(verdicts)} pairs match at threshold {verdicts[0].point.threshold:.4f} "
         f"({_point_text(verdicts[0])})."
     )
+    flagged = list(dict.fromkeys(name for v in verdicts for name in v.unfamiliar or ()))
+    if flagged:
+        from simsearch.models.novelty import REMEDY
+
+        shown_names = ", ".join(flagged[:3]) + (f" and {len(flagged) - 3} more" if len(flagged) > 3 else "")
+        n = sum(bool(v.unfamiliar) for v in verdicts)
+        out.print(
+            f"{n} {'pair was' if n == 1 else 'pairs were'} not compared (unfamiliar input): {shown_names} "
+            f"{'is' if len(flagged) == 1 else 'are'} unlike the images this model was trained on — {REMEDY}."
+        )
     if summary:
         lines = [
             f"accuracy {summary['accuracy']:.3f}",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from simsearch.cli.core import _errors, _unchanged, app
 from simsearch.cli.options import FAR_HELP, MODEL_HELP, SOURCE_NAME_HELP, THRESHOLD_HELP, _home_option
-from simsearch.cli.render import _print_json, _render_pairs, _render_verdict, _RichProgress
+from simsearch.cli.render import _print_json, _render_pairs, _render_verdict, _RichProgress, out
 
 
 @app.command()
@@ -36,7 +37,13 @@ def verify(
     """
     with _errors(_unchanged("verify"), exit_code=2):
         from simsearch.errors import UsageError
-        from simsearch.verification import Verifier, load_encoder, operating_point, pair_metrics, read_pairs
+        from simsearch.verification import (
+            Verifier,
+            load_encoder,
+            operating_point,
+            pair_metrics,
+            read_pairs,
+        )
 
         images = images or []
         if pairs is None and len(images) != 2:
@@ -49,14 +56,36 @@ def verify(
         if pairs is None:
             verdict = verifier.verify(images[0], images[1], point)
             if as_json:
-                _print_json({**verdict.to_json(), "source": source})
+                _print_json({**verdict.to_json(), "calibration": point.calibration, "source": source})
             else:
                 _render_verdict(verdict)
+                _render_calibration(encoder.threshold, point)
             raise typer.Exit(0 if verdict.match else 1)
         with _RichProgress():
             verdicts = verifier.verify_pairs(read_pairs(pairs), point)
         summary = pair_metrics(verdicts)
         if as_json:
-            _print_json({"source": source, "pairs": [v.to_json() for v in verdicts], "metrics": summary})
+            _print_json(
+                {
+                    "source": source,
+                    "calibration": point.calibration,
+                    "pairs": [v.to_json() for v in verdicts],
+                    "metrics": summary,
+                }
+            )
             return
         _render_pairs(verdicts, summary)
+        _render_calibration(encoder.threshold, point)
+
+
+def _render_calibration(record: dict[str, Any] | None, point: Any) -> None:
+    """How the stored threshold was obtained (when it is the one in use) and what the match probability means."""
+    from simsearch.verification import describe_calibration
+
+    if record and point.name != "manual":
+        out.print(describe_calibration(record))
+    if point.prior is not None:
+        out.print(
+            f"The match probability assumes a prior match rate of {point.prior:.1%}: the one at which threshold "
+            f"{point.threshold:.4f} is the break-even point (probability 0.5 there)."
+        )

@@ -45,6 +45,7 @@ FIGURE_LABELS = {
     "open_set_accuracy": "open-set accuracy",
     "known_accuracy": "known-label accuracy (open set)",
     "unknown_rejected": "unknown labels rejected (open set)",
+    "unfamiliar_queries": "queries flagged unfamiliar",
 }
 
 

@@ -4,7 +4,8 @@ Retrieval: k-NN vote accuracy, precision@1, precision@k, recall@k, R-precision a
 every other image (leave-one-out) or a held-out share of each label against the rest (``split``).
 Verification: ROC AUC and EER over every genuine pair (or 20,000 of them) and four times as many impostor
 pairs, and FAR/FRR at the model's stored threshold. Every figure has a 95% bootstrap interval.
-Open set: some labels are kept out of the gallery, and a query whose nearest neighbour is beyond the threshold
+Open set: some labels are kept out of the gallery, and a query whose nearest neighbour is beyond the threshold,
+or that is unlike the images the model was trained on (``models.novelty``: "unfamiliar"; counted in every mode),
 is answered "unknown".
 """
 
@@ -108,6 +109,7 @@ def evaluate(
     skipped += [Skipped(labelled[n].rel, str(error)) for n, error in embedded.errors]
     kept = [labelled[n] for n in embedded.kept]
     z_model = embedded.embeddings
+    unfamiliar = embedded.unfamiliar  # None: the model has no novelty reference
     y, classes = encode_labels([e.label for e in kept])
     if len(classes) < 2:
         raise DataError(f"evaluation needs at least 2 labels (sub-folders); found {len(classes)}", file=folder)
@@ -141,8 +143,16 @@ def evaluate(
     results = []
     for n, (row_name, family, z, metric, row_point) in enumerate(candidates):
         progress("scoring", n, len(candidates), row_name)
-        results.append(score_encoder(row_name, family, z, metric, y, classes, protocol, row_point, config))
+        flags = unfamiliar if n == 0 else None  # the model's own check; the baselines have none
+        results.append(score_encoder(row_name, family, z, metric, y, classes, protocol, row_point, config, flags))
     progress("scoring", len(candidates), len(candidates))
+    flagged = results[0].figures.get("unfamiliar_queries")
+    if flagged:
+        answered = " and answered unknown" if config.open_set and point is not None else ""
+        notes.append(
+            f"{flagged} of {len(protocol.queries)} queries are unlike the images the model was trained on "
+            f"(flagged unfamiliar{answered})."
+        )
     gallery_counts = np.bincount(y[protocol.gallery], minlength=len(classes))
     if gallery_counts.max() > MAX_NEIGHBOURS:
         notes.append(f"MAP@R and R-precision look at the nearest {MAX_NEIGHBOURS} only (some labels have more images).")

@@ -93,8 +93,11 @@ def score_encoder(
     protocol: Protocol,
     point: OperatingPoint | None,
     config: EvalConfig,
+    unfamiliar: np.ndarray | None = None,
 ) -> EncoderResult:
-    """Every figure for one encoder's embeddings ``z`` (n, d) of the labelled images ``y`` (n,)."""
+    """Every figure for one encoder's embeddings ``z`` (n, d) of the labelled images ``y`` (n,). ``unfamiliar``
+    (n,) marks the images unlike the encoder's training images (``models.novelty``): their count among the queries
+    is a figure, and in the open set such a query is answered "unknown", as ``query --open-set`` answers it."""
     rng = np.random.default_rng(config.seed)
     q = protocol.queries
     gallery_counts = np.bincount(y[protocol.gallery], minlength=len(classes))
@@ -131,8 +134,13 @@ def score_encoder(
         figures["frr_at_threshold"] = metrics.bootstrap_pairs(
             pairs, lambda roc: metrics.at_threshold(roc, point.threshold)[1], boot, rng
         )
+    flagged = np.zeros(len(q), bool) if unfamiliar is None else np.asarray(unfamiliar, bool)[q]
+    if unfamiliar is not None:
+        figures["unfamiliar_queries"] = int(flagged.sum())
     if open_set and point is not None:
-        open_pred = [UNKNOWN if d[0] > point.threshold else p for d, p in zip(dist, predicted, strict=True)]
+        open_pred = [
+            UNKNOWN if d[0] > point.threshold or f else p for d, p, f in zip(dist, predicted, flagged, strict=True)
+        ]
         truth = [UNKNOWN if not kn else classes[t] for kn, t in zip(known, y[q], strict=True)]
         right = np.array([p == t for p, t in zip(open_pred, truth, strict=True)], np.float64)
         rejected = np.array([p == UNKNOWN for p in open_pred], np.float64)

@@ -3,9 +3,11 @@
 A model folder holds ``weights.safetensors`` (the encoder's tensors only: loading can never run code),
 ``encoder.json`` (everything needed to rebuild the modules and preprocess images, plus provenance) and, for the
 families with a decoder (autoencoder, denoising, vae), ``decoder.safetensors``, the decoder that maps embeddings
-back to images, checked exactly as the weights are. The fingerprint names the exact encoder: a hash of the
+back to images, checked exactly as the weights are. Models trained by this version also hold
+``reference.safetensors``, the novelty reference (``models.novelty``: what the training inputs look like, so that
+an input unlike them is flagged "unfamiliar"); a folder without one loads with no such check. The fingerprint names the exact encoder: a hash of the
 architecture, preprocessing, metric and weights (the decoder changes no embedding and is not part of it: its own
-sha256 is in ``encoder.json``).
+sha256 is in ``encoder.json``; nor is the reference).
 
 Format 2 (``simsearch.encoder/2``) is what this version writes; format-1 folders (no decoder) load as before.
 """
@@ -36,6 +38,7 @@ from simsearch import __version__
 from simsearch.errors import ModelError, UsageError, option
 from simsearch.io import Preprocess
 from simsearch.metrics import METRICS
+from simsearch.models.novelty import METHOD, TENSORS, Reference
 from simsearch.models.registry import arch_of, build_decoder, build_module, family_names, get_family
 
 FORMAT = "simsearch.encoder/2"
@@ -44,10 +47,11 @@ FORMAT_1 = "simsearch.encoder/1"
 FORMATS = (FORMAT_1, FORMAT)
 WEIGHTS = "weights.safetensors"
 DECODER = "decoder.safetensors"
+REFERENCE = "reference.safetensors"
 CONFIG = "encoder.json"
 HISTORY = "history.jsonl"
 #: Everything a model folder may hold: replacing one removes these names and nothing else.
-MODEL_FILES = (CONFIG, WEIGHTS, DECODER, HISTORY)
+MODEL_FILES = (CONFIG, WEIGHTS, DECODER, REFERENCE, HISTORY)
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # encoder.json is a few kilobytes
 #: The remedy for a path that is no model folder.
 TRAINED_FOLDER = "pass a model folder made by training"
@@ -102,6 +106,8 @@ class Encoder:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     #: The decoder trained with the encoder (autoencoder, denoising, vae), or None (other families, format-1 folders).
     decoder: nn.Module | None = None
+    #: What the training inputs look like (``models.novelty``), or None (baselines, folders saved without one).
+    reference: Reference | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -246,6 +252,11 @@ class Encoder:
         if self.decoder is not None:
             decoder = {"arch": self.decoder_arch, "sha256": _write_tensors(self.decoder_tensors(), folder / DECODER)}
             written.append(folder / DECODER)
+        reference: dict[str, Any] | None = None
+        if self.reference is not None:
+            sha = _write_arrays(self.reference.tensors(), folder / REFERENCE)
+            reference = {**self.reference.to_json(), "sha256": sha}
+            written.append(folder / REFERENCE)
         config = {
             "format": FORMAT,
             **self.identity(),
@@ -253,6 +264,7 @@ class Encoder:
             "weights_sha256": weights_sha,
             "decoder": decoder,
             "threshold": self.threshold,
+            "reference": reference,
             "training": {"simsearch_version": __version__, **self.training},
         }
         (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -323,7 +335,10 @@ class Encoder:
             raise ModelError(
                 "'threshold' and 'training' must be objects or null", file=config_path, remedy="re-train the model"
             )
-        encoder = cls(family, arch, preprocess, module, metric, threshold, training or {}, decoder=decoder)
+        reference = _load_reference(folder, config, preprocess)
+        encoder = cls(
+            family, arch, preprocess, module, metric, threshold, training or {}, decoder=decoder, reference=reference
+        )
         try:
             probe = encoder.embed(np.zeros((1, preprocess.channels, *preprocess.size), dtype=np.float32))
         except RuntimeError as exc:
@@ -354,6 +369,51 @@ def _write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
     save_file(tensors, str(path), metadata={"format": FORMAT})
     os.chmod(path, 0o666 & ~_umask())  # safetensors creates its file 0600, whatever the umask
     return _sha256_of(path)
+
+
+def _write_arrays(arrays: dict[str, np.ndarray], path: Path) -> str:
+    return _write_tensors({name: torch.from_numpy(array) for name, array in arrays.items()}, path)
+
+
+def _load_reference(folder: Path, config: dict[str, Any], spec: Preprocess) -> Reference | None:
+    """The novelty reference a model folder stores (``reference.safetensors``, described by ``encoder.json``'s
+    ``reference``), checked as the weights are: its sha256, then the shapes in its header, then the values. None
+    when there is none (folders saved before references were kept, baselines) or its method is another version's
+    (then there is no check, as for an old folder)."""
+    entry = config.get("reference")
+    if entry is None:
+        return None
+    path, config_path = folder / REFERENCE, folder / CONFIG
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise ModelError(
+            "'reference' must be null or an object with a 'sha256'", file=config_path, remedy="re-train the model"
+        )
+    if entry.get("method") != METHOD:
+        return None
+    if not path.is_file():
+        raise ModelError("missing", file=path, remedy="the model folder is incomplete; re-train or re-copy it")
+    if _sha256_of(path) != entry["sha256"]:
+        raise ModelError(
+            f"its sha256 does not match {CONFIG}",
+            file=path,
+            remedy="the reference was changed or damaged; re-train or re-copy the model folder",
+        )
+    inputs = spec.channels * spec.size[0] * spec.size[1]
+    try:
+        with safe_open(str(path), framework="pt") as f:  # the header first: nothing is allocated for a bad shape
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+        if set(shapes) != set(TENSORS) or shapes["mean"] != (inputs,) or len(shapes["components"]) != 2:
+            raise ValueError(f"its tensors do not fit an input of {inputs} values")
+        if shapes["components"][0] > 64 or shapes["low"] != shapes["high"] or len(shapes["low"]) != 1:
+            raise ValueError("its tensors are not a reference's")
+        tensors = {name: tensor.numpy() for name, tensor in load_file(str(path)).items()}
+        return Reference.from_tensors(tensors, entry, inputs)
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise ModelError(
+            f"not a valid novelty reference ({str(exc)[:200]})",
+            file=path,
+            remedy="re-train or re-copy the model folder",
+        ) from None
 
 
 def _load_tensors(path: Path, sha256: str, build: Callable[[], nn.Module], architecture: str, what: str) -> nn.Module:

@@ -112,8 +112,10 @@ register(
         "siamese",
         f"a metric-learning loss on augmented images, embeddings on the unit sphere: {option('loss', 'contrastive')} "
         f"(same-label pairs pulled to 0, different pairs pushed beyond {option('margin')}, 1.0), triplet (anchor "
-        f"nearer its positive than its negative by {option('margin')}, 0.2, on semi-hard triplets mined in the batch) "
-        "or ntxent (two augmented views of one image agree, SimCLR's NT-Xent: no labels needed)",
+        f"nearer its positive than its negative by {option('margin')}, 0.2, on semi-hard triplets mined in the batch), "
+        "arcface, cosface or subcenter (margin-based classification over the training labels, the standard of face "
+        "recognition: a weight per label, dropped after training), or ntxent (two augmented views of one image agree, "
+        "SimCLR's NT-Xent: no labels needed)",
         encoder="autoencoder:ConvEncoder",
         objective="siamese",
         needs_labels=True,

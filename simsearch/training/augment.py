@@ -54,9 +54,41 @@ def add_transformed_classes(
     return np.concatenate(images), np.concatenate(labels), np.concatenate(grown)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator | None = None, strength: float = 1.0) -> torch.Tensor:
+#: ``mirror``: auto (mirror images that fill their frame, such as faces and photos; not strokes on a plain
+#: background, such as handwriting and signatures, whose mirror image is another shape), yes or no.
+MIRROR_MODES = ("auto", "yes", "no")
+#: Share of pixels away from an image's background above which ``mirror_for`` calls the images photo-like.
+PHOTO_LIKE_FILL = 0.4
+
+
+def fill_fraction(images: torch.Tensor | np.ndarray) -> float:
+    """The median share of each image's pixels that stand out from its background (the image's median value),
+    by more than a tenth of its range: about 0.1–0.2 for strokes (handwriting, signatures, digits), 0.6–0.8 for
+    faces and clothes."""
+    x = torch.as_tensor(images).float().flatten(1)
+    if x.numel() == 0:
+        return 0.0
+    background = x.median(dim=1, keepdim=True).values
+    span = (x.amax(dim=1, keepdim=True) - x.amin(dim=1, keepdim=True)).clamp_min(1e-6)
+    return float(((x - background).abs() > 0.1 * span).float().mean(dim=1).median())
+
+
+def mirror_for(mode: str, images: torch.Tensor | np.ndarray) -> bool:
+    """Whether training mirrors images left to right: ``yes``, ``no``, or for ``auto`` whether the images fill
+    their frame (``fill_fraction`` above ``PHOTO_LIKE_FILL``), judged on up to 512 of them."""
+    if mode not in MIRROR_MODES:
+        raise ValueError(f"unknown mirror mode {mode!r}; expected one of {', '.join(MIRROR_MODES)}")
+    if mode != "auto":
+        return mode == "yes"
+    return fill_fraction(images[:512]) > PHOTO_LIKE_FILL
+
+
+def augment(
+    x: torch.Tensor, generator: torch.Generator | None = None, strength: float = 1.0, mirror: bool = False
+) -> torch.Tensor:
     """Random small affine warps (rotation ±10°, scale ±10%, shear, shift ±8%), pixel noise and random
-    erasing, applied to a batch (n, C, H, W) in one pass. Borders are extended, not filled with zeros."""
+    erasing, applied to a batch (n, C, H, W) in one pass. Borders are extended, not filled with zeros. With
+    ``mirror``, half of the images (at random) are also mirrored left to right."""
     n, device = len(x), x.device
 
     def uniform(low: float, high: float, size: tuple[int, ...] = (n,)) -> torch.Tensor:
@@ -68,7 +100,11 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, strength:
     shear = uniform(-0.15, 0.15) * s
     shift = uniform(-0.08, 0.08, (n, 2)) * s * 2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin + shear, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(device) if mirror else 1.0
+    # Mirroring negates the grid's x: the first column of the sampling matrix.
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin + shear, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     out = out + torch.randn(out.shape, generator=generator).to(device) * (0.05 * s)

@@ -10,7 +10,7 @@ from simsearch.io import (
     RESIZE_MODES,
 )
 from simsearch.models.registry import REGISTRY, Family, family_names
-from simsearch.training.augment import CLASS_AUGMENTS
+from simsearch.training.augment import CLASS_AUGMENTS, MIRROR_MODES
 from simsearch.training.losses import LOSSES
 
 #: The families ``train`` makes (all of the registry's), and those the training loop fits, as registered when
@@ -32,7 +32,7 @@ class TrainConfig:
     class_augment: str = "none"
     dim: int = 64
     size: str = "auto"
-    resize: str = "letterbox"
+    resize: str = "auto"
     max_side: int = 64
     invert: str = "auto"
     epochs: int = 60
@@ -42,9 +42,13 @@ class TrainConfig:
     max_images: int = 20_000
     val_fraction: float = 0.15
     patience: int = 12
+    #: Folds of the cross-fitted threshold calibration (``calibrate.plan_calibration``): None chooses K from the
+    #: identities; 1 turns it off (one validation split, as a quick run); K ≥ 2 asks for K (two groups a fold).
+    folds: int | None = None
     ema: float = 0.0
     projection: int = 0
     similar_labels: int = 0
+    mirror: str = "no"
     seed: int = 0
     device: str = "auto"
 
@@ -53,8 +57,10 @@ class TrainConfig:
             raise UsageError(f"unknown family {self.family!r}", remedy=f"use one of: {', '.join(family_names())}")
         if self.loss not in LOSSES:
             raise UsageError(f"unknown loss {self.loss!r}", remedy=f"use one of: {', '.join(LOSSES)}")
-        if self.resize not in RESIZE_MODES:
-            raise UsageError(f"{option('resize')} must be one of {', '.join(RESIZE_MODES)}, not {self.resize!r}")
+        if self.resize not in ("auto", *RESIZE_MODES):
+            raise UsageError(
+                f"{option('resize')} must be auto or one of {', '.join(RESIZE_MODES)}, not {self.resize!r}"
+            )
         if self.invert not in ("auto", "yes", "no"):
             raise UsageError(f"{option('invert')} must be auto, yes or no, not {self.invert!r}")
         if self.batch_size is not None and self.batch_size < 2:
@@ -74,6 +80,8 @@ class TrainConfig:
                 f"{option('similar_labels')} builds batches of labels: use it with {option('family', 'siamese')} "
                 f"and {option('loss', 'contrastive')} or triplet"
             )
+        if self.mirror not in MIRROR_MODES:
+            raise UsageError(f"{option('mirror')} must be one of {', '.join(MIRROR_MODES)}, not {self.mirror!r}")
         if self.class_augment not in CLASS_AUGMENTS:
             raise UsageError(
                 f"{option('class_augment')} must be one of {', '.join(CLASS_AUGMENTS)}, not {self.class_augment!r}"
@@ -84,6 +92,8 @@ class TrainConfig:
                 f"{option('family', 'siamese')} with {option('loss', 'contrastive')} or triplet, or "
                 f"{option('contrastive_weight')}"
             )
+        if self.folds is not None and self.folds < 1:
+            raise UsageError(f"{option('folds')} must be auto or at least 1 (1: no cross-fitting), not {self.folds}")
         if self.epochs < 1:
             raise UsageError(f"{option('epochs')} must be at least 1, not {self.epochs}")
         if self.max_seconds <= 0:
@@ -123,6 +133,10 @@ def parse_size(text: str) -> tuple[int, int] | None:
 
 
 def choose_size(height: int, width: int, max_side: int) -> tuple[int, int]:
-    """Keep the images' aspect ratio, never upscale, and cap the long side at ``max_side``."""
-    scale = min(1.0, max_side / max(height, width))
+    """Keep the images' aspect ratio, never upscale, and cap the long side at ``max_side``; for images more than
+    twice as long as they are wide (a signature on its line) the long side may reach twice ``max_side``, so
+    that the short side keeps at least half of ``max_side``."""
+    long_side, short_side = max(height, width), min(height, width)
+    cap = max_side if short_side * max_side / long_side >= max_side / 2 else 2 * max_side
+    scale = min(1.0, cap / long_side)
     return max(4, round(height * scale)), max(4, round(width * scale))

@@ -13,7 +13,13 @@ from torch import nn
 # pytorch-metric-learning is imported by the functions that build its losses: it brings scipy with it (0.8 s),
 # which `simsearch index --model M` and `query` never need.
 
-LOSSES = ("contrastive", "triplet", "ntxent")
+#: Margin-based classification losses (the standard of face recognition): a weight vector per training label,
+#: logits ``scale · cos`` with a margin on the true label's angle; only the embedding is kept for search.
+MARGIN_LOSSES = ("arcface", "cosface", "subcenter")
+LOSSES = ("contrastive", "triplet", "ntxent", *MARGIN_LOSSES)
+#: Each margin loss's default margin (ArcFace's in degrees, CosFace's on the cosine) and logit scale.
+MARGIN_DEFAULTS = {"arcface": 28.6, "cosface": 0.35, "subcenter": 28.6}
+MARGIN_SCALE = 30.0
 
 
 class MetricLoss(nn.Module):
@@ -76,6 +82,24 @@ def ntxent_loss(temperature: float = 0.1) -> MetricLoss:
     return MetricLoss(NTXent(temperature))
 
 
+def margin_loss(
+    name: str, classes: int, dim: int, margin: float | None = None, scale: float = MARGIN_SCALE
+) -> nn.Module:
+    """``arcface`` (additive angular margin, Deng et al. 2019), ``cosface`` (additive cosine margin, Wang et al.
+    2018) or ``subcenter`` (ArcFace with 3 centres per label, robust to odd images, Deng et al. 2020), from
+    pytorch-metric-learning, over ``classes`` labels of ``dim``-d embeddings. The module holds the label weights,
+    which are trained along with the encoder: ``loss(embeddings, labels) → scalar``."""
+    from pytorch_metric_learning import losses
+
+    if name not in MARGIN_LOSSES:
+        raise ValueError(f"unknown margin loss {name!r}; expected one of {MARGIN_LOSSES}")
+    if classes < 2:
+        raise ValueError(f"a margin loss needs at least 2 labels, not {classes}")
+    kind = {"arcface": losses.ArcFaceLoss, "cosface": losses.CosFaceLoss, "subcenter": losses.SubCenterArcFaceLoss}
+    value = MARGIN_DEFAULTS[name] if margin is None else margin
+    return MetricLoss(kind[name](num_classes=classes, embedding_size=dim, margin=value, scale=scale))
+
+
 def metric_loss(name: str, margin: float | None = None) -> MetricLoss:
     if name == "contrastive":
         return contrastive_loss(1.0 if margin is None else margin)
@@ -83,6 +107,8 @@ def metric_loss(name: str, margin: float | None = None) -> MetricLoss:
         return triplet_loss(0.2 if margin is None else margin)
     if name == "ntxent":
         return ntxent_loss()
+    if name in MARGIN_LOSSES:
+        raise ValueError(f"the {name} loss holds weights per label: build it with margin_loss")
     raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}")
 
 

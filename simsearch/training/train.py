@@ -5,6 +5,7 @@ calibrate its threshold, and record where it came from. The PCA and raw-pixel ba
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -25,10 +26,18 @@ from simsearch.io import (
 )
 from simsearch.models.baseline import PCAEncoder, PixelEncoder
 from simsearch.models.encoder import Encoder, resolve_device
+from simsearch.models.novelty import fit_reference
 from simsearch.models.registry import arch_of
 from simsearch.progress import Progress, no_progress
 from simsearch.training.augment import add_transformed_classes
-from simsearch.training.calibrate import calibrate_threshold
+from simsearch.training.calibrate import (
+    METHOD_CROSS_FITTED,
+    METHOD_IDENTITIES,
+    CalibrationPlan,
+    CrossFit,
+    calibrate_threshold,
+    plan_calibration,
+)
 from simsearch.training.config import TrainConfig, choose_size, parse_size
 from simsearch.training.loop import fit
 from simsearch.training.objectives import Objective, objective_class
@@ -47,14 +56,18 @@ def load_training_images(
     entries: Sequence[ImageFileEntry], config: TrainConfig, progress: Progress = no_progress
 ) -> tuple[np.ndarray, list[str | None], Preprocess]:
     """Read a sample of the images and choose the preprocessing spec from them: size (aspect kept, never
-    upscaled), channels (grey unless some image has colour) and ``invert`` (light backgrounds, such as ink
-    on paper, are inverted so that strokes are high values). Returns the normalised arrays (n, C, H, W)
+    upscaled, see ``choose_size``), channels (grey unless some image has colour), ``invert`` (light backgrounds,
+    such as ink on paper, are inverted so that strokes are high values) and, with ``resize`` auto, ``trim`` for
+    light backgrounds (crop to the strokes) and ``letterbox`` otherwise. Returns the normalised arrays (n, C, H, W)
     float32, their labels, and the spec with ``mean``/``std`` fitted on the sample."""
     sample = sample_entries(entries, config.max_images, config.seed)
     survey = survey_images(e.path for e in sample_entries(sample, 200, config.seed))
     size = parse_size(config.size) or choose_size(survey.median_height, survey.median_width, config.max_side)
     invert = survey.background > 0.5 if config.invert == "auto" else config.invert == "yes"
-    raw = Preprocess(size=size, channels=1 if survey.grey else 3, invert=invert, resize=config.resize)
+    # Ink on paper (a light background) is cropped to its strokes: where a signature or character sits on the
+    # sheet says nothing of who drew it.
+    resize = config.resize if config.resize != "auto" else ("trim" if survey.background > 0.5 else "letterbox")
+    raw = Preprocess(size=size, channels=1 if survey.grey else 3, invert=invert, resize=resize)
     arrays: list[np.ndarray] = []
     labels: list[str | None] = []
     loaded_all = load_images([e.path for e in sample], raw, names=[e.rel for e in sample])
@@ -109,8 +122,11 @@ def train_neural(
     config: TrainConfig,
     progress: Progress = no_progress,
 ) -> Encoder:
-    """Fit one of the neural families on normalised ``images`` (n, C, H, W); return its encoder, calibrated
-    on the held-out split when it is labelled."""
+    """Fit one of the neural families on normalised ``images`` (n, C, H, W); return its encoder, with the
+    verification threshold calibrated as ``calibrate.plan_calibration`` decides when the images are labelled:
+    cross-fitted over identities (one model per fold, then the final model on every identity), or on a single
+    held-out split. ``config.max_seconds`` bounds all of it."""
+    started = time.monotonic()
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     y, classes = encode_labels(labels)
@@ -119,22 +135,128 @@ def train_neural(
             f"{option('family', config.family)} with this loss needs labels: put each class in its own sub-folder "
             f"(at least 2), or use {option('loss', 'ntxent')}, which needs none"
         )
-    split = split_for_validation(y, config.val_fraction, config.seed)
+    plan = plan_calibration(y, classes, config.uses_labels, config.folds)
+    if plan.method == METHOD_CROSS_FITTED:
+        return train_cross_fitted(images, y, classes, plan, spec, config, device, progress, started)
+    split = split_for_validation(y, config.val_fraction, config.seed, plan.groups, plan.method == METHOD_IDENTITIES)
+    objective = training_objective(images, y, split, spec, config, device)
+    history = fit(objective, config, progress, objective.task(config))
+    encoder = encoder_of(objective, config, spec, history)
+    encoder.training = provenance(config, len(images), classes, split, history, device)
+    add_augment_record(encoder, objective, config)
+    encoder.threshold = calibrate_threshold(encoder, images, y, split, plan)
+    return encoder
+
+
+def training_objective(
+    images: np.ndarray, y: np.ndarray, split: Split, spec: Preprocess, config: TrainConfig, device: torch.device
+) -> Objective:
+    """A new model of ``config.family`` and its objective, training on ``split.train`` (grown by
+    ``config.class_augment``), on ``device``."""
     x_train, y_train, split_train = with_class_augment(images, y, split, config.class_augment)
     objective = build_objective(torch.from_numpy(x_train).to(device), y_train, split_train, spec, config)
     objective.model.to(device)
-    history = fit(objective, config, progress, objective.task(config))
+    return objective
+
+
+def encoder_of(objective: Objective, config: TrainConfig, spec: Preprocess, history: list[dict[str, Any]]) -> Encoder:
     module = objective.encoder.cpu().eval()
     decoder = objective.decoder.cpu().eval() if objective.decoder is not None else None
-    encoder = Encoder(config.family, arch_of(module), spec, module, history=history, decoder=decoder)
-    encoder.training = provenance(config, len(images), classes, split, history, device)
+    return Encoder(config.family, arch_of(module), spec, module, history=history, decoder=decoder)
+
+
+def add_augment_record(encoder: Encoder, objective: Objective, config: TrainConfig) -> None:
+    """What augmentation decided from the data: whether images were mirrored (``--mirror auto``), and the images
+    and labels that class augmentation made."""
+    mirror = getattr(objective, "mirror", None)
+    if mirror is not None:
+        encoder.training["mirror"] = bool(mirror)
     if config.class_augment != "none":
-        trained_on = y_train[split_train.train]
+        trained_on = objective.labels[objective.train_rows].cpu().numpy()
         encoder.training["class_augment"] = {
             "images": len(trained_on),
             "labels": len(np.unique(trained_on[trained_on >= 0])),
         }
-    encoder.threshold = calibrate_threshold(encoder, images, y, split)
+
+
+def train_cross_fitted(
+    images: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    plan: CalibrationPlan,
+    spec: Preprocess,
+    config: TrainConfig,
+    device: torch.device,
+    progress: Progress,
+    started: float,
+) -> Encoder:
+    """Cross-fitted calibration (``calibrate.CrossFit``), then the final model on every identity.
+
+    Time: the folds share ``config.max_seconds`` with the final model in proportion to their work: a fold model
+    trains on about (K − 1)/K of the images, so each fold gets (K − 1)/K of what the final model gets, from the
+    time left when it starts (time a fold leaves unused goes to the next ones and the final model). Each fold
+    model stops early only with enough held-out identities and pairs of its own (``calibrate.MIN_IDENTITIES_FOR_PATIENCE``);
+    the final model has no validation split and trains for the epoch the pooled fold curve chose, on the same
+    learning-rate schedule (``fit``'s ``epochs``)."""
+    cross = CrossFit(y, plan, seed=config.seed)
+    k_total = plan.folds
+    share = (k_total - 1) / k_total
+    fold_seconds: list[float] = []
+
+    def train_fold(k: int, train_rows: np.ndarray, held_rows: np.ndarray, max_epochs: int, observe: Any) -> None:
+        fold_started = time.monotonic()
+        left = config.max_seconds - (fold_started - started)
+        budget = max(left * share / ((k_total - k) * share + 1), 1e-3)
+        patience = config.patience if cross.folds[k].patient else config.epochs + 1
+        fold_config = replace(config, max_seconds=budget, patience=patience)
+        torch.manual_seed(config.seed + 1 + k)
+        objective = training_objective(images, y, Split(train_rows, held_rows, "identities"), spec, fold_config, device)
+
+        def score() -> float | None:
+            return observe(objective.embed_rows(held_rows).cpu().numpy())
+
+        task = f"fold {k + 1}/{k_total}: {objective.task(config)}"
+        fit(objective, fold_config, progress, task, epochs=max_epochs, validate=score)
+        fold_seconds.append(round(time.monotonic() - fold_started, 2))
+
+    cross.run(train_fold, config.epochs)
+    curve = cross.curve()
+    epoch = cross.best_epoch()
+    torch.manual_seed(config.seed)
+    left = max(config.max_seconds - (time.monotonic() - started), 1e-3)
+    final_config = replace(config, max_seconds=left)
+    split = Split(np.arange(len(y)), np.zeros(0, np.int64), "cross-fitted")
+    objective = training_objective(images, y, split, spec, final_config, device)
+    task = f"final model ({epoch} epoch{'s' if epoch > 1 else ''}, every identity): {objective.task(config)}"
+    final_started = time.monotonic()
+    history = fit(objective, final_config, progress, task, epochs=epoch, validate=lambda: None)
+    for h in history:  # the score each epoch was chosen by: the pooled EER of the fold models at that epoch
+        h["val_eer"] = curve[h["epoch"] - 1]
+    encoder = encoder_of(objective, config, spec, history)
+    encoder.training = provenance(config, len(images), classes, split, history, device)
+    add_augment_record(encoder, objective, config)
+    trained = len(history)
+    labelled = y >= 0
+    encoder.training["validation"] = {
+        "split": "cross-fitted",
+        "folds": k_total,
+        "identities": plan.n_groups,
+        "images": int(labelled.sum()),
+    }
+    encoder.training["cross_fit"] = {
+        "folds": k_total,
+        "identities": plan.n_groups,
+        "chosen_epoch": epoch,
+        "final_epochs": trained,
+        "pooled_eer": curve,
+        "fold_eer": cross.fold_curves(),
+        "fold_seconds": fold_seconds,
+        "final_seconds": round(time.monotonic() - final_started, 2),
+    }
+    encoder.training["seconds"] = round(time.monotonic() - started, 2)
+    encoder.training["best_validation"] = curve[min(epoch, trained) - 1] if curve else None
+    # Calibrated at the epoch the final model reached (the chosen one unless the time limit cut it short).
+    encoder.threshold = cross.record(min(epoch, trained), trained)
     return encoder
 
 
@@ -177,7 +299,7 @@ def provenance(
     device: torch.device,
 ) -> dict[str, Any]:
     metric = next((k for k in (history[0] if history else {}) if k.startswith("val_")), "val_loss")
-    best = min((h[metric] for h in history), default=None)
+    best = min((h[metric] for h in history if metric in h), default=None)  # None: nothing held out to measure
     return {
         "config": asdict(config),
         "images": n_images,
@@ -199,7 +321,9 @@ def train_encoder(entries: Sequence[ImageFileEntry], config: TrainConfig, progre
         raise DataError("no images to train on — the folder holds no readable image files")
     images, labels, spec = load_training_images(entries, config, progress)
     if config.family_record.trained:
-        return train_neural(images, labels, spec, config, progress)
+        encoder = train_neural(images, labels, spec, config, progress)
+        encoder.reference = fit_reference(images, spec, config.seed)  # what its inputs look like: novelty check
+        return encoder
     if config.family == "pixels":
         # Pixels keep the plain [0, 1] scale so that distances are the familiar raw-pixel distances.
         return pixels_encoder(Preprocess(size=spec.size, channels=spec.channels, resize=spec.resize))

@@ -192,7 +192,7 @@ def test_train_siamese_reports_its_calibrated_threshold(tmp_path: Path) -> None:
 
 
 def test_train_rejects_unknown_loss_and_unlabelled_siamese(tmp_path: Path, image_folder: Path) -> None:
-    result = invoke("train", image_folder, "--family", "siamese", "--loss", "arcface")
+    result = invoke("train", image_folder, "--family", "siamese", "--loss", "hinge")
     assert result.exit_code == 2 and "unknown loss" in result.stderr
     flat = tmp_path / "flat"
     flat.mkdir()

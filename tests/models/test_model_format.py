@@ -78,6 +78,7 @@ def test_train_writes_a_decoder_that_reconstructs(image_folder: Path, tmp_path: 
         "decoder.safetensors",
         "encoder.json",
         "history.jsonl",
+        "reference.safetensors",
         "weights.safetensors",
     ]
     config = json.loads((model / "encoder.json").read_text())

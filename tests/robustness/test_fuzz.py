@@ -6,6 +6,7 @@ with exactly one ``Error:`` line — never a traceback. Hypothesis runs derandom
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -158,13 +159,14 @@ def test_the_cli_never_prints_a_traceback(collection: Collection, scratch: Path,
         assert result.stderr == "" and len(result.stdout) > 0
 
 
-def invoke_cleanly(args: list[str], path: Path, error_code: int) -> Any:
-    """Run the command line on ``args``: it must end without a traceback, and a failure must be exit
-    ``error_code`` with one line on stderr, ``Error: PATH: …``. Returns the result for the success checks."""
+def invoke_cleanly(args: list[str], path: Path, error_code: int, answers: tuple[int, ...] = (0,)) -> Any:
+    """Run the command line on ``args``: it must end without a traceback, and a failure (an exit code not in
+    ``answers``) must be exit ``error_code`` with one line on stderr, ``Error: PATH: …``. Returns the result for
+    the success checks."""
     result = CliRunner().invoke(app, args)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
-    if result.exit_code != 0:
+    if result.exit_code not in answers:
         assert result.exit_code == error_code, result.output
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: "), result.stderr
@@ -236,7 +238,7 @@ def test_verify_decides_or_raises_a_simsearch_error(
     except SimsearchError:
         return
     assert np.isfinite(verdict.distance) and verdict.distance >= 0
-    assert verdict.match == (verdict.distance <= 1.0)
+    assert verdict.match == (verdict.distance <= 1.0 and not verdict.unfamiliar)  # an unfamiliar input never matches
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -246,6 +248,11 @@ def test_the_verify_command_never_prints_a_traceback(collection: Collection, scr
     path = scratch / "verify-cli.png"
     path.write_bytes(data)
     args = ["verify", str(path), str(path), "--name", str(collection.path), "--threshold", "0.5", "--json"]
-    result = invoke_cleanly(args, path, 2)
+    result = invoke_cleanly(args, path, 2, answers=(0, 1))
     if result.exit_code == 0:  # an image compared with itself is at distance 0: a match
         assert result.stderr == "" and '"match": true' in result.stdout
+    if result.exit_code == 1:  # … unless it is unlike the training images: then never a match, and said why
+        answer = json.loads(result.stdout)
+        assert (
+            answer["match"] is False and answer["unfamiliar"] == [str(path)] and "unfamiliar input" in answer["reason"]
+        )

@@ -96,4 +96,80 @@ def test_vae_loss_by_hand() -> None:
 
 def test_unknown_loss_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown loss"):
+        metric_loss("nonsense")
+
+
+# --- margin losses (ArcFace, CosFace, sub-centre ArcFace) --------------------------------------------------------
+
+
+def set_weights(loss: torch.nn.Module, degrees: list[float]) -> None:
+    """Point the margin loss's label weights (columns of W) at these angles in the plane."""
+    inner = loss.loss  # MetricLoss wraps the pytorch-metric-learning module
+    with torch.no_grad():
+        inner.W.copy_(unit(*degrees).T)
+
+
+def cross_entropy_by_hand(logits: list[float], target: int) -> float:
+    return -logits[target] + math.log(sum(math.exp(v) for v in logits))
+
+
+def test_cosface_by_hand() -> None:
+    from simsearch.training.losses import margin_loss
+
+    loss = margin_loss("cosface", classes=2, dim=2, margin=0.35, scale=30.0)
+    set_weights(loss, [0, 90])
+    # One embedding at 30°, label 0: cos to its label 0.866, to the other 0.5; CosFace subtracts the margin
+    # from the true label's cosine, then scales.
+    c_true, c_other = math.cos(math.radians(30)), math.cos(math.radians(60))
+    expected = cross_entropy_by_hand([30 * (c_true - 0.35), 30 * c_other], 0)
+    assert loss(unit(30), torch.tensor([0])).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_arcface_by_hand() -> None:
+    from simsearch.training.losses import margin_loss
+
+    loss = margin_loss("arcface", classes=3, dim=2, margin=20.0, scale=30.0)
+    set_weights(loss, [0, 90, 200])
+    # Two embeddings: at 40° (label 0: angle 40° to its weight, + 20° margin) and at 100° (label 2: 100° away,
+    # + 20°). The loss is the mean cross entropy.
+    z, y = unit(40, 100), torch.tensor([0, 2])
+    first = cross_entropy_by_hand(
+        [30 * math.cos(math.radians(60)), 30 * math.cos(math.radians(50)), 30 * math.cos(math.radians(160))], 0
+    )
+    second = cross_entropy_by_hand(
+        [30 * math.cos(math.radians(100)), 30 * math.cos(math.radians(10)), 30 * math.cos(math.radians(120))], 2
+    )
+    assert loss(z, y).item() == pytest.approx((first + second) / 2, rel=1e-4)
+
+
+def test_arcface_past_the_fold_keeps_decreasing() -> None:
+    from simsearch.training.losses import margin_loss
+
+    # Beyond 180° − margin, cos(θ + m) would turn back up; ArcFace uses cos θ − m·sin m there instead.
+    loss = margin_loss("arcface", classes=2, dim=2, margin=30.0, scale=10.0)
+    set_weights(loss, [0, 180])
+    m = math.radians(30)
+    target = math.cos(math.radians(170)) - m * math.sin(m)
+    expected = cross_entropy_by_hand([10 * target, 10 * math.cos(math.radians(10))], 0)
+    assert loss(unit(170), torch.tensor([0])).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_subcenter_arcface_takes_the_nearest_centre_of_each_label() -> None:
+    from simsearch.training.losses import margin_loss
+
+    loss = margin_loss("subcenter", classes=2, dim=2, margin=20.0, scale=30.0)
+    # Three centres per label, label-major columns: label 0's at 0°, 120° and 240°, label 1's at 200°, 300°, 330°.
+    set_weights(loss, [0, 120, 240, 200, 300, 330])
+    # An embedding at 100°, label 0: its nearest label-0 centre is 120° (20° away, + 20° margin); label 1's
+    # nearest is 200° (100° away).
+    expected = cross_entropy_by_hand([30 * math.cos(math.radians(40)), 30 * math.cos(math.radians(100))], 0)
+    assert loss(unit(100), torch.tensor([0])).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_margin_losses_refuse_what_they_cannot_train() -> None:
+    from simsearch.training.losses import margin_loss
+
+    with pytest.raises(ValueError, match="at least 2 labels"):
+        margin_loss("arcface", classes=1, dim=8)
+    with pytest.raises(ValueError, match="margin_loss"):
         metric_loss("arcface")

@@ -10,8 +10,16 @@ import torch
 
 from simsearch.training.augment import add_transformed_classes, augment, class_symmetries
 from simsearch.training.sampling import (
+    FORGERY,
+    GENUINE,
+    IMPOSTOR,
     MIN_IDENTITIES_TO_HOLD_OUT,
     encode_labels,
+    forged_labels,
+    identity_groups,
+    identity_of,
+    identity_pairs,
+    labels_are_identities,
     pk_batches,
     similar_pk_batches,
     split_for_validation,
@@ -129,3 +137,64 @@ def test_similar_pk_batches_group_nearest_labels() -> None:
     for batch in pairs:
         firsts = y[batch][::2]
         assert len(set(firsts)) == 4 and firsts[0] // 4 == firsts[1] // 4 and firsts[2] // 4 == firsts[3] // 4
+
+
+def test_identity_of_finds_the_writer_a_forgery_label_forges() -> None:
+    assert identity_of("049_forg") == ("049", True)
+    assert identity_of("049_FORGED") == ("049", True)
+    assert identity_of("w7-forgeries") == ("w7", True)
+    assert identity_of("001/forged") == ("001", True)
+    assert identity_of("forgeries/001") == ("001", True)
+    assert identity_of("001/genuine") == ("001", False)
+    assert identity_of("s12") == ("s12", False)
+    assert identity_of("forged") == ("forged", False)  # nothing but the word: an ordinary label
+    assert identity_of("_forg") == ("_forg", False)
+    assert identity_of("Greek/character01") == ("Greek/character01", False)
+
+
+def test_identity_groups_put_siblings_together() -> None:
+    classes = ["001/forged", "001/genuine", "049", "049_forg", "050", "s1"]
+    groups = identity_groups(classes)
+    assert groups[0] == groups[1] and groups[2] == groups[3]
+    assert len(set(groups.tolist())) == 4
+    assert forged_labels(classes).tolist() == [True, False, False, True, False, False]
+
+
+def test_labels_are_identities_unless_few_and_large() -> None:
+    def rule(n_labels: int, per_label: int) -> bool:
+        return labels_are_identities(np.repeat(np.arange(n_labels), per_label), np.arange(n_labels))
+
+    assert rule(28, 10) and rule(4, 24) and rule(964, 20) and rule(25, 500)  # people, signers, characters
+    assert not rule(10, 300)  # ten clothing classes
+    assert not labels_are_identities(np.full(5, -1), np.zeros(0, np.int64))
+    # A writer and their forgeries are one group: 20 labels, 10 groups, large labels → classes.
+    y = np.repeat(np.arange(20), 150)
+    assert labels_are_identities(y, np.arange(20)) and not labels_are_identities(y, np.arange(20) // 2)
+
+
+def test_an_identity_split_holds_out_siblings_together() -> None:
+    classes = [f"{w:03d}{suffix}" for w in range(30) for suffix in ("", "_forg")]
+    y = np.repeat(np.arange(60), 3)
+    split = split_for_validation(y, 0.2, seed=0, groups=identity_groups(classes))
+    writer = np.array([classes[c][:3] for c in y])
+    assert split.mode == "identities" and len(set(writer[split.val])) == 6
+    assert set(writer[split.val]).isdisjoint(writer[split.train])
+    # Fewer than 20 identities: images unless told to hold out identities (two at least, two kept to train on).
+    few = np.repeat(np.arange(4), 5)
+    assert split_for_validation(few, 0.15, seed=0).mode == "images"
+    forced = split_for_validation(few, 0.15, seed=0, by_identity=True)
+    assert forced.mode == "identities" and len(set(few[forced.val])) == 2 and len(set(few[forced.train])) == 2
+
+
+def test_identity_pairs_of_writers_and_forgeries() -> None:
+    classes = ["a", "a_forg", "b", "b_forg", "c"]
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 3, 4, 4, -1])
+    i, j, kind = identity_pairs(y, identity_groups(classes), forged_labels(classes), np.random.default_rng(0))
+    pairs = {kind_: {(int(a), int(b)) for a, b, k in zip(i, j, kind, strict=True) if k == kind_} for kind_ in (0, 1, 2)}
+    assert pairs[GENUINE] == {(0, 1), (0, 2), (1, 2), (5, 6), (8, 9)}  # never (3, 4): two forgeries of a
+    assert pairs[FORGERY] == {(r, f) for r in (0, 1, 2) for f in (3, 4)} | {(5, 7), (6, 7)}
+    impostors = np.flatnonzero(kind == IMPOSTOR)
+    assert len(impostors) == 4 * 5
+    group = identity_groups(classes)[y]
+    assert (group[i[impostors]] != group[j[impostors]]).all()
+    assert not np.isin(np.r_[i[impostors], j[impostors]], [3, 4, 7, 10]).any()  # genuine images only

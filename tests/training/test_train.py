@@ -36,7 +36,33 @@ def test_choose_size_keeps_aspect_and_never_upscales() -> None:
     assert choose_size(8, 8, 64) == (8, 8)
     assert choose_size(28, 28, 64) == (28, 28)
     assert choose_size(105, 105, 64) == (64, 64)
-    assert choose_size(120, 300, 64) == (26, 64)
+    assert choose_size(112, 92, 64) == (64, 53)
+    assert choose_size(200, 300, 64) == (43, 64)
+    # More than twice as wide as tall (a signature): the long side may reach 128, so the short keeps ≥ 32.
+    assert choose_size(120, 300, 64) == (51, 128)
+    assert choose_size(320, 670, 64) == (61, 128)
+    assert choose_size(30, 70, 64) == (30, 70)  # never upscaled
+
+
+def test_auto_resize_trims_ink_on_paper_and_letterboxes_the_rest(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from simsearch.io import find_images
+    from simsearch.training.train import load_training_images
+
+    for name, background, ink in (("paper", 255, 0), ("night", 0, 255)):
+        folder = tmp_path / name / "a"
+        folder.mkdir(parents=True)
+        for i in range(3):
+            image = Image.new("L", (60, 40), background)
+            image.paste(ink, (10 + i, 10, 30, 14))
+            image.save(folder / f"{i}.png")
+        entries, _ = find_images(tmp_path / name)
+        _, _, spec = load_training_images(entries, TrainConfig(family="pca"))
+        assert spec.resize == ("trim" if name == "paper" else "letterbox")
+        assert spec.invert == (name == "paper")
+        _, _, spec = load_training_images(entries, TrainConfig(family="pca", resize="letterbox"))
+        assert spec.resize == "letterbox"
 
 
 def test_config_is_validated() -> None:
@@ -194,8 +220,8 @@ def write_strokes(root: Path, per_class: int = 6, width: int = 300, height: int 
 def test_auto_size_keeps_wide_aspect_and_inverts_light_paper(tmp_path: Path, fast_train: TrainConfig) -> None:
     write_strokes(tmp_path / "sigs")
     encoder = train_on_folder(tmp_path / "sigs", replace(fast_train, epochs=1))
-    assert encoder.preprocess.size == (26, 64)  # 120×300 scaled to a long side of 64, aspect kept
-    assert encoder.preprocess.invert is True
+    assert encoder.preprocess.size == (51, 128)  # 120×300, more than twice as wide: long side 128, aspect kept
+    assert encoder.preprocess.invert is True and encoder.preprocess.resize == "trim"  # ink on paper
 
 
 def test_small_digits_are_not_upscaled_nor_inverted(tmp_path: Path, fast_train: TrainConfig) -> None:
@@ -220,6 +246,9 @@ def test_small_digits_are_not_upscaled_nor_inverted(tmp_path: Path, fast_train: 
         ("siamese", "contrastive"),
         ("siamese", "triplet"),
         ("siamese", "ntxent"),
+        ("siamese", "arcface"),
+        ("siamese", "cosface"),
+        ("siamese", "subcenter"),
     ],
 )
 def test_every_family_trains_saves_and_reloads(
@@ -239,17 +268,22 @@ def test_every_family_trains_saves_and_reloads(
 
 
 def test_siamese_is_calibrated_on_held_out_pairs(tmp_path: Path, fast_train: TrainConfig) -> None:
+    """Few, large labels are classes: images of each are held out, and the threshold holds for those labels. (With
+    identities it is cross-fitted, or not calibrated on unseen identities: tests/training/test_calibrate.py.)"""
     import json
 
     from tests.conftest import write_folder
 
-    write_folder(tmp_path / "imgs", per_class=8)
-    config = replace(fast_train, family="siamese", epochs=3, val_fraction=0.3)
+    write_folder(tmp_path / "imgs", per_class=100)
+    config = replace(fast_train, family="siamese", epochs=2, val_fraction=0.1, batch_size=32)
     encoder = train_on_folder(tmp_path / "imgs", config)
     threshold = encoder.threshold
     assert threshold is not None and threshold["operating_point"] == "eer" and threshold["split"] == "images"
     assert threshold["pairs"]["genuine"] > 0 and threshold["pairs"]["impostor"] > 0
     assert 0 <= threshold["eer"] <= 1 and threshold["far_1%"]["far"] <= 0.01
+    calibration = threshold["calibration"]
+    assert calibration["method"] == "held-out images" and calibration["unseen_identities"] is False
+    assert "reason" not in calibration and calibration["far_interval"][0] <= threshold["far"]
     assert encoder.history[0].keys() >= {"epoch", "loss", "val_eer", "seconds"}
     encoder.save(tmp_path / "m")
     stored = json.loads((tmp_path / "m" / "encoder.json").read_text())
@@ -305,7 +339,7 @@ def test_siamese_trains_on_turned_and_mirrored_classes(tmp_path: Path, fast_trai
 def test_resize_trim_is_stored_in_the_spec(image_folder: Path, tmp_path: Path, fast_train: TrainConfig) -> None:
     from simsearch.models.encoder import Encoder
 
-    with pytest.raises(UsageError, match="resize must be one of letterbox, trim"):
+    with pytest.raises(UsageError, match="resize must be auto or one of letterbox, trim"):
         TrainConfig(resize="stretch")
     encoder = train_on_folder(image_folder, replace(fast_train, resize="trim", epochs=1))
     assert encoder.preprocess.resize == "trim"
@@ -351,3 +385,29 @@ def test_siamese_options_validate_and_train(tmp_path: Path, fast_train: TrainCon
     encoder.save(tmp_path / "m")
     x = np.random.default_rng(0).normal(size=(3, 1, 16, 16)).astype(np.float32)
     np.testing.assert_array_equal(Encoder.load(tmp_path / "m").embed(x), encoder.embed(x))
+
+
+def test_a_margin_loss_trains_its_label_weights_and_keeps_only_the_encoder(
+    image_folder: Path, fast_train: TrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ArcFace's per-label weights are optimised with the encoder (they move), and are not part of the model."""
+    from simsearch.training.objectives import siamese
+
+    built: list[siamese.Siamese] = []
+    initial: list[torch.Tensor] = []
+    original = siamese.Siamese.__init__
+
+    def spy(self: siamese.Siamese, *args: object, **kw: object) -> None:
+        original(self, *args, **kw)
+        built.append(self)
+        initial.append(self.criterion.loss.W.detach().clone())
+
+    monkeypatch.setattr(siamese.Siamese, "__init__", spy)
+    config = replace(fast_train, family="siamese", loss="arcface", epochs=2, folds=1, mirror="yes")
+    encoder = train_on_folder(image_folder, config)
+    objective = built[-1]
+    weights = objective.criterion.loss.W
+    assert any(p is weights for p in objective.model.parameters())
+    assert not torch.allclose(weights.detach(), initial[-1])
+    assert not any(name.startswith("criterion") for name in encoder.module.state_dict())
+    assert encoder.training["mirror"] is True

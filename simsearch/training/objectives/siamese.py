@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from simsearch import metrics
-from simsearch.training.augment import augment
-from simsearch.training.losses import metric_loss
+from simsearch.training.augment import augment, mirror_for
+from simsearch.training.losses import MARGIN_LOSSES, margin_loss, metric_loss
 from simsearch.training.objectives.base import Objective
 from simsearch.training.sampling import scoring_pairs
 
@@ -31,12 +31,17 @@ class Siamese(Objective):
     def __init__(
         self,
         encoder: nn.Module,
-        *args: Any,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        train_rows: np.ndarray,
+        val_rows: np.ndarray,
+        *,
         loss: str,
         margin: float | None,
         augment: float,
         projection: int = 0,
         similar_labels: int = 0,
+        mirror: bool = False,
         **kw: Any,
     ) -> None:
         # SimCLR's projection head: the loss sees g(z), search uses z, which then keeps more than the training
@@ -50,12 +55,22 @@ class Siamese(Objective):
                 nn.ReLU(inplace=True),
                 nn.Linear(projection, dim),
             )
-        model = encoder if self.projector is None else nn.ModuleDict({"encoder": encoder, "projector": self.projector})
-        super().__init__(encoder, model, *args, **kw)
+        # A margin loss holds a weight vector per training label: trained with the encoder, dropped afterwards.
+        self.criterion = (
+            margin_loss(loss, classes=int(labels.max()) + 1, dim=int(cast(int, encoder.dim)), margin=margin)
+            if loss in MARGIN_LOSSES
+            else metric_loss(loss, margin)
+        )
+        parts = {"encoder": encoder, "projector": self.projector, "criterion": self.criterion}
+        trained = {
+            name: part for name, part in parts.items() if part is not None and any(True for _ in part.parameters())
+        }
+        model = encoder if list(trained) == ["encoder"] else nn.ModuleDict(trained)
+        super().__init__(encoder, model, images, labels, train_rows, val_rows, **kw)
         self.similar_labels = similar_labels
         self.loss_name = loss
         self.strength = augment
-        self.criterion = metric_loss(loss, margin)
+        self.mirror = mirror
         y_val = self.labels[self.val_rows].cpu().numpy()
         self.val_pairs = scoring_pairs(y_val, np.random.default_rng(0), max_genuine=5000)
         if self.val_pairs is not None:
@@ -85,6 +100,7 @@ class Siamese(Objective):
             augment=config.augment,
             projection=config.projection,
             similar_labels=config.similar_labels,
+            mirror=mirror_for(config.mirror, images),
             batch_size=cls.batch_size_for(config),
             seed=config.seed,
         )
@@ -103,10 +119,13 @@ class Siamese(Objective):
     def loss(self, rows: np.ndarray) -> torch.Tensor:
         x = self.images[rows]
         if self.loss_name == "ntxent":
-            views = torch.cat([augment(x, self.generator, self.strength), augment(x, self.generator, self.strength)])
+            views = torch.cat([self.augmented(x), self.augmented(x)])
             ids = torch.arange(len(x), device=x.device).repeat(2)
             return self.criterion(self.embed_for_loss(views), ids)
-        return self.criterion(self.embed_for_loss(augment(x, self.generator, self.strength)), self.labels[rows])
+        return self.criterion(self.embed_for_loss(self.augmented(x)), self.labels[rows])
+
+    def augmented(self, x: torch.Tensor) -> torch.Tensor:
+        return augment(x, self.generator, self.strength, mirror=self.mirror)
 
     @torch.no_grad()
     def validate(self) -> float:

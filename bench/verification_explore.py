@@ -1,0 +1,125 @@
+"""Quick comparisons of Siamese training recipes on the verification benchmarks' identity folds.
+
+    python bench/verification_explore.py faces '{"loss": "arcface"}'
+    python bench/verification_explore.py signatures '{"size": "64x128", "resize": "trim"}'
+
+One model per fold of ``bench/quality.py``'s identity protocol (``bench.identity``: faces 4 folds of 7 people,
+signatures 3 folds of writers with their forgeries), trained on the other folds' identities *without* the
+cross-fitted calibration that ``simsearch train`` adds (one training per fold, so recipes compare in a fifth of
+the time), then scored on the held-out pairs: the EER of each fold's model, their mean, and the mean with a
+mirrored-copy test-time average. The second argument is JSON of ``TrainConfig`` fields. Appends one line per run
+to ``bench/results/verification-exploration.jsonl``. The recipes' verdicts belong in ``bench/quality.py``'s rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.datasets import SHARED_DATA, copy_identities, identity_folders
+from bench.identity import assign_folds
+from simsearch import metrics, vectors
+from simsearch.embedding import embed_files
+from simsearch.io import find_images
+from simsearch.models.encoder import Encoder
+from simsearch.models.registry import arch_of
+from simsearch.training import TrainConfig
+from simsearch.training.loop import fit
+from simsearch.training.sampling import encode_labels, split_for_validation, verification_pairs
+from simsearch.training.train import build_objective, load_training_images
+
+RESULTS = Path(__file__).parent / "results" / "verification-exploration.jsonl"
+
+
+def train_once(folder: Path, config: TrainConfig) -> tuple[Encoder, list[dict]]:
+    entries, _ = find_images(folder)
+    images, labels, spec = load_training_images(entries, config)
+    y, _ = encode_labels(labels)
+    split = split_for_validation(y, config.val_fraction, config.seed)
+    torch.manual_seed(config.seed)
+    objective = build_objective(torch.from_numpy(images), y, split, spec, config)
+    history = fit(objective, config, task="training")
+    module = objective.encoder.cpu().eval()
+    return Encoder(config.family, arch_of(module), spec, module, history=history), history
+
+
+def pairs_of(dataset: str, labels: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if dataset == "faces":
+        y, _ = encode_labels(labels)
+        return verification_pairs(y, np.random.default_rng(0), max_genuine=10**9)
+    first, second, same = [], [], []
+    names = np.array(labels)
+    for writer in sorted({n for n in labels if not n.endswith("_forg")}):
+        genuine, forged = np.flatnonzero(names == writer), np.flatnonzero(names == f"{writer}_forg")
+        for a, i in enumerate(genuine):
+            for j in [*genuine[a + 1 :], *forged]:
+                first.append(i)
+                second.append(j)
+                same.append(j in genuine)
+    return np.array(first), np.array(second), np.array(same)
+
+
+def mirrored_average(encoder: Encoder, paths: list[Path]) -> np.ndarray:
+    plain = encoder.inference_module
+
+    def both() -> object:
+        module = plain()
+        return lambda batch: F.normalize(module(batch) + module(batch.flip(-1)), dim=1)
+
+    encoder.inference_module = both  # type: ignore[method-assign]
+    try:
+        return embed_files(encoder, paths, convert=True, strict=True).embeddings
+    finally:
+        encoder.inference_module = plain  # type: ignore[method-assign]
+
+
+def main() -> None:
+    dataset = sys.argv[1]
+    overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    config = TrainConfig(**{"family": "siamese", "device": "cpu", **overrides})
+    source = SHARED_DATA / ("faces-att" if dataset == "faces" else "signatures-sigcomp")
+    identities = identity_folders(source)
+    folds = assign_folds(sorted(identities), 4 if dataset == "faces" else 3)
+    eers, mirrored, seconds = [], [], []
+    with tempfile.TemporaryDirectory(prefix="simsearch-explore-") as tmp:
+        for k, held in enumerate(folds):
+            others = [i for f in folds if f is not held for i in f]
+            train = copy_identities(Path(tmp) / f"train{k}", identities, others)
+            test = copy_identities(Path(tmp) / f"test{k}", identities, held)
+            started = time.perf_counter()
+            encoder, history = train_once(train, config)
+            seconds.append(time.perf_counter() - started)
+            entries, _ = find_images(test)
+            paths, labels = [e.path for e in entries], [str(e.label) for e in entries]
+            i, j, same = pairs_of(dataset, labels)
+            for out, z in ((eers, embed_files(encoder, paths, convert=True, strict=True).embeddings),
+                           (mirrored, mirrored_average(encoder, paths))):  # fmt: skip
+                out.append(metrics.equal_error_rate(vectors.distances(z[i], z[j], encoder.metric), same)[0])
+            print(
+                f"fold {k}: EER {eers[-1]:.3f} (mirrored average {mirrored[-1]:.3f}), {len(history)} epochs", flush=True
+            )
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "dataset": dataset,
+        "config": overrides,
+        "fold_eer": [round(e, 4) for e in eers],
+        "mean_eer": round(float(np.mean(eers)), 4),
+        "mirrored_average_mean_eer": round(float(np.mean(mirrored)), 4),
+        "seconds": round(sum(seconds)),
+    }
+    print(json.dumps(result))
+    with RESULTS.open("a") as fh:
+        fh.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
