@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from simsearch.errors import ImageError, ModelError, option
-from simsearch.io import LoadedImage, Preprocess, load_images
+from simsearch.io import LoadedImage, Preprocess, load_images, source_names
 from simsearch.metrics import METRICS
 from simsearch.models.encoder import Encoder
 from simsearch.progress import Progress, no_progress
@@ -65,7 +65,7 @@ def channel_problem(spec: Preprocess, item: LoadedImage, name: str) -> ImageErro
 
 def embed_files(
     encoder: Encoder,
-    paths: Sequence[Path],
+    paths: Sequence[Path | bytes],
     *,
     convert: bool,
     strict: bool = False,
@@ -83,7 +83,7 @@ def embed_files(
     infinite values. ``names``: how errors name the files (default: their paths). ``stored``: the embedding
     already stored for a content hash (sha256), or None: a file it knows is not embedded again.
     """
-    names = [str(p) for p in paths] if names is None else list(names)
+    names = source_names(paths) if names is None else list(names)
     spec = encoder.preprocess
     rows: list[np.ndarray] = []
     novelty: list[np.ndarray] = []

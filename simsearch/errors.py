@@ -104,6 +104,13 @@ class ImageError(SimsearchError):
     http_status = 415
 
 
+class ImageTooLarge(ImageError):
+    """An image over the size limits: too many bytes, or a header that declares too many pixels (a possible
+    decompression bomb)."""
+
+    http_status = 413
+
+
 class ModelError(SimsearchError):
     """A model folder is missing, malformed, tampered with, or does not fit the data."""
 

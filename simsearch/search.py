@@ -24,7 +24,7 @@ import pyarrow as pa
 from simsearch import vectors
 from simsearch.embedding import check_metric, embed_files
 from simsearch.errors import CollectionError, ImageError, ModelError, UsageError, option
-from simsearch.io import find_images
+from simsearch.io import find_images, source_names
 from simsearch.models.encoder import Encoder
 from simsearch.models.novelty import REMEDY, unfamiliar, unfamiliar_text
 from simsearch.store.collection import Collection, embeddings_of, int64_column
@@ -399,10 +399,11 @@ class Searcher:
 
     def query_files(
         self,
-        paths: Sequence[Path],
+        paths: Sequence[Path | bytes],
         k: int,
         batch_size: int = 256,
         on_error: Callable[[ImageError], None] | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[QueryResult]:
         """Neighbours and votes for image files, embedded in batches (``embedding.embed_files``, as ``verify``
         and ``eval`` embed them) with one FAISS search per batch.
@@ -411,15 +412,19 @@ class Searcher:
         A file whose content (sha256) is already in the collection is not embedded again: its stored
         embedding is used, so an indexed image queried by itself is at distance exactly 0 (a convolution
         run on a batch of another size can differ in the last bits). Images are converted to the encoder's
-        channels, as ``index`` converts them.
+        channels, as ``index`` converts them. A file may also be given as its bytes (an upload). ``names``: how
+        results and errors name the files (default: their paths).
         """
         g = self._current
+        names = source_names(paths) if names is None else list(names)
         results: list[QueryResult] = []
         for start in range(0, len(paths), batch_size):
             batch = list(paths[start : start + batch_size])
+            batch_names = names[start : start + batch_size]
             embedded = embed_files(
                 g.encoder,
                 batch,
+                names=batch_names,
                 convert=True,
                 strict=on_error is None,
                 stored=g.stored_embedding,
@@ -429,7 +434,7 @@ class Searcher:
                 assert on_error is not None
                 on_error(error)
             if embedded.kept:
-                answers = self._answers(g, embedded.embeddings, [str(batch[n]) for n in embedded.kept], k)
+                answers = self._answers(g, embedded.embeddings, [batch_names[n] for n in embedded.kept], k)
                 flags = embedded.unfamiliar
                 for n, answer in enumerate(answers):
                     answer.unfamiliar = None if flags is None else bool(flags[n])

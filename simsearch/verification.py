@@ -224,15 +224,18 @@ class Verifier:
         record = encoder.threshold or {}
         self.probability_model: dict[str, float] | None = record.get("probability")
 
-    def embed_files(self, paths: Sequence[Path], batch_size: int = 256) -> np.ndarray:
+    def embed_files(self, paths: Sequence[Path | bytes], batch_size: int = 256) -> np.ndarray:
         """Embeddings (n, d) of image files; the first one that cannot be used raises ``ImageError``. A colour
         image for a grey model (or the reverse) is refused unless ``convert``: the calibration holds only for
         images like the ones the model was trained on."""
         return self.embedded(paths, batch_size).embeddings
 
-    def embedded(self, paths: Sequence[Path], batch_size: int = 256) -> Embedded:
-        """``embed_files``'s result for ``paths`` (every file kept, in order), with each one's novelty."""
-        return embed_files(self.encoder, paths, convert=self.convert, strict=True, batch_size=batch_size)
+    def embedded(
+        self, paths: Sequence[Path | bytes], batch_size: int = 256, names: Sequence[str] | None = None
+    ) -> Embedded:
+        """``embed_files``'s result for ``paths`` (every file kept, in order), with each one's novelty; ``names``:
+        how errors name the files (default: their paths)."""
+        return embed_files(self.encoder, paths, convert=self.convert, strict=True, batch_size=batch_size, names=names)
 
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """The distances between matching rows of two embedding arrays, in the encoder's metric."""
@@ -258,14 +261,19 @@ class Verifier:
             return Verdict(a, b, float(distance), False, point, None, label, flagged)
         return Verdict(a, b, float(distance), bool(distance <= point.threshold), point, probability, label, flagged)
 
-    def verify(self, a: Path, b: Path, point: OperatingPoint) -> Verdict:
-        for path in (a, b):
-            if not Path(path).is_file():
-                raise ImageError("no such image file", file=path, remedy="check the path")
-        embedded = self.embedded([a, b])
+    def verify(
+        self, a: Path | bytes, b: Path | bytes, point: OperatingPoint, names: tuple[str, str] | None = None
+    ) -> Verdict:
+        """The verdict on the image files ``a`` and ``b`` (or their bytes, e.g. uploads); ``names``: how the
+        verdict and errors name them (default: their paths)."""
+        shown = names or (str(a), str(b))
+        for path, name in zip((a, b), shown, strict=True):
+            if not isinstance(path, bytes) and not Path(path).is_file():
+                raise ImageError("no such image file", file=name, remedy="check the path")
+        embedded = self.embedded([a, b], names=shown)
         z, flags = embedded.embeddings, embedded.unfamiliar
-        unfamiliar = None if flags is None else [str(p) for p, flag in zip((a, b), flags, strict=True) if flag]
-        return self.decide(str(a), str(b), float(self.distances(z[:1], z[1:])[0]), point, unfamiliar=unfamiliar)
+        unfamiliar = None if flags is None else [name for name, flag in zip(shown, flags, strict=True) if flag]
+        return self.decide(*shown, float(self.distances(z[:1], z[1:])[0]), point, unfamiliar=unfamiliar)
 
     def verify_pairs(self, pairs: Sequence[tuple[Path, Path, bool | None]], point: OperatingPoint) -> list[Verdict]:
         """Many pairs at once: every distinct file is embedded once, in batches."""
@@ -287,6 +295,12 @@ class Verifier:
 
 TRUE_WORDS = {"1", "true", "yes", "same", "match", "genuine"}
 FALSE_WORDS = {"0", "false", "no", "different", "nomatch", "no match", "impostor"}
+
+
+def verdict_json(verdict: Verdict, point: OperatingPoint, source: str) -> dict[str, Any]:
+    """What ``verify --json`` prints for one pair (and a service answers): the verdict, how the threshold in
+    use was obtained, and where the model came from."""
+    return {**verdict.to_json(), "calibration": point.calibration, "source": source}
 
 
 def read_pairs(csv_path: Path) -> list[tuple[Path, Path, bool | None]]:

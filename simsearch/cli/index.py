@@ -105,7 +105,7 @@ def info(
         skipped_rows = snapshot.skipped.to_pylist()
         rebuild = collection.rebuild_summary()
         if as_json:
-            _print_json({**manifest, "path": str(collection.path), "skipped": len(skipped_rows), "rebuild": rebuild})
+            _print_json(collection.describe(snapshot))
             return
         table = Table(title=f"Collection {collection.path}", show_header=False, title_justify="left")
         enc = manifest["encoder"]

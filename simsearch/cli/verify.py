@@ -43,6 +43,7 @@ def verify(
             operating_point,
             pair_metrics,
             read_pairs,
+            verdict_json,
         )
 
         images = images or []
@@ -56,7 +57,7 @@ def verify(
         if pairs is None:
             verdict = verifier.verify(images[0], images[1], point)
             if as_json:
-                _print_json({**verdict.to_json(), "calibration": point.calibration, "source": source})
+                _print_json(verdict_json(verdict, point, source))
             else:
                 _render_verdict(verdict)
                 _render_calibration(encoder.threshold, point)

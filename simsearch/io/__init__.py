@@ -33,6 +33,7 @@ from simsearch.io.pipeline import (
     load_batches,
     load_image,
     load_images,
+    source_names,
 )
 from simsearch.io.preprocess import MAX_SIDE, RESIZE_MODES, Preprocess, border_colour, letterbox, to_array, trim
 
@@ -64,6 +65,7 @@ __all__ = [
     "read_file",
     "save_png",
     "sniff_format",
+    "source_names",
     "survey_images",
     "to_array",
     "trim",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from simsearch.errors import ImageError
+from simsearch.errors import ImageError, ImageTooLarge
 
 # Refuse images whose header declares more pixels than this before decoding a single one (decompression bombs).
 MAX_PIXELS = 64_000_000
@@ -39,7 +39,7 @@ def decode_image(data: bytes, name: str = "image", draft: tuple[int, int] | None
         if w <= 0 or h <= 0:
             raise ImageError(f"image has no pixels ({w}×{h})", file=name)
         if w * h > MAX_PIXELS:
-            raise ImageError(
+            raise ImageTooLarge(
                 f"{w}×{h} pixels is over the limit of {MAX_PIXELS:,} (possible decompression bomb)", file=name
             )
         img.seek(0)
@@ -52,7 +52,7 @@ def decode_image(data: bytes, name: str = "image", draft: tuple[int, int] | None
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"refused as a possible decompression bomb ({exc})", file=name) from None
+        raise ImageTooLarge(f"refused as a possible decompression bomb ({exc})", file=name) from None
     except UnidentifiedImageError:
         raise ImageError("not an image Pillow can decode", file=name) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
@@ -88,6 +88,13 @@ def _normalise_mode(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV
 
 
+def check_size(data: bytes, name: str) -> bytes:
+    """``data``, unless it is over the size limit for one image."""
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageTooLarge(f"{len(data):,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image", file=name)
+    return data
+
+
 def read_file(path: Path, name: str | None = None) -> bytes:
     """Read a whole file, refusing what is not a regular readable file of sensible size."""
     name = name or str(path)
@@ -96,7 +103,7 @@ def read_file(path: Path, name: str | None = None) -> bytes:
         if not path.is_file():
             raise ImageError("not a file", file=name, remedy="pass an image file")
         if size > MAX_FILE_BYTES:
-            raise ImageError(f"{size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image", file=name)
+            raise ImageTooLarge(f"{size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image", file=name)
         return path.read_bytes()
     except FileNotFoundError:
         raise ImageError("no such file", file=name, remedy="check the path") from None

@@ -18,7 +18,7 @@ import numpy as np
 
 from simsearch import processes
 from simsearch.errors import ImageError, option
-from simsearch.io.decode import decode_image, image_size, is_grey, read_file
+from simsearch.io.decode import check_size, decode_image, image_size, is_grey, read_file
 from simsearch.io.preprocess import Preprocess, to_array
 
 
@@ -35,13 +35,14 @@ class LoadedImage:
 
 
 def load_image(
-    path: Path, spec: Preprocess, name: str | None = None, known_sha256: str | None = None
+    path: Path | bytes, spec: Preprocess, name: str | None = None, known_sha256: str | None = None
 ) -> LoadedImage | None:
-    """Read, hash, decode and preprocess one image file; ``ImageError`` says why it failed.
+    """Read, hash, decode and preprocess one image file (or a file's bytes, e.g. an upload, named ``name``);
+    ``ImageError`` says why it failed.
 
     When the file's sha256 equals ``known_sha256`` it is not decoded at all and None is returned.
     """
-    data = read_file(path, name)
+    data = check_size(path, name or "image") if isinstance(path, bytes) else read_file(path, name)
     digest = hashlib.sha256(data).hexdigest()
     if digest == known_sha256:
         return None
@@ -60,7 +61,7 @@ def load_image(
 
 
 def load_images(
-    paths: Sequence[Path],
+    paths: Sequence[Path | bytes],
     spec: Preprocess,
     workers: int = 0,
     names: Sequence[str] | None = None,
@@ -72,7 +73,7 @@ def load_images(
     hash equals the one given in ``known_sha256`` (unchanged: not decoded). Pillow releases the GIL while
     decoding, so threads give real parallelism here.
     """
-    name_list = list(names) if names is not None else [str(p) for p in paths]
+    name_list = list(names) if names is not None else source_names(paths)
     known = list(known_sha256) if known_sha256 is not None else [None] * len(paths)
 
     def one(i: int) -> LoadedImage | ImageError | None:
@@ -99,7 +100,14 @@ class LoadJob:
     known_sha256: Sequence[str | None]
 
 
-def _load_or_error(path: Path, spec: Preprocess, name: str, known: str | None) -> LoadedImage | ImageError | None:
+def source_names(sources: Sequence[Path | bytes]) -> list[str]:
+    """How messages name image sources: a file by its path, bytes (an upload) by their place in the list."""
+    return [f"image {n + 1}" if isinstance(s, bytes) else str(s) for n, s in enumerate(sources)]
+
+
+def _load_or_error(
+    path: Path | bytes, spec: Preprocess, name: str, known: str | None
+) -> LoadedImage | ImageError | None:
     """``load_image``, with the ``ImageError`` that says why it failed returned rather than raised."""
     try:
         return load_image(path, spec, name, known)

@@ -242,6 +242,16 @@ class Collection:
             )
         return encoder
 
+    def describe(self, snapshot: Snapshot) -> dict[str, Any]:
+        """What ``info --json`` prints (and a service answers) for ``snapshot`` of this collection: the manifest,
+        the collection's path, how many files were skipped, and the unfinished rebuild (or None)."""
+        return {
+            **snapshot.manifest,
+            "path": str(self.path),
+            "skipped": snapshot.skipped.num_rows,
+            "rebuild": self.rebuild_summary(),
+        }
+
     def rebuild_summary(self) -> dict[str, Any] | None:
         """What an unfinished ``index --rebuild`` has done so far (from ``rebuild.json``), or None."""
         staged = self._peek(STAGING)
