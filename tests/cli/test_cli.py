@@ -119,15 +119,15 @@ HELP_IMPORTS = """
 import sys
 from typer.testing import CliRunner
 from simsearch.cli import app
-for args in (["--help"], ["query", "--help"], ["index", "--help"]):
+for args in (["--help"], ["query", "--help"], ["index", "--help"], ["serve", "--help"]):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-heavy = sorted(m for m in ("torch", "faiss", "numpy", "pyarrow", "PIL") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "faiss", "numpy", "pyarrow", "PIL", "fastapi", "uvicorn") if m in sys.modules)
 print(",".join(heavy))
 """
 
 
-def test_help_imports_neither_torch_nor_faiss() -> None:
+def test_help_imports_neither_torch_nor_faiss_nor_the_web_stack() -> None:
     done = subprocess.run([sys.executable, "-c", HELP_IMPORTS], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
 
