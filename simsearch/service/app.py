@@ -278,7 +278,7 @@ class Service:
             raise UsageError(f"give either {option('model')} or {option('name')}, not both")
         if model is not None:
             if model not in self.models:
-                served = ", ".join(self.models) or "none (start the server with --model FOLDER)"
+                served = ", ".join(self.models) or "none (the server was started without model folders)"
                 raise CollectionNotFound(f"no model named '{model}' is served", remedy=f"ask for one of: {served}")
             return self.models[model], f"model {model}"
         if name is None:
@@ -363,7 +363,7 @@ def _validation_text(exc: RequestValidationError) -> tuple[str, str]:
 _HTTP_REMEDIES = {
     404: "see GET /openapi.json for the API, or open / for the page",
     405: "see GET /openapi.json for the methods of each path",
-    413: "send fewer or smaller images per request, or start the server with a larger --max-upload-mb",
+    413: "send fewer or smaller images per request (the limit is set when the server starts)",
 }
 
 
