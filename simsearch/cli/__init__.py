@@ -2,7 +2,17 @@
 or exits. ``app`` holds the Typer app and how commands end, ``render`` everything printed, ``options`` the shared
 options; one module per command group registers its commands on the app."""
 
-from simsearch.cli import evaluate, index, query, serve, train, verify  # noqa: F401 - each registers its commands
+from simsearch.cli import (  # noqa: F401 - each registers its commands
+    evaluate,
+    generate,
+    index,
+    latent_map,
+    query,
+    serve,
+    stability,
+    train,
+    verify,
+)
 from simsearch.cli.core import app, main
 from simsearch.cli.render import shown
 

@@ -49,6 +49,7 @@ FLAG_NAMES = {
     "as_json": "--json",
     "folder": "--dir",
     "out_dir": "--out",
+    "out_file": "--out",
     "gpu": "--gpu/--no-gpu",
     "baselines": "--baselines/--no-baselines",
 }

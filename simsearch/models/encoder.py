@@ -7,7 +7,9 @@ back to images, checked exactly as the weights are. Models trained by this versi
 ``reference.safetensors``, the novelty reference (``models.novelty``: what the training inputs look like, so that
 an input unlike them is flagged "unfamiliar"); a folder without one loads with no such check. The fingerprint names the exact encoder: a hash of the
 architecture, preprocessing, metric and weights (the decoder changes no embedding and is not part of it: its own
-sha256 is in ``encoder.json``; nor is the reference).
+sha256 is in ``encoder.json``; nor is the reference). Models with a decoder trained by this version also record in
+``encoder.json`` how well they reconstruct their own training images (``anomaly``: a threshold on the reconstruction
+error and its quantiles, what ``simsearch anomalies`` flags by); older folders load without it.
 
 Format 2 (``simsearch.encoder/2``) is what this version writes; format-1 folders (no decoder) load as before.
 """
@@ -108,6 +110,9 @@ class Encoder:
     decoder: nn.Module | None = None
     #: What the training inputs look like (``models.novelty``), or None (baselines, folders saved without one).
     reference: Reference | None = None
+    #: The reconstruction errors of the training images (models with a decoder, ``training.train.anomaly_record``):
+    #: ``by``, ``percentile``, ``threshold``, ``quantiles``, ``images``; None for other families and older folders.
+    anomaly: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -211,6 +216,20 @@ class Encoder:
             out[start : start + len(batch)] = decoded
         return out
 
+    @torch.inference_mode()
+    def reconstruction_errors(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Each image's reconstruction error: the mean squared difference between the preprocessed image and
+        ``decode(embed(image))``, in the space ``embed`` takes (normalised by the spec's mean and std, inverted when
+        it says so). ``images`` (n, C, H, W) float32 → (n,) float32. ``ModelError`` without a decoder."""
+        out = np.empty(len(images), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            batch = np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)
+            decoded = self.decode(self.embed(batch, batch_size), batch_size)
+            out[start : start + len(batch)] = np.mean(
+                np.square(decoded.astype(np.float64) - batch), axis=tuple(range(1, batch.ndim))
+            )
+        return out
+
     def save(self, folder: Path) -> str:
         """Write the model folder atomically (a crash leaves either the old folder or the new one).
 
@@ -265,6 +284,7 @@ class Encoder:
             "decoder": decoder,
             "threshold": self.threshold,
             "reference": reference,
+            "anomaly": self.anomaly,
             "training": {"simsearch_version": __version__, **self.training},
         }
         (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -335,9 +355,21 @@ class Encoder:
             raise ModelError(
                 "'threshold' and 'training' must be objects or null", file=config_path, remedy="re-train the model"
             )
+        anomaly = config.get("anomaly")  # absent in folders saved before it was recorded
+        if not isinstance(anomaly, (dict, type(None))):
+            raise ModelError("'anomaly' must be an object or null", file=config_path, remedy="re-train the model")
         reference = _load_reference(folder, config, preprocess)
         encoder = cls(
-            family, arch, preprocess, module, metric, threshold, training or {}, decoder=decoder, reference=reference
+            family,
+            arch,
+            preprocess,
+            module,
+            metric,
+            threshold,
+            training or {},
+            decoder=decoder,
+            reference=reference,
+            anomaly=anomaly,
         )
         try:
             probe = encoder.embed(np.zeros((1, preprocess.channels, *preprocess.size), dtype=np.float32))

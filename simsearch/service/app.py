@@ -587,6 +587,22 @@ def create_app(
             return Response(data, media_type="image/png", headers=headers)
         return FileResponse(path, media_type=_media_type(path), headers=headers)
 
+    @app.api_route("/collections/{name}/map", methods=["GET", "HEAD"])
+    def latent_map(name: str) -> FileResponse:
+        """The collection's latent map, the page ``simsearch map --name C`` writes into the collection's folder."""
+        from simsearch.latent.map import MAP_FILES, collection_map_dir
+        from simsearch.latent.map_page import CSP
+
+        folder = service.searcher(name).collection.path
+        page = collection_map_dir(folder) / MAP_FILES["html"]
+        inside = os.path.realpath(page) == os.path.join(os.path.realpath(folder), page.parent.name, page.name)
+        if not (inside and page.is_file()):  # never another file, through a link or otherwise
+            raise CollectionNotFound(
+                f"no map built for collection '{name}'", remedy=f"build it with simsearch map {option('name', name)}"
+            )
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache", "Content-Security-Policy": CSP}
+        return FileResponse(page, media_type="text/html", headers=headers)
+
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")

@@ -1,5 +1,6 @@
 """From a folder to a trained encoder: choose the input spec from the images, load them, fit the family's model,
-calibrate its threshold, and record where it came from. The PCA and raw-pixel baselines are made here too.
+calibrate its threshold, measure how well a model with a decoder reconstructs its training images (the anomaly
+threshold), and record where it came from. The PCA and raw-pixel baselines are made here too.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ from simsearch.training.config import TrainConfig, choose_size, parse_size
 from simsearch.training.loop import fit
 from simsearch.training.objectives import Objective, objective_class
 from simsearch.training.sampling import Split, encode_labels, split_for_validation
+
+#: The percentile of the training images' reconstruction errors that is the stored anomaly threshold.
+ANOMALY_PERCENTILE = 99.0
+#: The percentiles of those errors that ``encoder.json`` keeps (``anomalies --percentile`` interpolates between).
+ANOMALY_QUANTILES = (0.0, 1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 97.5, 98.0, 99.0, 99.5, 99.9, 100.0)
+#: At most this many training images (a seeded sample) are reconstructed to fit the anomaly threshold.
+ANOMALY_MAX_IMAGES = 5000
 
 
 def sample_entries(entries: Sequence[ImageFileEntry], n: int, seed: int) -> list[ImageFileEntry]:
@@ -315,6 +323,39 @@ def provenance(
     }
 
 
+def anomaly_record(errors: np.ndarray, percentile: float = ANOMALY_PERCENTILE) -> dict[str, Any]:
+    """What ``encoder.json`` stores as ``anomaly``: the training images' reconstruction ``errors`` summed up as the
+    threshold at ``percentile`` and the quantiles at ``ANOMALY_QUANTILES`` (keys are the percentiles as text)."""
+    values = np.asarray(errors, dtype=np.float64)
+    quantiles = np.percentile(values, ANOMALY_QUANTILES)
+    return {
+        "by": "reconstruction",
+        "score": "mean squared error in the model's input space",
+        "fitted_on": "training images",
+        "images": len(values),
+        "percentile": percentile,
+        "threshold": float(np.percentile(values, percentile)),
+        "quantiles": {f"{p:g}": float(q) for p, q in zip(ANOMALY_QUANTILES, quantiles, strict=True)},
+    }
+
+
+def fit_anomaly(encoder: Encoder, images: np.ndarray, config: TrainConfig) -> dict[str, Any] | None:
+    """The anomaly record (``anomaly_record``) of a model with a decoder, from the reconstruction errors of its
+    training images ``images`` (at most ``ANOMALY_MAX_IMAGES``, a seeded sample), computed on ``config.device``;
+    None for a model without a decoder."""
+    if encoder.decoder is None or not len(images):
+        return None
+    if len(images) > ANOMALY_MAX_IMAGES:
+        rows = np.sort(np.random.default_rng(config.seed).choice(len(images), ANOMALY_MAX_IMAGES, replace=False))
+        images = images[rows]
+    device = resolve_device(config.device)
+    try:
+        errors = encoder.to(device).reconstruction_errors(images)
+    finally:
+        encoder.to(torch.device("cpu"))
+    return anomaly_record(errors)
+
+
 def train_encoder(entries: Sequence[ImageFileEntry], config: TrainConfig, progress: Progress = no_progress) -> Encoder:
     """Build the encoder ``config.family`` names from the images ``entries`` lists."""
     if not entries:
@@ -323,6 +364,7 @@ def train_encoder(entries: Sequence[ImageFileEntry], config: TrainConfig, progre
     if config.family_record.trained:
         encoder = train_neural(images, labels, spec, config, progress)
         encoder.reference = fit_reference(images, spec, config.seed)  # what its inputs look like: novelty check
+        encoder.anomaly = fit_anomaly(encoder, images, config)  # how well it reconstructs them: anomaly threshold
         return encoder
     if config.family == "pixels":
         # Pixels keep the plain [0, 1] scale so that distances are the familiar raw-pixel distances.
