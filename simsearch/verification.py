@@ -379,6 +379,11 @@ def load_encoder(model: str | None, name: str | None, home: Path, device: str = 
         path = Path(model)
         if not path.exists():
             raise ModelError(f"no model folder at '{model}'", remedy=TRAINED_FOLDER)
+        if Collection(path).exists():
+            raise ModelError(
+                f"'{model}' is a collection, not a model folder",
+                remedy=f"pass it as {option('name', model)} to use its encoder",
+            )
         if not is_model_folder(path):
             raise ModelError(f"'{model}' holds no encoder.json", remedy=TRAINED_FOLDER)
         return Encoder.load(path, device=device), f"model {path}"

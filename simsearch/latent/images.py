@@ -29,9 +29,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from simsearch.errors import ImageError, ModelError, UsageError, option
 from simsearch.io import Preprocess, find_images, load_images, save_png
-from simsearch.models.encoder import TRAINED_FOLDER, Encoder, is_model_folder
+from simsearch.models.encoder import Encoder
 from simsearch.models.registry import REGISTRY, get_family
 from simsearch.store.collection import Collection, resolve_path
+from simsearch.verification import load_encoder
 
 #: Tiles are enlarged by a whole factor until their short side is at least this many pixels (16×16 → 64×64).
 MIN_TILE_SIDE = 64
@@ -64,20 +65,9 @@ class Source:
 def load_source(model: str | None, name: str | None, home: Path, device: str = "cpu") -> Source:
     """The encoder of a model folder (``model``), or of a collection (``name``, default ``default``). A
     collection passed as a model folder is refused with the remedy (pass it by name)."""
-    if model is not None and name is not None:
-        raise UsageError(f"give either {option('model')} (a model folder) or {option('name')} (a collection), not both")
-    if model is not None:
-        path = Path(model)
-        if not path.exists():
-            raise ModelError(f"no model folder at '{model}'", remedy=TRAINED_FOLDER)
-        if Collection(path).exists():
-            raise ModelError(
-                f"'{model}' is a collection, not a model folder",
-                remedy=f"pass it as {option('name', model)} to use its encoder",
-            )
-        if not is_model_folder(path):
-            raise ModelError(f"'{model}' holds no encoder.json", remedy=TRAINED_FOLDER)
-        return Source(Encoder.load(path, device=device), f"model {path}", folder=path)
+    if model is not None:  # the model folder's checks, and both given, are load_encoder's
+        encoder, description = load_encoder(model, name, home, device)
+        return Source(encoder, description, folder=Path(model))
     collection = Collection(resolve_path(name or "default", home))
     manifest = collection.read_manifest()
     encoder = collection.load_encoder(manifest, device=device)
