@@ -103,6 +103,13 @@ def train(
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Random seed (runs are reproducible on the CPU)."),
+    checkpoint_seconds: float = typer.Option(
+        30.0,
+        "--checkpoint-seconds",
+        min=0,
+        help="Save the training state at the end of an epoch at most this often (0: every epoch); an interrupted "
+        "run resumes from it when the same command runs again.",
+    ),
 ) -> None:
     """Train an encoder on a folder of images and save it as a model folder.
 
@@ -110,12 +117,22 @@ def train(
     """
     with _errors("training stopped and nothing was saved; run the same command again to train") as stop:
         target = out_dir or Path("models") / (images.resolve().name or "model")
-        # The model folder is written at the end, at once (Encoder.save): until then nothing is on disk.
+        # The model folder is written at the end, at once (Encoder.save); until then only the training
+        # checkpoint beside it is on disk, and what is said on Ctrl-C follows what it keeps.
         stop.left = (
             f"training stopped and nothing was saved ({target} is as it was); run the same command again to train"
         )
         from simsearch.models.encoder import check_model_target
-        from simsearch.training import TrainConfig, train_on_folder
+        from simsearch.training import TrainConfig, TrainingCheckpoint, train_on_folder
+        from simsearch.training.checkpoint import checkpoint_path
+
+        def kept(what: str) -> None:
+            stop.left = (
+                f"training stopped; its work up to {what} is kept in {checkpoint.path} ({target} is as it was): "
+                "run the same command again to resume"
+            )
+
+        checkpoint = TrainingCheckpoint(checkpoint_path(target), checkpoint_seconds, on_save=kept)
 
         check_model_target(target)  # before hours of training, not after
         from simsearch.errors import UsageError
@@ -134,9 +151,16 @@ def train(
             device=device,
         )  # fmt: skip
         with _RichProgress() as progress:
-            encoder = train_on_folder(images, config, progress)
+            encoder = train_on_folder(images, config, progress, checkpoint)
         fingerprint = encoder.save(target)
+        checkpoint.remove()
         stop.left = f"the model was already saved to {target}; only the summary was cut short"
+        if checkpoint.resumed:
+            out.print(f"Resumed an interrupted run from its checkpoint ({checkpoint.resumed}).")
+        elif checkpoint.discarded:
+            out.print(
+                f"Trained afresh: the checkpoint found in {checkpoint.path} was not used ({checkpoint.discarded})."
+            )
         spec = encoder.preprocess
         out.print(_describe_training(encoder.family, encoder.dim, (spec.channels, *spec.size), encoder.training))
         if encoder.threshold:

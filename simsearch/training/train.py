@@ -39,6 +39,7 @@ from simsearch.training.calibrate import (
     calibrate_threshold,
     plan_calibration,
 )
+from simsearch.training.checkpoint import TrainingCheckpoint, training_key
 from simsearch.training.config import TrainConfig, choose_size, parse_size
 from simsearch.training.loop import fit
 from simsearch.training.objectives import Objective, objective_class
@@ -129,12 +130,19 @@ def train_neural(
     spec: Preprocess,
     config: TrainConfig,
     progress: Progress = no_progress,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> Encoder:
     """Fit one of the neural families on normalised ``images`` (n, C, H, W); return its encoder, with the
     verification threshold calibrated as ``calibrate.plan_calibration`` decides when the images are labelled:
     cross-fitted over identities (one model per fold, then the final model on every identity), or on a single
-    held-out split. ``config.max_seconds`` bounds all of it."""
+    held-out split. ``config.max_seconds`` bounds all of it (the time of interrupted runs included).
+
+    With ``checkpoint``, training resumes from what an interrupted run of the same training saved there, and
+    saves its own state as it goes; the caller removes the file once the encoder is safely written."""
     started = time.monotonic()
+    if checkpoint is not None:
+        checkpoint.open(training_key(images, labels, config))
+        started -= checkpoint.elapsed_before
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     y, classes = encode_labels(labels)
@@ -145,15 +153,22 @@ def train_neural(
         )
     plan = plan_calibration(y, classes, config.uses_labels, config.folds)
     if plan.method == METHOD_CROSS_FITTED:
-        return train_cross_fitted(images, y, classes, plan, spec, config, device, progress, started)
+        return train_cross_fitted(images, y, classes, plan, spec, config, device, progress, started, checkpoint)
     split = split_for_validation(y, config.val_fraction, config.seed, plan.groups, plan.method == METHOD_IDENTITIES)
     objective = training_objective(images, y, split, spec, config, device)
-    history = fit(objective, config, progress, objective.task(config))
+    history = fit(objective, config, progress, objective.task(config), checkpoint=checkpoint)
     encoder = encoder_of(objective, config, spec, history)
     encoder.training = provenance(config, len(images), classes, split, history, device)
+    note_resumed(encoder, checkpoint)
     add_augment_record(encoder, objective, config)
     encoder.threshold = calibrate_threshold(encoder, images, y, split, plan)
     return encoder
+
+
+def note_resumed(encoder: Encoder, checkpoint: TrainingCheckpoint | None) -> None:
+    """Record in ``encoder.training`` that an interrupted run was resumed, and from where."""
+    if checkpoint is not None and checkpoint.resumed:
+        encoder.training["resumed_from"] = checkpoint.resumed
 
 
 def training_objective(
@@ -197,6 +212,7 @@ def train_cross_fitted(
     device: torch.device,
     progress: Progress,
     started: float,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> Encoder:
     """Cross-fitted calibration (``calibrate.CrossFit``), then the final model on every identity.
 
@@ -205,13 +221,20 @@ def train_cross_fitted(
     time left when it starts (time a fold leaves unused goes to the next ones and the final model). Each fold
     model stops early only with enough held-out identities and pairs of its own (``calibrate.MIN_IDENTITIES_FOR_PATIENCE``);
     the final model has no validation split and trains for the epoch the pooled fold curve chose, on the same
-    learning-rate schedule (``fit``'s ``epochs``)."""
+    learning-rate schedule (``fit``'s ``epochs``). With ``checkpoint``, each fold and the final model are stages
+    of it: a finished fold's distances are kept there, an unfinished stage resumes."""
     cross = CrossFit(y, plan, seed=config.seed)
     k_total = plan.folds
     share = (k_total - 1) / k_total
     fold_seconds: list[float] = []
 
     def train_fold(k: int, train_rows: np.ndarray, held_rows: np.ndarray, max_epochs: int, observe: Any) -> None:
+        stage, fold = f"fold {k + 1}", cross.folds[k]
+        done = checkpoint.result(stage) if checkpoint is not None else None
+        if done is not None:  # finished before an interruption: its distances were kept
+            fold.distances[:] = [d.numpy() for d in done["distances"]]
+            fold_seconds.append(done["seconds"])
+            return
         fold_started = time.monotonic()
         left = config.max_seconds - (fold_started - started)
         budget = max(left * share / ((k_total - k) * share + 1), 1e-3)
@@ -224,8 +247,20 @@ def train_cross_fitted(
             return observe(objective.embed_rows(held_rows).cpu().numpy())
 
         task = f"fold {k + 1}/{k_total}: {objective.task(config)}"
-        fit(objective, fold_config, progress, task, epochs=max_epochs, validate=score)
+
+        def get() -> list[torch.Tensor]:
+            return [torch.from_numpy(d) for d in fold.distances]
+
+        def put(saved: list[torch.Tensor]) -> None:
+            fold.distances[:] = [d.numpy() for d in saved]
+
+        fit(
+            objective, fold_config, progress, task, epochs=max_epochs, validate=score,
+            checkpoint=checkpoint, stage=stage, extra=(get, put),
+        )  # fmt: skip
         fold_seconds.append(round(time.monotonic() - fold_started, 2))
+        if checkpoint is not None:
+            checkpoint.finish_stage(stage, {"distances": get(), "seconds": fold_seconds[-1]})
 
     cross.run(train_fold, config.epochs)
     curve = cross.curve()
@@ -237,11 +272,15 @@ def train_cross_fitted(
     objective = training_objective(images, y, split, spec, final_config, device)
     task = f"final model ({epoch} epoch{'s' if epoch > 1 else ''}, every identity): {objective.task(config)}"
     final_started = time.monotonic()
-    history = fit(objective, final_config, progress, task, epochs=epoch, validate=lambda: None)
+    history = fit(
+        objective, final_config, progress, task, epochs=epoch, validate=lambda: None, checkpoint=checkpoint,
+        stage="final",
+    )  # fmt: skip
     for h in history:  # the score each epoch was chosen by: the pooled EER of the fold models at that epoch
         h["val_eer"] = curve[h["epoch"] - 1]
     encoder = encoder_of(objective, config, spec, history)
     encoder.training = provenance(config, len(images), classes, split, history, device)
+    note_resumed(encoder, checkpoint)
     add_augment_record(encoder, objective, config)
     trained = len(history)
     labelled = y >= 0
@@ -356,13 +395,19 @@ def fit_anomaly(encoder: Encoder, images: np.ndarray, config: TrainConfig) -> di
     return anomaly_record(errors)
 
 
-def train_encoder(entries: Sequence[ImageFileEntry], config: TrainConfig, progress: Progress = no_progress) -> Encoder:
-    """Build the encoder ``config.family`` names from the images ``entries`` lists."""
+def train_encoder(
+    entries: Sequence[ImageFileEntry],
+    config: TrainConfig,
+    progress: Progress = no_progress,
+    checkpoint: TrainingCheckpoint | None = None,
+) -> Encoder:
+    """Build the encoder ``config.family`` names from the images ``entries`` lists (resuming a neural family's
+    training from ``checkpoint`` when an interrupted run left one: see ``train_neural``)."""
     if not entries:
         raise DataError("no images to train on — the folder holds no readable image files")
     images, labels, spec = load_training_images(entries, config, progress)
     if config.family_record.trained:
-        encoder = train_neural(images, labels, spec, config, progress)
+        encoder = train_neural(images, labels, spec, config, progress, checkpoint)
         encoder.reference = fit_reference(images, spec, config.seed)  # what its inputs look like: novelty check
         encoder.anomaly = fit_anomaly(encoder, images, config)  # how well it reconstructs them: anomaly threshold
         return encoder
@@ -374,8 +419,10 @@ def train_encoder(entries: Sequence[ImageFileEntry], config: TrainConfig, progre
     raise UsageError(f"the {config.family} family is neither trained nor one of the baselines simsearch fits")
 
 
-def train_on_folder(root: Path, config: TrainConfig, progress: Progress = no_progress) -> Encoder:
+def train_on_folder(
+    root: Path, config: TrainConfig, progress: Progress = no_progress, checkpoint: TrainingCheckpoint | None = None
+) -> Encoder:
     entries, _ = find_images(root)
-    encoder = train_encoder(entries, config, progress)
+    encoder = train_encoder(entries, config, progress, checkpoint)
     encoder.training.setdefault("source", str(Path(root).resolve()))
     return encoder
