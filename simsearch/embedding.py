@@ -1,15 +1,14 @@
 """Image files → embeddings: the one path that ``query`` (``Searcher.query_files``), ``verify`` (``Verifier``),
 ``eval`` and the benchmarks take, so that one file gets one embedding whichever command asks.
 
-    result = embed_files(encoder, [Path("a.png"), Path("b.png")], convert=True)
+    result = embed_files(encoder, [Path("a.png"), Path("b.png")])
     result.embeddings  # (m, d) float32, one row per file that could be used, in input order
     result.errors      # (position, ImageError) for each file that could not
 
 Each file is read, decoded and preprocessed with the encoder's own ``Preprocess`` (size, channels, ``resize``
-letterbox or trim, inversion, mean and std), and embedded by the encoder. The channel rule: an image is always
-converted to the model's channels (grey or RGB); with ``convert=False`` an image whose colour differs from the
-model's (a colour image for a grey model, a grey image for a colour one) is refused instead, as ``verify``
-does by default — its calibrated threshold holds only for images like the ones the model was trained on.
+letterbox or trim, inversion, mean and std), and embedded by the encoder. The channel rule is ``io.channels``'s,
+the same for every command: an image whose colour differs from the model's (a colour image for a grey model, a
+grey image for a colour one) is converted and counted (``convert``, the default), or refused (``strict``).
 """
 
 from __future__ import annotations
@@ -21,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from simsearch.errors import ImageError, ModelError, option
-from simsearch.io import LoadedImage, Preprocess, load_images, source_names
+from simsearch.io import LoadedImage, load_images, source_names
+from simsearch.io.channels import current_rule
 from simsearch.metrics import METRICS
 from simsearch.models.encoder import Encoder
 from simsearch.progress import Progress, no_progress
@@ -38,6 +38,8 @@ class Embedded:
     #: Novelty of each row (``models.novelty``: above 1, unlike the training images), or None when the encoder
     #: has no reference to tell (baselines, models saved before references were kept).
     novelty: np.ndarray | None = None
+    #: The position in the input of each file whose colour was converted to the model's (``io.channels``).
+    converted: list[int] = field(default_factory=list)
 
     @property
     def unfamiliar(self) -> np.ndarray | None:
@@ -45,29 +47,12 @@ class Embedded:
         return None if self.novelty is None else self.novelty > 1.0
 
 
-def channel_problem(spec: Preprocess, item: LoadedImage, name: str) -> ImageError | None:
-    """Why the decoded image of the file ``name`` does not fit a model's channels (what ``convert=False``
-    refuses), or None."""
-    if spec.channels == 1 and not item.grey:
-        return ImageError(
-            "a colour image, but the model takes grey images (1 channel)",
-            file=name,
-            remedy=f"pass {option('convert', 'true')} to convert it to grey, or use a model trained on colour images",
-        )
-    if spec.channels == 3 and item.grey:
-        return ImageError(
-            "a grey image, but the model takes colour images (3 channels)",
-            file=name,
-            remedy=f"pass {option('convert', 'true')} to repeat its channel, or use a model trained on grey images",
-        )
-    return None
-
-
 def embed_files(
     encoder: Encoder,
     paths: Sequence[Path | bytes],
     *,
-    convert: bool,
+    channels: str | None = None,
+    convert: bool | None = None,
     strict: bool = False,
     names: Sequence[str] | None = None,
     stored: Callable[[str], np.ndarray | None] | None = None,
@@ -77,13 +62,16 @@ def embed_files(
 ) -> Embedded:
     """Embed image files with ``encoder``, ``batch_size`` at a time (decoded on ``workers`` threads).
 
-    ``convert``: see the module's channel rule. ``strict``: the first file that cannot be used raises its
-    ``ImageError`` (before any later batch is read); otherwise such files are listed in ``errors``. A file cannot
-    be used when it is missing or unreadable, does not decode, breaks the channel rule, or is embedded as NaN or
-    infinite values. ``names``: how errors name the files (default: their paths). ``stored``: the embedding
-    already stored for a content hash (sha256), or None: a file it knows is not embedded again.
+    ``channels``: the channel rule, ``convert`` or ``strict`` (default: the caller's ``io.channel_rule`` block's,
+    else ``convert``); ``convert=False`` is the older spelling of ``strict`` (``True``: the rule in force).
+    ``strict``: the first file that cannot be used raises its ``ImageError`` (before any later batch is read);
+    otherwise such files are listed in ``errors``. A file cannot be used when it is missing or unreadable, does
+    not decode, is refused by the channel rule, or is embedded as NaN or infinite values. ``names``: how errors
+    name the files (default: their paths). ``stored``: the embedding already stored for a content hash (sha256),
+    or None: a file it knows is not embedded again.
     """
     names = source_names(paths) if names is None else list(names)
+    rule = current_rule(channels if channels is not None else "strict" if convert is False else None)
     spec = encoder.preprocess
     rows: list[np.ndarray] = []
     novelty: list[np.ndarray] = []
@@ -97,16 +85,13 @@ def embed_files(
     for start in range(0, len(paths), batch_size):
         batch = list(paths[start : start + batch_size])
         loaded: list[tuple[int, LoadedImage]] = []
-        for offset, item in enumerate(load_images(batch, spec, workers, names[start : start + len(batch)])):
+        batch_names = names[start : start + len(batch)]
+        for offset, item in enumerate(load_images(batch, spec, workers, batch_names, channels=rule)):
             position = start + offset
             if isinstance(item, ImageError):
                 fail(position, item)
             elif item is not None:
-                problem = None if convert else channel_problem(spec, item, names[position])
-                if problem is not None:
-                    fail(position, problem)
-                else:
-                    loaded.append((position, item))
+                loaded.append((position, item))
         known = [stored(item.sha256) if stored is not None else None for _, item in loaded]
         fresh = [n for n, z in enumerate(known) if z is None]
         out = np.empty((len(loaded), encoder.dim), np.float32)
@@ -116,9 +101,11 @@ def embed_files(
             if z is not None:
                 out[n] = z
         good = [bool(np.isfinite(row).all()) for row in out]
-        for (position, _), ok in zip(loaded, good, strict=True):
+        for (position, item), ok in zip(loaded, good, strict=True):
             if ok:
                 result.kept.append(position)
+                if item.converted:
+                    result.converted.append(position)
             else:
                 fail(position, ImageError("the encoder gave a NaN or infinite embedding for it", file=names[position]))
         rows.append(out[np.asarray(good, bool)])

@@ -19,6 +19,7 @@ import numpy as np
 from simsearch import metrics, vectors
 from simsearch.embedding import Embedded, check_metric, embed_files
 from simsearch.errors import DataError, ImageError, ModelError, UsageError, option
+from simsearch.io import MISSING
 from simsearch.models.encoder import TRAINED_FOLDER, Encoder
 from simsearch.models.novelty import REMEDY, unfamiliar_text
 
@@ -130,6 +131,17 @@ def describe_calibration(record: dict[str, Any] | None) -> str:
     )
 
 
+#: Why a baseline has no threshold: it is not trained at all, so neither with nor without labels.
+_BASELINES_UNCALIBRATED = {
+    "pixels": "raw pixels are not trained: nothing calibrated one",
+    "pca": "PCA is fitted without labels: nothing calibrated one",
+}
+
+
+def _why_uncalibrated(family: str) -> str:
+    return _BASELINES_UNCALIBRATED.get(family, "it was trained without labelled identities")
+
+
 def _chosen_point(encoder: Encoder, threshold: str | float | None, far: float | None) -> OperatingPoint:
     value = parse_threshold(threshold) if isinstance(threshold, str) else threshold
     if value is not None:
@@ -139,7 +151,7 @@ def _chosen_point(encoder: Encoder, threshold: str | float | None, far: float | 
     record = encoder.threshold
     if not record:
         raise ModelError(
-            f"this {encoder.family} model has no calibrated threshold (it was trained without labelled identities)",
+            f"this {encoder.family} model has no calibrated threshold ({_why_uncalibrated(encoder.family)})",
             remedy=f"pass {option('threshold', 'NUMBER')}, or train one with {option('family', 'siamese')} on "
             "labelled sub-folders",
         )
@@ -217,17 +229,18 @@ class Verifier:
     """Embeds image files with one encoder (``embedding.embed_files``) and decides pairs at an operating point.
     Distances are the encoder's metric's (``vectors.distances``), as its threshold was calibrated with."""
 
-    def __init__(self, encoder: Encoder, convert: bool = False) -> None:
+    def __init__(self, encoder: Encoder, convert: bool | None = None, channels: str | None = None) -> None:
         check_metric(encoder.metric, f"this {encoder.family} model")
         self.encoder = encoder
-        self.convert = convert
+        #: The channel rule (``io.channels``): None follows the caller's ``channel_rule`` block (else ``convert``);
+        #: ``convert=False`` is the older spelling of ``strict``.
+        self.channels = channels if channels is not None else "strict" if convert is False else None
         record = encoder.threshold or {}
         self.probability_model: dict[str, float] | None = record.get("probability")
 
     def embed_files(self, paths: Sequence[Path | bytes], batch_size: int = 256) -> np.ndarray:
         """Embeddings (n, d) of image files; the first one that cannot be used raises ``ImageError``. A colour
-        image for a grey model (or the reverse) is refused unless ``convert``: the calibration holds only for
-        images like the ones the model was trained on."""
+        image for a grey model (or the reverse) follows the channel rule: converted, or refused with ``strict``."""
         return self.embedded(paths, batch_size).embeddings
 
     def embedded(
@@ -235,7 +248,7 @@ class Verifier:
     ) -> Embedded:
         """``embed_files``'s result for ``paths`` (every file kept, in order), with each one's novelty; ``names``:
         how errors name the files (default: their paths)."""
-        return embed_files(self.encoder, paths, convert=self.convert, strict=True, batch_size=batch_size, names=names)
+        return embed_files(self.encoder, paths, channels=self.channels, strict=True, batch_size=batch_size, names=names)
 
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """The distances between matching rows of two embedding arrays, in the encoder's metric."""
@@ -268,8 +281,8 @@ class Verifier:
         verdict and errors name them (default: their paths)."""
         shown = names or (str(a), str(b))
         for path, name in zip((a, b), shown, strict=True):
-            if not isinstance(path, bytes) and not Path(path).is_file():
-                raise ImageError("no such image file", file=name, remedy="check the path")
+            if not isinstance(path, bytes) and not Path(path).exists():
+                raise ImageError(MISSING, file=name, remedy="check the path")
         embedded = self.embedded([a, b], names=shown)
         z, flags = embedded.embeddings, embedded.unfamiliar
         unfamiliar = None if flags is None else [name for name, flag in zip(shown, flags, strict=True) if flag]
@@ -279,8 +292,8 @@ class Verifier:
         """Many pairs at once: every distinct file is embedded once, in batches."""
         files = list(dict.fromkeys(p for a, b, _ in pairs for p in (a, b)))
         for path in files:
-            if not path.is_file():
-                raise ImageError("no such image file", file=path, remedy="check the path in the pairs file")
+            if not path.exists():
+                raise ImageError(MISSING, file=path, remedy="check the path in the pairs file")
         embedded = self.embedded(files)
         z, flags = embedded.embeddings, embedded.unfamiliar
         row = {path: i for i, path in enumerate(files)}

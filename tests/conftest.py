@@ -118,6 +118,13 @@ def consistent_snapshot(collection: Collection) -> Snapshot:
     return snapshot
 
 
+@pytest.fixture(autouse=True)
+def no_progress_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands show no progress (``SIMSEARCH_PROGRESS=off``): tests read stderr for errors and notes, and output
+    captured off a terminal would otherwise hold plain progress lines. tests/cli/test_progress.py turns them on."""
+    monkeypatch.setenv("SIMSEARCH_PROGRESS", "off")
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """15 labelled 16×16 grey PNGs: hbars/, vbars/, blob/ with 5 each."""

@@ -78,7 +78,7 @@ def test_unreadable_query_files_raise_or_are_listed(built: tuple[Collection, Pat
 
 
 def test_a_colour_query_is_converted_to_the_collections_grey(built: tuple[Collection, Path], tmp_path: Path) -> None:
-    """Query converts channels as index does (verify refuses unless --convert): one rule, in embed_files."""
+    """Query converts channels as index and verify do, and refuses them with channels='strict': one rule (io.channels)."""
     collection, images = built
     searcher = Searcher(collection, use_gpu=False)
     colour, grey = tmp_path / "colour.png", tmp_path / "grey.png"
@@ -89,8 +89,8 @@ def test_a_colour_query_is_converted_to_the_collections_grey(built: tuple[Collec
     Image.fromarray(rgb).convert("L").save(grey)
     [as_colour, as_grey] = searcher.query_files([colour, grey], k=5)
     assert as_colour.neighbours == as_grey.neighbours and as_colour.vote == "hbars"
-    with pytest.raises(ImageError, match="pass convert=True"):
-        embed_files(searcher.encoder, [colour], convert=False, strict=True)
+    with pytest.raises(ImageError, match="pass channels='convert'"):
+        embed_files(searcher.encoder, [colour], channels="strict", strict=True)
     lenient = embed_files(searcher.encoder, [colour], convert=False)
     assert lenient.kept == [] and [n for n, _ in lenient.errors] == [0]
 

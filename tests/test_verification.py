@@ -121,18 +121,20 @@ def test_bad_pairs_files(tmp_path: Path, text: str, words: str) -> None:
         read_pairs(path)
 
 
-def test_channel_mismatch_is_refused_unless_converted(tmp_path: Path, image_folder: Path, pixels_model: Path) -> None:
+def test_channel_mismatch_is_converted_unless_strict(tmp_path: Path, image_folder: Path, pixels_model: Path) -> None:
+    """The channel rule every command follows (``io.channels``): converted by default, refused with strict."""
     colour = tmp_path / "colour.png"
     rgb = np.zeros((16, 16, 3), np.uint8)
     rgb[::4, :, 0] = 255
     Image.fromarray(rgb).save(colour)
-    verifier = Verifier(Encoder.load(pixels_model))
-    point = operating_point(verifier.encoder)
-    with pytest.raises(ImageError, match=r"colour image, but the model takes grey images.*convert=True"):
-        verifier.verify(colour, image_folder / "hbars" / "0.png", point)
-    converted = Verifier(Encoder.load(pixels_model), convert=True).verify(
-        colour, image_folder / "hbars" / "0.png", point
-    )
+    point = operating_point(Encoder.load(pixels_model))
+    for strict in (
+        Verifier(Encoder.load(pixels_model), channels="strict"),
+        Verifier(Encoder.load(pixels_model), convert=False),
+    ):
+        with pytest.raises(ImageError, match=r"colour image, but the model takes grey images.*channels='convert'"):
+            strict.verify(colour, image_folder / "hbars" / "0.png", point)
+    converted = Verifier(Encoder.load(pixels_model)).verify(colour, image_folder / "hbars" / "0.png", point)
     assert converted.distance > 0
 
 
@@ -205,9 +207,9 @@ def test_verify_bad_input_is_one_line_and_exit_2(tmp_path: Path, image_folder: P
     (unthresholded / "encoder.json").write_text(json.dumps(config))
     cases = {
         "no such image file": ("verify", good, tmp_path / "missing.png", "-m", pixels_model),
-        "not an image": ("verify", good, broken, "-m", pixels_model),
+        "could not be decoded (damaged PNG data)": ("verify", good, broken, "-m", pixels_model),
         "no calibrated threshold": ("verify", good, good, "-m", unthresholded),
-        "colour image, but the model takes grey": ("verify", colour, good, "-m", pixels_model),
+        "colour image, but the model takes grey": ("verify", colour, good, "-m", pixels_model, "--channels", "strict"),
         "no model folder": ("verify", good, good, "-m", tmp_path / "nope"),
         "exactly two images": ("verify", good, "-m", pixels_model),
         "not both": ("verify", good, good, "-m", pixels_model, "--name", "x"),
@@ -220,6 +222,7 @@ def test_verify_bad_input_is_one_line_and_exit_2(tmp_path: Path, image_folder: P
         assert words in error_line(result), (words, result.output)
     assert invoke("verify", good, good, "-m", unthresholded, "--threshold", "0.5").exit_code == 0
     assert invoke("verify", colour, good, "-m", pixels_model, "--convert").exit_code == 1
+    assert invoke("verify", colour, good, "-m", pixels_model).exit_code == 1  # converted by default
 
 
 def test_query_open_set_answers_unknown_beyond_the_threshold(

@@ -3,6 +3,7 @@ or exits. ``app`` holds the Typer app and how commands end, ``render`` everythin
 options; one module per command group registers its commands on the app."""
 
 from simsearch.cli import (  # noqa: F401 - each registers its commands
+    collections,
     evaluate,
     generate,
     index,

@@ -9,8 +9,8 @@ from typing import Any
 import typer
 
 from simsearch.cli.core import _errors, _unchanged, app
-from simsearch.cli.options import _home_option, cli_spelling
-from simsearch.cli.render import _print_json, _RichProgress, err, out
+from simsearch.cli.options import _channels_option, _home_option, cli_spelling
+from simsearch.cli.render import _ChannelNote, _print_json, _RichProgress, err, out
 
 MODEL_SOURCE_HELP = "A model folder from 'simsearch train' with a decoder (autoencoder, denoising or vae)."
 NAME_SOURCE_HELP = "Use this collection's encoder instead (default: the collection 'default'); a path also works."
@@ -36,13 +36,14 @@ def reconstruct(
     columns: int = typer.Option(8, "--columns", min=1, help="Images per pair of rows."),
     as_json: bool = typer.Option(False, "--json", help="Print each image's reconstruction error as JSON."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    channels: str = _channels_option(),
 ) -> None:
     """Draw each image above the model's reconstruction of it, with its reconstruction error (mean squared error
     in the model's input space) under it.
 
     Example: simsearch reconstruct a.png b.png --model models/ae --out grid.png
     """
-    with _errors(_unchanged("reconstruct").replace("nothing was changed", WROTE_NOTHING)):
+    with _errors(_unchanged("reconstruct").replace("nothing was changed", WROTE_NOTHING)), _ChannelNote(channels):
         from simsearch.latent.images import (
             check_output_file,
             load_source,
@@ -94,13 +95,14 @@ def interpolate(
     home: Path = _home_option(),
     steps: int = typer.Option(8, "--steps", min=2, help="Points decoded on the segment, both ends included."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    channels: str = _channels_option(),
 ) -> None:
     """Decode evenly spaced points on the segment between two images' embeddings: from A's reconstruction to B's,
     with the inputs at both ends.
 
     Example: simsearch interpolate a.png b.png --model models/vae --steps 8 --out strip.png
     """
-    with _errors(_unchanged("interpolate").replace("nothing was changed", WROTE_NOTHING)):
+    with _errors(_unchanged("interpolate").replace("nothing was changed", WROTE_NOTHING)), _ChannelNote(channels):
         from simsearch.latent.images import (
             check_output_file,
             interpolation_strip,
@@ -176,13 +178,14 @@ def denoise(
     seed: int = typer.Option(0, "--seed", help="The seed of the noise."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    channels: str = _channels_option(),
 ) -> None:
     """Write the model's reconstruction of each image as a PNG (at the model's input size): for the denoising
     family, its denoised image. Other families with a decoder work too, but were not trained to denoise.
 
     Example: simsearch denoise scans/*.png --model models/dae --out clean/ --noise 0.1
     """
-    with _errors(_unchanged("denoise").replace("nothing was changed", WROTE_NOTHING)) as stop:
+    with _errors(_unchanged("denoise").replace("nothing was changed", WROTE_NOTHING)) as stop, _ChannelNote(channels):
         from simsearch.latent.images import denoise as run
         from simsearch.latent.images import load_source, read_images, require_decoder
 
@@ -258,13 +261,14 @@ def anomalies(
         None, "--report", help="Write report.html (self-contained) and top.png, bottom.png into this folder."
     ),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    channels: str = _channels_option(),
 ) -> None:
     """Score every image by how unlike the model's or collection's images it is, rank them, and flag those beyond
     a threshold fitted on images the model knows.
 
     Example: simsearch anomalies new-scans/ --model models/ae --top 20 --report reports/anomalies
     """
-    with _errors(_unchanged("anomalies")) as stop:
+    with _errors(_unchanged("anomalies")) as stop, _ChannelNote(channels):
         from simsearch.latent.anomaly import find_anomalies, write_report
         from simsearch.latent.images import load_source
 

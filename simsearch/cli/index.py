@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from simsearch.cli.core import KEPT, _errors, _unchanged, app
-from simsearch.cli.options import NAME_HELP, _home_option, _train_config
+from simsearch.cli.options import NAME_HELP, _channels_option, _home_option, _train_config
 from simsearch.cli.render import _describe_index, _print_json, _render_index_report, _RichProgress, out, shown
 from simsearch.models.registry import family_names
 
@@ -39,6 +39,13 @@ def index(
     checkpoint_every: int = typer.Option(
         10_000, "--checkpoint-every", min=1, help="Commit after this many newly embedded images (resume point)."
     ),
+    checkpoint_seconds: float = typer.Option(
+        30.0,
+        "--checkpoint-seconds",
+        min=0,
+        help="Training a new encoder: save its state at the end of an epoch at most this often (0: every epoch); "
+        "an interrupted run resumes its training.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     index_type: str = typer.Option(
         "auto",
@@ -51,6 +58,7 @@ def index(
     epochs: int = typer.Option(60, "--epochs", min=1, help="Most training epochs for a new encoder."),
     max_seconds: float = typer.Option(300.0, "--max-seconds", min=1, help="Time limit for training a new encoder."),
     seed: int = typer.Option(0, "--seed", help="Seed for training and sampling."),
+    channels: str = _channels_option(),
     allow_empty: bool = typer.Option(
         False,
         "--allow-empty",
@@ -62,11 +70,22 @@ def index(
 
     Example: simsearch index ./images --name photos
     """
-    with _errors(KEPT):
+    with _errors(KEPT) as stop:
         from simsearch.indexing import IndexConfig, index_folder
         from simsearch.store.collection import Collection, resolve_path
 
         collection = Collection(resolve_path(name, home))
+
+        def training_saved(what: str) -> None:  # until the encoder is committed, its training is what is kept
+            from simsearch.store.formats import TRAINING_CHECKPOINT
+
+            where = collection.path / TRAINING_CHECKPOINT
+            stop.left = (
+                f"training stopped; its work up to {what} is kept in {where}: run the same command again to resume"
+                if what
+                else KEPT
+            )
+
         config = IndexConfig(
             model=model,
             rebuild=rebuild,
@@ -75,13 +94,15 @@ def index(
             workers=workers,
             batch_size=batch_size,
             checkpoint_every=checkpoint_every,
+            checkpoint_seconds=checkpoint_seconds,
             device=device,
             index_type=index_type,
             allow_empty=allow_empty,
+            channels=channels,
             train=_train_config("autoencoder", dim, size, epochs, max_seconds, seed, device),
         )
         with _RichProgress() as progress:
-            report = index_folder(images, collection, config, progress)
+            report = index_folder(images, collection, config, progress, training_saved=training_saved)
         _render_index_report(report)
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from simsearch.cli.core import _errors, app
-from simsearch.cli.options import NAME_HELP, _home_option
-from simsearch.cli.render import _print_json, _RichProgress, err, out
+from simsearch.cli.options import NAME_HELP, _channels_option, _home_option
+from simsearch.cli.render import _ChannelNote, _print_json, _RichProgress, err, out
 
 METHOD_HELP = (
     "auto (UMAP when umap-learn is installed and there are at least 16 points, else PCA), umap, pca (exact, fast, "
@@ -42,12 +42,13 @@ def latent_map(
     ),
     device: str = typer.Option("auto", "--device", help="With IMAGES: where to run the encoder: auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    channels: str = _channels_option(),
 ) -> None:
     """Draw a 2-D map of every embedding: map.html (zoom, search, thumbnails on hover; offline), map.png, map.parquet.
 
     Example: simsearch map --name photos   (or a folder: simsearch map ./images --model models/ae --out maps/ae)
     """
-    with _errors(LEFT):
+    with _errors(LEFT), _ChannelNote(channels):
         from simsearch.errors import UsageError, option
         from simsearch.latent.map import (
             check_method,

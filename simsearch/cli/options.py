@@ -27,11 +27,23 @@ SOURCE_NAME_HELP = "Use this collection's encoder (default: the collection 'defa
 NAME_HELP = "Collection name (under --home), or a path to a collection folder."
 
 
+CHANNELS_HELP = (
+    "An image whose colour differs from the model's input: convert (colour to grey by luminance, grey to colour by "
+    "repeating its channel; a note says how many) or strict (refuse it)."
+)
+
+
 MAX_BOOTSTRAP = 10_000  # evaluation.MAX_BOOTSTRAP, which this module does not import (it needs numpy)
 
 
 def _home_option() -> Any:
     return typer.Option(Path("indexes"), "--home", envvar="SIMSEARCH_HOME", help=HOME_HELP, show_default=True)
+
+
+def _channels_option() -> Any:
+    """``--channels convert|strict``: the channel rule (``simsearch.io.channels``), spelled the same on every command
+    that embeds images with an existing model."""
+    return typer.Option("convert", "--channels", help=CHANNELS_HELP, show_default=True)
 
 
 def _train_config(family: str, dim: int, size: str, epochs: int, max_seconds: float, seed: int, device: str) -> Any:

@@ -7,6 +7,9 @@ which rich renders by other paths, call ``shown`` (or ``_json_text``) themselves
 from __future__ import annotations
 
 import json
+import os
+import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -90,11 +93,64 @@ def _print_json(data: Any) -> None:
     out.print(text, soft_wrap=True)
 
 
+#: A task whose steps are epochs: the training loop's (``training autoencoder``, ``fold 2/4: training siamese …``).
+_EPOCHS = re.compile(r"(?:^|: )training ")
+
+
+class _PlainProgress:
+    """Progress as plain lines, for a stderr that is no terminal (a log, CI): ``training autoencoder: epoch 3/60 ·
+    loss 0.0123``. A task gets a line when it starts, then one every ``seconds``, or sooner when another
+    1/``steps`` of it is done (but never two within ``gap`` seconds), and always one for its last step."""
+
+    def __init__(self, seconds: float = 10.0, steps: int = 10, gap: float = 2.0, clock: Any = None) -> None:
+        self.seconds, self.steps, self.gap = seconds, steps, gap
+        self.clock = clock or time.monotonic
+        self.last: dict[str, tuple[float, int, int]] = {}  # task → (time, bucket, done) of its last line
+
+    def __call__(self, task: str, done: int, total: int | None, note: str = "") -> None:
+        now = self.clock()
+        finished = total is not None and done >= total
+        bucket = done * self.steps // total if total else 0
+        previous = self.last.get(task)
+        if previous is not None:
+            at, last_bucket, last_done = previous
+            if done == last_done:
+                return
+            waited = now - at
+            restarted = done < last_done  # the same task again (a second batch of queries, say)
+            if not (finished or restarted or waited >= self.seconds or (bucket > last_bucket and waited >= self.gap)):
+                return
+        self.last[task] = (now, bucket, done)
+        err.print(self.line(task, done, total, note), soft_wrap=True)
+
+    @staticmethod
+    def line(task: str, done: int, total: int | None, note: str = "") -> str:
+        """``task: [epoch ]done/total · note``, or ``task: done · note`` when the total is not known."""
+        unit = "epoch " if _EPOCHS.search(task) else ""
+        count = f"{unit}{done}/{total}" if total is not None else f"{unit}{done}"
+        return f"{task}: {count}" + (f" · {note}" if note else "")
+
+
+#: ``SIMSEARCH_PROGRESS``: ``auto`` (bars on a terminal, plain lines elsewhere), ``lines`` or ``off``.
+PROGRESS_MODES = ("auto", "lines", "off")
+
+
+def progress_mode() -> str:
+    """How progress is shown, from ``SIMSEARCH_PROGRESS`` (an unknown value is ``auto``)."""
+    mode = os.environ.get("SIMSEARCH_PROGRESS", "auto").strip().lower()
+    return mode if mode in PROGRESS_MODES else "auto"
+
+
 class _RichProgress:
-    """Renders the library's progress callbacks as rich bars on stderr (nothing when stderr is no terminal)."""
+    """Renders the library's progress callbacks on stderr: as rich bars on a terminal, as occasional plain lines
+    elsewhere (``_PlainProgress``: a log, CI), or not at all, as ``SIMSEARCH_PROGRESS`` says (``progress_mode``)."""
 
     def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        mode = progress_mode()
+        bars = mode == "auto" and err.is_terminal
+        self.plain = _PlainProgress() if mode == "lines" or (mode == "auto" and not bars) else None
 
         self.bar = Progress(  # its text columns build their Text themselves: markup off, values through shown
             TextColumn("{task.description}", markup=False),
@@ -104,11 +160,15 @@ class _RichProgress:
             TextColumn("{task.fields[note]}", markup=False),
             console=err,
             transient=True,
-            disable=not err.is_terminal,
+            disable=not bars,
         )
         self.tasks: dict[str, Any] = {}
 
     def __call__(self, task: str, done: int, total: int | None, note: str = "") -> None:
+        if self.plain is not None:
+            self.plain(task, done, total, note)
+        if self.plain is not None or self.bar.disable:
+            return
         if task not in self.tasks:
             self.tasks[task] = self.bar.add_task(shown(task), total=total, note=shown(note))
         self.bar.update(self.tasks[task], completed=done, total=total, note=shown(note))
@@ -119,6 +179,11 @@ class _RichProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.bar.__exit__(None, None, None)
+
+
+def with_article(word: str) -> str:
+    """``word`` after "a" or "an" as it is read: ``an autoencoder``, ``a vae`` (vee-ay-ee), ``a siamese``."""
+    return f"{'an' if word[:1].lower() in 'aeio' else 'a'} {word}"
 
 
 def _describe_training(family: str, dim: int, shape: tuple[int, ...], t: dict[str, Any]) -> str:
@@ -133,7 +198,7 @@ def _describe_training(family: str, dim: int, shape: tuple[int, ...], t: dict[st
         else "not validated: no held-out images to measure it on (add more images per label)"
     )
     return (
-        f"Trained a {family} encoder (input {size}, d={dim}) on {t.get('images')} images: {t.get('epochs_run')} "
+        f"Trained {with_article(family)} encoder (input {size}, d={dim}) on {t.get('images')} images: {t.get('epochs_run')} "
         f"epochs in {t.get('seconds', 0):.0f} s on {t.get('device')}, {validated}."
     )
 
@@ -149,7 +214,15 @@ def _render_index_report(report: IndexReport) -> None:
             "the folder was moved, so they were kept, not indexed again."
         )
     if report.trained:
+        if report.training.get("resumed_from"):
+            out.print(f"Resumed an interrupted training from its checkpoint ({report.training['resumed_from']}).")
         out.print(_describe_training(report.encoder_family, report.encoder_dim, report.input_shape, report.training))
+    if report.baselines is not None:
+        from simsearch.cli.options import cli_spelling
+        from simsearch.errors import spell
+
+        for line in report.baselines.lines():
+            out.print(spell(line, cli_spelling))
     if report.embedded == 0 and not report.removed:
         out.print(f"Nothing to embed: all {report.unchanged} images are unchanged.")
     table = Table(title=f"Collection {report.collection}", show_header=False, title_justify="left")
@@ -175,16 +248,24 @@ def _render_index_report(report: IndexReport) -> None:
             out.print(f"… and {len(report.skipped) - 20} more: see 'simsearch info --skipped'.")
     if report.rebuild_waiting:
         out.print("An unfinished rebuild waits beside this collection: run 'index … --rebuild' again to finish it.")
+    if report.channels is not None:
+        _print_channel_notes(report.channels, refusals=True)
 
 
 def _render_result(result: QueryResult) -> None:
     if result.unknown and result.threshold is not None:
         caption = "vote: unknown (unfamiliar input)" if result.unfamiliar else f"vote: unknown ({result.reason})"
+    elif result.tie:
+        shown_n = len(result.neighbours)
+        each = "equal weight" if result.weights is not None else f"{result.votes[result.tie[0]]}/{shown_n} each"
+        caption = f"vote: tie between {', '.join(result.tie)} ({each}); the nearest of them: {result.vote}"
     elif result.vote is not None:
-        caption = f"vote: {result.vote} ({round(result.vote_share * len(result.neighbours))}/{len(result.neighbours)})"
+        caption = f"vote: {result.vote} ({result.votes[result.vote]}/{len(result.neighbours)})"
+        caption += f", {result.vote_share:.0%} of the weight" if result.weights is not None else ""
     else:
         caption = "vote: none (no labelled neighbours)"
-    table = Table("rank", "distance", "path", "label", title=f"{result.query} — {caption}", title_justify="left")
+    query = result.query if result.query_id is None else f"id {result.query_id} ({result.query})"
+    table = Table("rank", "distance", "path", "label", title=f"{query} — {caption}", title_justify="left")
     for n in result.neighbours:
         table.add_row(str(n.rank), f"{n.distance:.4f}", n.path, n.label or "")
     out.print(table)
@@ -288,7 +369,8 @@ def _render_eval(result: Any, source: str) -> None:
     pairs = result.results[0].figures["pairs"]
     out.print(
         f"{result.folder}: {result.images} images, {result.labels} labels; {result.mode}; {result.queries} queries, "
-        f"gallery {result.gallery}; {pairs['genuine']} genuine and {pairs['impostor']} impostor pairs. Encoder: {source}."
+        f"gallery {result.gallery}; {pairs['genuine']} genuine and {pairs['impostor']} impostor pairs. Encoder: {source}. "
+        f"Votes: {result.vote}."
     )
     table = Table(
         "metric", *(r.name for r in result.results), title="Value [95% bootstrap interval]", title_justify="left"
@@ -302,4 +384,44 @@ def _render_eval(result: Any, source: str) -> None:
     for note in result.notes:
         out.print(note)
     if result.skipped or result.unlabelled:
-        out.print(f"Left out: {len(result.skipped)} unreadable files, {result.unlabelled} images without a label.")
+        files = f"{len(result.skipped)} file{'' if len(result.skipped) == 1 else 's'} that could not be used"
+        out.print(
+            f"Left out: {files}, {result.unlabelled} image{'' if result.unlabelled == 1 else 's'} without a label."
+        )
+        for skipped in result.skipped[:5]:
+            out.print(f"  {skipped.rel}: {skipped.reason}")
+        if len(result.skipped) > 5:
+            out.print(f"  … and {len(result.skipped) - 5} more (--json lists them all: skipped_files)")
+
+
+class _ChannelNote:
+    """``with _ChannelNote(rule):`` — the command's images follow the channel rule ``rule`` (``io.channel_rule``)
+    inside the block, and when it ends cleanly (``typer.Exit`` included: ``verify``'s verdict) one ``Note:`` line on
+    stderr says how many were converted, the same words for every command."""
+
+    def __init__(self, rule: str) -> None:
+        from simsearch.io import channel_rule
+
+        self.scope = channel_rule(rule)
+
+    def __enter__(self) -> _ChannelNote:
+        self.tally = self.scope.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        import click
+
+        self.scope.__exit__(kind, exc, tb)
+        if exc is None or isinstance(exc, click.exceptions.Exit):
+            _print_channel_notes(self.tally)
+
+
+def _print_channel_notes(tally: Any, refusals: bool = False) -> None:
+    """The ``Note:`` lines (stderr) of a channel rule's tally (``io.ChannelTally``): how many images were converted,
+    and with ``refusals`` how many were refused (where the refused files are listed without the remedy)."""
+    from simsearch.cli.options import cli_spelling
+    from simsearch.errors import spell
+
+    for note in (tally.note(), tally.refusals() if refusals else None):
+        if note:
+            err.print(f"Note: {spell(note, cli_spelling)}.")

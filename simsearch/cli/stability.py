@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from simsearch.cli.core import _errors, _unchanged, app
-from simsearch.cli.render import _print_json, _RichProgress, out
+from simsearch.cli.options import _channels_option
+from simsearch.cli.render import _ChannelNote, _print_json, _RichProgress, out
 
 if TYPE_CHECKING:
     from simsearch.latent.stability import StabilityReport
@@ -42,6 +43,7 @@ def stability(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     device: str = typer.Option("auto", "--device", help="Where to run the encoders: auto, cpu or cuda."),
+    channels: str = _channels_option(),
 ) -> None:
     """Measure how each encoder's latent space moves when Gaussian noise is added to the images: embedding
     movement (median shift ÷ median distance between images), k-NN overlap with the clean neighbours,
@@ -50,7 +52,7 @@ def stability(
 
     Example: simsearch stability ./images --model models/ae --model models/vae --report reports/stability
     """
-    with _errors(_unchanged("stability")) as stop:
+    with _errors(_unchanged("stability")) as stop, _ChannelNote(channels):
         from simsearch.errors import UsageError, option
         from simsearch.latent.stability import check_image_folder, parse_noise, stability_of_folder, write_report
         from simsearch.verification import load_encoder

@@ -127,6 +127,8 @@ def train(
         from simsearch.training.checkpoint import checkpoint_path
 
         def kept(what: str) -> None:
+            if not what:  # removed: the model folder is saved (the message after it says so)
+                return
             stop.left = (
                 f"training stopped; its work up to {what} is kept in {checkpoint.path} ({target} is as it was): "
                 "run the same command again to resume"

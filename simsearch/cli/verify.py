@@ -8,8 +8,15 @@ from typing import Any
 import typer
 
 from simsearch.cli.core import _errors, _unchanged, app
-from simsearch.cli.options import FAR_HELP, MODEL_HELP, SOURCE_NAME_HELP, THRESHOLD_HELP, _home_option
-from simsearch.cli.render import _print_json, _render_pairs, _render_verdict, _RichProgress, out
+from simsearch.cli.options import (
+    FAR_HELP,
+    MODEL_HELP,
+    SOURCE_NAME_HELP,
+    THRESHOLD_HELP,
+    _channels_option,
+    _home_option,
+)
+from simsearch.cli.render import _ChannelNote, _print_json, _render_pairs, _render_verdict, _RichProgress, out
 
 
 @app.command()
@@ -23,9 +30,8 @@ def verify(
     pairs: Path | None = typer.Option(
         None, "--pairs", help="A CSV with columns a,b[,label] (paths relative to the CSV) to verify many pairs."
     ),
-    convert: bool = typer.Option(
-        False, "--convert", help="Convert colour images for a grey model (or grey for a colour one) instead of failing."
-    ),
+    channels: str = _channels_option(),
+    convert: bool = typer.Option(False, "--convert", hidden=True, help="The older spelling of --channels convert."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     device: str = typer.Option("auto", "--device", help="Where to run the encoder: auto, cpu or cuda."),
 ) -> None:
@@ -53,16 +59,17 @@ def verify(
             raise UsageError("give either two images or --pairs FILE, not both")
         encoder, source = load_encoder(model, name, home, device)
         point = operating_point(encoder, threshold, far)
-        verifier = Verifier(encoder, convert=convert)
+        verifier = Verifier(encoder)
         if pairs is None:
-            verdict = verifier.verify(images[0], images[1], point)
+            with _ChannelNote("convert" if convert else channels) as note:
+                verdict = verifier.verify(images[0], images[1], point)
             if as_json:
-                _print_json(verdict_json(verdict, point, source))
+                _print_json(verdict_json(verdict, point, source) | {"channels": note.tally.to_json()})
             else:
                 _render_verdict(verdict)
                 _render_calibration(encoder.threshold, point)
             raise typer.Exit(0 if verdict.match else 1)
-        with _RichProgress():
+        with _RichProgress(), _ChannelNote("convert" if convert else channels) as note:
             verdicts = verifier.verify_pairs(read_pairs(pairs), point)
         summary = pair_metrics(verdicts)
         if as_json:
@@ -72,6 +79,7 @@ def verify(
                     "calibration": point.calibration,
                     "pairs": [v.to_json() for v in verdicts],
                     "metrics": summary,
+                    "channels": note.tally.to_json(),
                 }
             )
             return

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simsearch.errors import DataError, UsageError, option
+from simsearch.search import DEFAULT_VOTE, check_vote
 
 #: MAP@R and R-precision look at the R nearest neighbours; beyond this many they are computed over the
 #: first ``MAX_NEIGHBOURS`` only (and the report says so).
@@ -35,10 +36,12 @@ class EvalConfig:
     seed: int = 0
     max_genuine_pairs: int = 20_000
     workers: int = 0
+    vote: str = DEFAULT_VOTE  # how the k nearest vote (``search.VOTES``)
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise UsageError(f"{option('k')} must be at least 1, not {self.k}")
+        check_vote(self.vote)
         if self.split is not None and not 0 < self.split < 1:
             raise UsageError(
                 f"{option('split')} must be between 0 and 1 (the share of images used as queries), not {self.split}"

@@ -33,7 +33,8 @@ FIGURES = {
 
 FIGURE_LABELS = {
     "vote_accuracy": "k-NN vote accuracy",
-    "precision_at_1": "precision@1",
+    "precision_at_1": "1-NN accuracy (precision@1)",
+    "vote_ties": "queries whose vote tied",
     "precision_at_k": "precision@k",
     "recall_at_k": "recall@k",
     "r_precision": "R-precision",
@@ -254,7 +255,7 @@ figcaption {{ color: #555; font-size: 0.9em; max-width: 800px; }}
 <h1>simsearch eval</h1>
 <ul>
 <li>Folder: {e(report.folder)} — {report.images} images, {report.labels} labels
-({report.unlabelled} unlabelled and {len(report.skipped)} unreadable files left out)</li>
+({report.unlabelled} unlabelled images and {len(report.skipped)} files that could not be used left out)</li>
 <li>Protocol: {e(report.mode)}; {report.queries} queries against a gallery of {report.gallery}; k = {report.k}</li>
 <li>Model: {e(model.name)} ({e(model.family)}), {threshold}</li>
 <li>Verification pairs: {model.figures["pairs"]["genuine"]} genuine, {model.figures["pairs"]["impostor"]} impostor</li>

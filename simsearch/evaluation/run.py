@@ -44,6 +44,7 @@ class EvalReport:
     image_labels: list[str]
     results: list[EncoderResult]
     notes: list[str] = field(default_factory=list)
+    vote: str = "majority"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,7 +57,9 @@ class EvalReport:
             "gallery": self.gallery,
             "unknown_labels": self.unknown_labels,
             "skipped": len(self.skipped),
+            "skipped_files": [{"path": s.rel, "reason": s.reason} for s in self.skipped],
             "unlabelled": self.unlabelled,
+            "vote": self.vote,
             "notes": self.notes,
             "encoders": [r.to_json() for r in self.results],
         }
@@ -106,7 +109,8 @@ def evaluate(
         workers=config.workers,
         progress=progress,
     )
-    skipped += [Skipped(labelled[n].rel, str(error)) for n, error in embedded.errors]
+    # What is wrong with each file, as index lists it (its remedy is the error's, or the channel rule's note).
+    skipped += [Skipped(labelled[n].rel, getattr(error, "what", str(error))) for n, error in embedded.errors]
     kept = [labelled[n] for n in embedded.kept]
     z_model = embedded.embeddings
     unfamiliar = embedded.unfamiliar  # None: the model has no novelty reference
@@ -153,6 +157,10 @@ def evaluate(
             f"{flagged} of {len(protocol.queries)} queries are unlike the images the model was trained on "
             f"(flagged unfamiliar{answered})."
         )
+    reach = len(protocol.gallery) - (1 if protocol.leave_one_out else 0)
+    if config.k > reach:
+        notes.insert(0, f"k = {config.k} is more than the {reach} gallery images a query can see: votes and the "
+                     f"figures at k use {reach}.")  # fmt: skip
     gallery_counts = np.bincount(y[protocol.gallery], minlength=len(classes))
     if gallery_counts.max() > MAX_NEIGHBOURS:
         notes.append(f"MAP@R and R-precision look at the nearest {MAX_NEIGHBOURS} only (some labels have more images).")
@@ -171,4 +179,5 @@ def evaluate(
         image_labels=[classes[c] for c in y],
         results=results,
         notes=notes,
+        vote=config.vote,
     )

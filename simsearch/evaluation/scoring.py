@@ -13,7 +13,7 @@ import numpy as np
 from simsearch import metrics, vectors
 from simsearch.errors import DataError, option
 from simsearch.evaluation.protocols import MAX_NEIGHBOURS, UNKNOWN, EvalConfig, Protocol
-from simsearch.search import vote_label
+from simsearch.search import vote
 from simsearch.training.sampling import verification_pairs
 from simsearch.verification import OperatingPoint
 
@@ -111,12 +111,15 @@ def score_encoder(
     open_set = len(protocol.unknown_codes) > 0
     label_names = np.array(classes, dtype=object)
     k = min(config.k, rows.shape[1])
-    predicted = [vote_label(list(label_names[y[r[:k]]]))[0] or "" for r in rows]
+    votes = [vote(list(label_names[y[r[:k]]]), d[:k], config.vote) for r, d in zip(rows, dist, strict=True)]
+    predicted = [v.label or "" for v in votes]
     correct = np.array([p == classes[t] for p, t in zip(predicted, y[q], strict=True)], np.float64)
     boot = config.bootstrap
     figures: dict[str, Any] = {
         "vote_accuracy": metrics.bootstrap_mean(correct[known], boot, rng),
         **{key: metrics.bootstrap_mean(value[known], boot, rng) for key, value in scores.items()},
+        # A tie is answered with the tied label met first (nearest first), and counted here.
+        "vote_ties": int(sum(bool(v.tie) for v, kn in zip(votes, known, strict=True) if kn)),
     }
     # Verification over pairs of all labelled images.
     i, j, same = verification_pairs(y, np.random.default_rng(config.seed), config.max_genuine_pairs)

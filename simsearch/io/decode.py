@@ -5,6 +5,7 @@ normalised to grey or RGB. The only module that imports Pillow's decoders; every
 from __future__ import annotations
 
 import io
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from simsearch.errors import ImageError, ImageTooLarge
+from simsearch.io.discover import A_FOLDER, EMPTY, MISSING, NOT_AN_IMAGE, NOT_REGULAR, sniff_format, unreadable
 
 # Refuse images whose header declares more pixels than this before decoding a single one (decompression bombs).
 MAX_PIXELS = 64_000_000
@@ -31,7 +33,7 @@ def decode_image(data: bytes, name: str = "image", draft: tuple[int, int] | None
     (the decoder's own DCT scaling: several times faster for photos, and a smoother reduction).
     """
     if not data:
-        raise ImageError("empty file", file=name)
+        raise ImageError(EMPTY, file=name)
     try:
         # Image.open reads only the header: the pixel count is checked before anything is decoded.
         img: Image.Image = Image.open(io.BytesIO(data))
@@ -54,7 +56,12 @@ def decode_image(data: bytes, name: str = "image", draft: tuple[int, int] | None
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"refused as a possible decompression bomb ({exc})", file=name) from None
     except UnidentifiedImageError:
-        raise ImageError("not an image Pillow can decode", file=name) from None
+        # The folder scan refuses content of no known format with the same words; a file that starts like an
+        # image but is broken after its first bytes is damaged, like a truncated one.
+        fmt = sniff_format(data[:32])
+        if fmt is None:
+            raise ImageError(NOT_AN_IMAGE, file=name) from None
+        raise ImageError(f"could not be decoded (damaged {fmt} data)", file=name) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
         raise ImageError(f"could not be decoded ({exc or type(exc).__name__})", file=name) from None
 
@@ -99,20 +106,22 @@ def read_file(path: Path, name: str | None = None) -> bytes:
     """Read a whole file, refusing what is not a regular readable file of sensible size."""
     name = name or str(path)
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise ImageError("not a file", file=name, remedy="pass an image file")
-        if size > MAX_FILE_BYTES:
-            raise ImageTooLarge(f"{size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image", file=name)
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(A_FOLDER, file=name)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(NOT_REGULAR, file=name)
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageTooLarge(
+                f"{st.st_size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for one image", file=name
+            )
         return path.read_bytes()
     except FileNotFoundError:
-        raise ImageError("no such file", file=name, remedy="check the path") from None
+        raise ImageError(MISSING, file=name, remedy="check the path") from None
     except IsADirectoryError:
-        raise ImageError("is a folder, not an image file", file=name) from None
-    except PermissionError:
-        raise ImageError("permission denied", file=name, remedy="make it readable") from None
+        raise ImageError(A_FOLDER, file=name) from None
     except OSError as exc:
-        raise ImageError(f"could not be read ({exc.strerror or exc})", file=name) from None
+        raise ImageError(unreadable(exc), file=name) from None
 
 
 def is_grey(img: Image.Image) -> bool:

@@ -41,6 +41,25 @@ IMAGE_SUFFIXES = frozenset(
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+# --- one wording for each kind of bad file, whichever step finds it (the folder scan, or reading a named file) ---
+
+#: A path that names nothing (a query argument, a file of a pair, a file gone since the scan).
+MISSING = "no such image file or folder"
+#: A file whose first bytes are no image format simsearch reads (text or HTML named ``.png``).
+NOT_AN_IMAGE = "not an image: its content is no known image format"
+#: A FIFO, socket or device: reading it could block forever.
+NOT_REGULAR = "not a regular file (a pipe, socket or device)"
+#: A folder where an image file was expected.
+A_FOLDER = "is a folder, not an image file"
+#: A file of no bytes.
+EMPTY = "empty file"
+
+
+def unreadable(exc: OSError) -> str:
+    """Why a file could not be read, in the OS's words: ``could not be read: Permission denied``."""
+    return f"could not be read: {exc.strerror or exc}"
+
+
 BMP_DIB_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 
 
@@ -114,7 +133,7 @@ def find_images(root: Path) -> tuple[list[ImageFileEntry], list[Skipped]]:
     def on_error(err: OSError) -> None:
         where = Path(err.filename) if err.filename else root
         rel = display_name(os.path.relpath(where, root)).replace(os.sep, "/")
-        skipped.append(Skipped(rel, f"folder could not be read: {err.strerror}"))
+        skipped.append(Skipped(rel, f"folder {unreadable(err)}"))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -128,18 +147,18 @@ def find_images(root: Path) -> tuple[list[ImageFileEntry], list[Skipped]]:
                 st = path.stat()
                 if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read below forever
                     if announced:
-                        skipped.append(Skipped(rel, "not a regular file (a pipe, socket or device)"))
+                        skipped.append(Skipped(rel, NOT_REGULAR))
                     continue
                 with open(path, "rb") as f:
                     head = f.read(32)
             except OSError as exc:
                 if announced or not isinstance(exc, FileNotFoundError):
-                    skipped.append(Skipped(rel, f"could not be read: {exc.strerror or exc}"))
+                    skipped.append(Skipped(rel, unreadable(exc)))
                 continue
             if sniff_format(head) is not None:
                 found.append(ImageFileEntry(path, rel, label_of(rel), st.st_size, st.st_mtime))
             elif announced:
-                reason = "empty file" if st.st_size == 0 else "not an image: its content is no known image format"
+                reason = EMPTY if st.st_size == 0 else NOT_AN_IMAGE
                 skipped.append(Skipped(rel, reason))
     # os.walk lists a folder's files before its sub-folders' files; sort the whole list by path.
     found.sort(key=lambda e: e.rel)

@@ -18,6 +18,7 @@ import numpy as np
 
 from simsearch import processes
 from simsearch.errors import ImageError, option
+from simsearch.io.channels import ChannelRefused, current_rule, current_tally, mismatch, refusal
 from simsearch.io.decode import check_size, decode_image, image_size, is_grey, read_file
 from simsearch.io.preprocess import Preprocess, to_array
 
@@ -32,15 +33,23 @@ class LoadedImage:
     width: int
     height: int
     grey: bool = field(default=True)
+    #: Its colour differed from the model's input and it was converted (``channels``: the channel rule).
+    converted: bool = False
 
 
 def load_image(
-    path: Path | bytes, spec: Preprocess, name: str | None = None, known_sha256: str | None = None
+    path: Path | bytes,
+    spec: Preprocess,
+    name: str | None = None,
+    known_sha256: str | None = None,
+    channels: str = "convert",
 ) -> LoadedImage | None:
     """Read, hash, decode and preprocess one image file (or a file's bytes, e.g. an upload, named ``name``);
     ``ImageError`` says why it failed.
 
-    When the file's sha256 equals ``known_sha256`` it is not decoded at all and None is returned.
+    When the file's sha256 equals ``known_sha256`` it is not decoded at all and None is returned. ``channels``
+    is the channel rule (``io.channels``): an image whose colour differs from ``spec``'s is converted (and marked
+    ``converted``), or refused with ``strict``.
     """
     data = check_size(path, name or "image") if isinstance(path, bytes) else read_file(path, name)
     digest = hashlib.sha256(data).hexdigest()
@@ -50,14 +59,32 @@ def load_image(
     # A JPEG may be decoded reduced when the whole picture is letterboxed; a trimmed one keeps every pixel,
     # as the crop may be a small part of it.
     img = decode_image(data, name or str(path), draft=spec.size if spec.resize == "letterbox" else None)
+    grey = is_grey(img)
+    converted = mismatch(spec.channels, grey)
+    if converted and channels == "strict":
+        raise refusal(spec.channels, name or str(path))
     return LoadedImage(
         array=to_array(img, spec),
         sha256=digest,
         bytes=len(data),
         width=width,
         height=height,
-        grey=is_grey(img),
+        grey=grey,
+        converted=converted,
     )
+
+
+def _counted(
+    items: Iterable[LoadedImage | ImageError | None], spec: Preprocess
+) -> Iterator[LoadedImage | ImageError | None]:
+    """``items``, with each converted image counted in the caller's ``channel_rule`` tally (if any)."""
+    tally = current_tally()
+    for item in items:
+        if tally is not None and isinstance(item, LoadedImage) and item.converted:
+            tally.count(spec.channels, item.sha256)
+        elif tally is not None and isinstance(item, ChannelRefused):
+            tally.refused += 1
+        yield item
 
 
 def load_images(
@@ -66,25 +93,28 @@ def load_images(
     workers: int = 0,
     names: Sequence[str] | None = None,
     known_sha256: Sequence[str | None] | None = None,
+    channels: str | None = None,
 ) -> Iterator[LoadedImage | ImageError | None]:
     """Load many images in input order, decoding on ``workers`` threads (0: one per core, at most 8).
 
     Yields for each path its ``LoadedImage``, the ``ImageError`` that says why it failed, or None when its
     hash equals the one given in ``known_sha256`` (unchanged: not decoded). Pillow releases the GIL while
-    decoding, so threads give real parallelism here.
+    decoding, so threads give real parallelism here. ``channels``: the channel rule (default: the caller's
+    ``channel_rule`` block's, else ``convert``); conversions are counted in that block's tally.
     """
     name_list = list(names) if names is not None else source_names(paths)
     known = list(known_sha256) if known_sha256 is not None else [None] * len(paths)
+    rule = current_rule(channels)
 
     def one(i: int) -> LoadedImage | ImageError | None:
-        return _load_or_error(paths[i], spec, name_list[i], known[i])
+        return _load_or_error(paths[i], spec, name_list[i], known[i], rule)
 
     n_workers = _worker_count(workers)
     if n_workers <= 1 or len(paths) < 4:
-        yield from (one(i) for i in range(len(paths)))
+        yield from _counted((one(i) for i in range(len(paths))), spec)
         return
     with ThreadPoolExecutor(n_workers) as pool:
-        yield from pool.map(one, range(len(paths)))
+        yield from _counted(pool.map(one, range(len(paths))), spec)
 
 
 #: Below this many images a run decodes on threads: starting worker processes would cost more than it saves.
@@ -106,11 +136,11 @@ def source_names(sources: Sequence[Path | bytes]) -> list[str]:
 
 
 def _load_or_error(
-    path: Path | bytes, spec: Preprocess, name: str, known: str | None
+    path: Path | bytes, spec: Preprocess, name: str, known: str | None, channels: str = "convert"
 ) -> LoadedImage | ImageError | None:
     """``load_image``, with the ``ImageError`` that says why it failed returned rather than raised."""
     try:
-        return load_image(path, spec, name, known)
+        return load_image(path, spec, name, known, channels)
     except ImageError as exc:
         return exc
 
@@ -120,24 +150,35 @@ def _worker_count(workers: int) -> int:
     return workers or min(8, os.cpu_count() or 1)
 
 
-def _load_chunk(spec: Preprocess, paths: Sequence[Path], names: Sequence[str], known: Sequence[str | None]) -> list:
-    return [_load_or_error(path, spec, name, sha) for path, name, sha in zip(paths, names, known, strict=True)]
+def _load_chunk(
+    spec: Preprocess, paths: Sequence[Path], names: Sequence[str], known: Sequence[str | None], channels: str
+) -> list:
+    return [
+        _load_or_error(path, spec, name, sha, channels) for path, name, sha in zip(paths, names, known, strict=True)
+    ]
 
 
 def load_batches(
-    jobs: Iterable[LoadJob], spec: Preprocess, workers: int = 0, total: int = 0, ahead: int = 2
+    jobs: Iterable[LoadJob],
+    spec: Preprocess,
+    workers: int = 0,
+    total: int = 0,
+    ahead: int = 2,
+    channels: str | None = None,
 ) -> Generator[list[LoadedImage | ImageError | None], None, None]:
     """``load_images`` for a stream of batches, decoded ``ahead`` batches in front of the caller.
 
     With ``total`` ≥ ``PROCESS_MIN_IMAGES`` images and more than one worker, each batch is split across
     worker processes (hashing, decoding and resizing hold the GIL in part, and the caller's embedding runs
     meanwhile), and at most ``ahead + 1`` batches are held in memory at once. Smaller runs decode each batch on
-    threads when it is asked for. Results come back in input order, one list per job.
+    threads when it is asked for. Results come back in input order, one list per job. ``channels``: as for
+    ``load_images`` (the rule is read once, when the first batch is asked for).
     """
     n_workers = _worker_count(workers)
+    rule = current_rule(channels)
     if n_workers <= 1 or total < PROCESS_MIN_IMAGES:
         for job in jobs:
-            yield list(load_images(job.paths, spec, workers, job.names, job.known_sha256))
+            yield list(load_images(job.paths, spec, workers, job.names, job.known_sha256, rule))
         return
     # Forked workers, as torch's DataLoader does on Linux: they only decode (Pillow and numpy, never torch), and
     # unlike spawned ones they need no `if __name__ == "__main__"` guard in the caller's script.
@@ -164,6 +205,7 @@ def load_batches(
                         job.paths[i : i + step],
                         job.names[i : i + step],
                         job.known_sha256[i : i + step],
+                        rule,
                     )
                     for i in range(0, len(job.paths), step)
                 ]
@@ -184,7 +226,7 @@ def load_batches(
                         remedy=f"run again, with fewer {option('workers')}",
                     ) from None
                 submit()
-                yield batch
+                yield list(_counted(batch, spec))
         finally:
             for futures in queue:
                 for future in futures:

@@ -459,7 +459,7 @@ def render_html(found: Anomalies, folder: Path) -> str:
         if len(found.results) > REPORT_ROWS
         else ""
     )
-    skipped = f"<li>{len(found.skipped)} unreadable files left out</li>" if found.skipped else ""
+    skipped = f"<li>{len(found.skipped)} files that could not be used left out</li>" if found.skipped else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>simsearch anomalies — {e(found.source)}</title>
 <style>

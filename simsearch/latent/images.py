@@ -99,8 +99,10 @@ def require_decoder(
 
 
 def _families_text(names: Sequence[str]) -> str:
-    article = "an" if names[0][0] in "aeiou" else "a"
-    return f"{article} {', '.join(names[:-1])} or {names[-1]} model" if len(names) > 1 else f"a {names[0]} model"
+    article = "an" if names[0][:1] in "aeio" else "a"  # an autoencoder, a vae (vee-ay-ee)
+    return (
+        f"{article} {', '.join(names[:-1])} or {names[-1]} model" if len(names) > 1 else f"{article} {names[0]} model"
+    )
 
 
 # --- images in ---------------------------------------------------------------------------------------------------

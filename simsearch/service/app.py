@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from simsearch import __version__
 from simsearch.errors import CollectionNotFound, ImageError, SimsearchError, UsageError, option
+from simsearch.io import ChannelTally, channel_rule, check_rule
 from simsearch.models.encoder import Encoder
 from simsearch.search import QueryResult, Searcher
 from simsearch.store.collection import NAME_PATTERN, Collection
@@ -57,6 +58,16 @@ MAX_K = 1000
 THUMB_SIDE = 160
 #: Paths open without the token: the health check and the page's own files (which hold no data).
 OPEN_PATHS = ("/health", "/")
+#: The ``channels`` field of the endpoints that embed uploads (``io.channels``), as the command line's ``--channels``.
+CHANNELS_DESCRIPTION = (
+    "An image whose colour differs from the model's input: convert (colour to grey by luminance, grey to colour by "
+    "repeating its channel) or strict (refuse it: 415)."
+)
+
+
+def _channels_json(tally: ChannelTally) -> dict[str, Any]:
+    """What the channel rule did to a request's images (``ChannelTally.to_json``), as ``verify --json`` says it."""
+    return tally.to_json()
 
 
 class HideTokens(logging.Filter):
@@ -87,6 +98,7 @@ class _Query:
     names: list[str]
     k: int
     future: Future[tuple[Searcher, list[QueryResult]]] = field(default_factory=Future)
+    channels: str = "convert"  # the channel rule (``io.channels``) for its images
 
 
 @dataclass(eq=False)
@@ -111,9 +123,9 @@ class Inference:
         self.thread.start()
 
     async def query(
-        self, name: str, images: list[bytes], names: list[str], k: int
+        self, name: str, images: list[bytes], names: list[str], k: int, channels: str = "convert"
     ) -> tuple[Searcher, list[QueryResult]]:
-        job = _Query(name, images, names, k)
+        job = _Query(name, images, names, k, channels=channels)
         self.jobs.put(job)
         return await asyncio.wrap_future(job.future)
 
@@ -143,7 +155,7 @@ class Inference:
             for other in pending:
                 fits = (
                     isinstance(other, _Query)
-                    and (other.name, other.k) == (job.name, job.k)
+                    and (other.name, other.k, other.channels) == (job.name, job.k, job.channels)
                     and count + len(other.images) <= self.max_images
                 )
                 if fits:
@@ -162,7 +174,8 @@ class Inference:
             searcher = self.service.searcher(first.name)
             images = [image for job in batch for image in job.images]
             names = [name for job in batch for name in job.names]
-            results = searcher.query_files(images, first.k, names=names)
+            with channel_rule(first.channels):
+                results = searcher.query_files(images, first.k, names=names)
         except Exception as exc:
             if len(batch) == 1:
                 first.future.set_exception(exc)
@@ -507,10 +520,12 @@ def create_app(
         open_set: Annotated[bool, Query(description="Answer 'unknown' beyond the threshold.")] = False,
         threshold: Annotated[str, Query(description="auto, or a distance (open set).")] = "auto",
         far: Annotated[float | None, Query(description="Open set: the false accept rate to hold.")] = None,
+        channels: Annotated[str, Query(description=CHANNELS_DESCRIPTION)] = "convert",
     ) -> list[dict[str, Any]]:
         """What ``simsearch query --json`` prints for the uploaded images: one result per image, in order."""
+        check_rule(channels)
         images, names = await _uploads(file)
-        searcher, results = await service.inference.query(name, images, names, k)
+        searcher, results = await service.inference.query(name, images, names, k, channels)
         if open_set:
             point = operating_point(searcher.encoder, threshold, far)
             for result in results:
@@ -525,16 +540,20 @@ def create_app(
         model: Annotated[str | None, Query(description="Or with this model folder's (named at start).")] = None,
         threshold: Annotated[str, Query(description="auto, or a distance.")] = "auto",
         far: Annotated[float | None, Query(description="The false accept rate to hold.")] = None,
-        convert: Annotated[bool, Query(description="Convert colour for a grey model, or the reverse.")] = False,
+        channels: Annotated[str, Query(description=CHANNELS_DESCRIPTION)] = "convert",
+        convert: Annotated[bool | None, Query(description="The older spelling: true is channels=convert.")] = None,
     ) -> dict[str, Any]:
-        """What ``simsearch verify --json`` prints for the two uploaded images."""
+        """What ``simsearch verify --json`` prints for the two uploaded images (``channels``: what the channel rule
+        did to them)."""
+        rule = check_rule("strict" if convert is False else channels)
         images, names = await _uploads([a, b])
 
         def decide() -> dict[str, Any]:
             encoder, source = service.encoder_for(model, name)
             point = operating_point(encoder, threshold, far)
-            verdict = Verifier(encoder, convert=convert).verify(images[0], images[1], point, names=(names[0], names[1]))
-            return verdict_json(verdict, point, source)
+            with channel_rule(rule) as tally:
+                verdict = Verifier(encoder).verify(images[0], images[1], point, names=(names[0], names[1]))
+            return verdict_json(verdict, point, source) | {"channels": _channels_json(tally)}
 
         return dict(await service.inference.call(decide))
 
@@ -542,16 +561,19 @@ def create_app(
     async def embed(
         name: str,
         file: Annotated[list[UploadFile], File(description="One or more images, each a field named 'file'.")],
+        channels: Annotated[str, Query(description=CHANNELS_DESCRIPTION)] = "convert",
     ) -> dict[str, Any]:
         """The collection's encoder's embeddings of the uploaded images, for clients that keep their own index."""
         from simsearch.embedding import embed_files
 
+        check_rule(channels)
         images, names = await _uploads(file)
 
         def run() -> dict[str, Any]:
             encoder = service.searcher(name).encoder
-            embedded = embed_files(encoder, images, names=names, convert=True, strict=True)
-            flags = embedded.unfamiliar
+            with channel_rule(channels) as tally:
+                embedded = embed_files(encoder, images, names=names, strict=True)
+            flags, converted = embedded.unfamiliar, set(embedded.converted)
             rows = zip(embedded.kept, embedded.embeddings, strict=True)
             return {
                 "collection": name,
@@ -563,9 +585,11 @@ def create_app(
                         "name": names[n],
                         "embedding": row.tolist(),
                         "unfamiliar": None if flags is None else bool(flags[i]),
+                        "converted": n in converted,
                     }
                     for i, (n, row) in enumerate(rows)
                 ],
+                "channels": _channels_json(tally),
             }
 
         return dict(await service.inference.call(run))

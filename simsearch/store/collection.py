@@ -12,6 +12,13 @@ Layout of ``indexes/<name>/``::
     .simsearch.json           the marker: this folder is a collection (simsearch writes in no other folder)
     .pending.json             the journal: the files a commit is writing or replacing, while it runs
     .lock                     held by the one process allowed to write
+    map/                      what ``simsearch map`` drew of the collection, when it was asked to
+    training.ckpt             the state of an encoder ``index`` is training for it (an interrupted run resumes
+                              from it); removed once the encoder is committed
+
+``remove`` (``remove-collection``) takes the lock, names in the journal every file above, removes the manifest
+(readers then find no collection), then those files, then the folder; a file no manifest or journal names is left
+there, with the folder.
 
 A commit names the files it will write or replace in the journal, writes the new generation's files, fsyncs
 them, then renames a new ``manifest.json`` (which records each file's sha256) over the old one. A reader that
@@ -57,6 +64,7 @@ from simsearch.store.formats import (
     MARKER,
     SKIPPED_SCHEMA,
     STAGING,
+    TRAINING_CHECKPOINT,
     embeddings_of,
     int64_column,
     manifest_problems,
@@ -68,11 +76,16 @@ from simsearch.store.formats import (
 __all__ = [
     "SKIPPED_SCHEMA",
     "Collection",
+    "CollectionSummary",
+    "Removal",
     "Snapshot",
+    "collection_names",
     "embeddings_of",
     "int64_column",
+    "list_collections",
     "meta_schema",
     "meta_table",
+    "remove_collection",
     "resolve_path",
 ]
 
@@ -142,7 +155,7 @@ class Collection:
 
     def read_manifest(self) -> dict[str, Any]:
         if not self.exists():
-            raise CollectionNotFound(f"no collection at '{self.path}'", remedy="index a folder into it first")
+            raise self.not_found()
         try:
             if self.manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
                 raise ValueError(f"over {MAX_MANIFEST_BYTES:,} bytes")
@@ -155,6 +168,94 @@ class Collection:
         if problems:
             raise CollectionError(problems, file=self.manifest_path, remedy=REBUILD)
         return manifest
+
+    def present(self) -> bool:
+        """Whether the folder holds a collection or what is left of one: a manifest, an unfinished rebuild, or
+        the marker alone (an interrupted first index or removal)."""
+        return any((self.path / name).is_file() for name in (MANIFEST, STAGING, MARKER))
+
+    def not_found(self) -> CollectionNotFound:
+        """The error for a collection that does not exist, naming the collections beside it (under the same
+        home) that do."""
+        if self.manifest_name != MANIFEST:
+            return CollectionNotFound(f"no unfinished rebuild at '{self.path}'")
+        home = self.path.parent
+        names = collection_names(home)
+        if not names:
+            return CollectionNotFound(
+                f"no collection at '{self.path}'",
+                remedy=f"index a folder into it first (there is no collection under '{home}')",
+            )
+        listed = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        return CollectionNotFound(
+            f"no collection at '{self.path}'",
+            remedy=f"index a folder into it first, or choose a {option('name')} under '{home}': {listed}",
+        )
+
+    def summary(self) -> CollectionSummary:
+        """What ``collections`` lists of this collection, read from its manifest alone (nothing else is loaded):
+        images, encoder family, index type, size on disk, last update; or why the manifest cannot be read."""
+        size = folder_bytes(self.path)
+        if not self.exists():
+            staged = self._peek(STAGING)
+            problem = (
+                "an unfinished rebuild and no committed generation"
+                if staged
+                else "nothing committed: an interrupted first index or removal"
+            )
+            return CollectionSummary(
+                self.path.name, str(self.path), None, None, None, size, None, staged is not None, problem
+            )
+        try:
+            manifest = self.read_manifest()
+        except (CollectionNotFound, CollectionError) as exc:  # removed meanwhile, or damaged
+            return CollectionSummary(self.path.name, str(self.path), None, None, None, size, None, False, exc.what)
+        return CollectionSummary(
+            name=self.path.name,
+            path=str(self.path),
+            images=int(manifest["count"]),
+            encoder=str(manifest["encoder"].get("family") or "?"),
+            index=str((manifest.get("index") or {}).get("type", "flat")),
+            bytes=size,
+            updated=manifest.get("updated"),
+            rebuild=(self.path / STAGING).is_file(),
+        )
+
+    def remove(self, wait: bool = False) -> Removal:
+        """Remove this collection for good, under its writer lock (``CollectionLocked`` while another process
+        writes to it, unless ``wait``). The journal first names every file to go (what the manifests and the
+        journal name, their temporary names, the map); then the manifest goes, so from that moment readers find
+        no collection; then the files, then the folder's own files and the folder. A file no manifest or journal
+        names is simsearch's to delete no more than in any commit: it is left there, with the folder, and listed in
+        the result. A removal that was interrupted is finished by running it again (or by the next writer, which
+        removes what the journal names)."""
+        if not self.present():
+            raise self.not_found()
+        images = (self._peek(MANIFEST) or {}).get("count")
+        size = folder_bytes(self.path)
+        with self.lock(wait=wait):
+            named = {*self._named_by(MANIFEST), *self._named_by(STAGING), *self._journal_names()}
+            named |= {_temporary(name) for name in named} | {MAP_FOLDER, _temporary(MANIFEST), _temporary(STAGING)}
+            named |= {TRAINING_CHECKPOINT, f"{TRAINING_CHECKPOINT}.tmp"}
+            doomed = sorted(name for name in named if _plain(name) and os.path.lexists(self.path / name))
+            self._begin(doomed)
+            for name in (MANIFEST, STAGING):  # from here readers see no collection
+                (self.path / name).unlink(missing_ok=True)
+            _fsync_dir(self.path)
+            stuck = [name for name in doomed if not _remove(self.path / name)]
+            if stuck:
+                raise CollectionError(
+                    f"the collection is gone, but {len(stuck)} of its files could not be removed ({stuck[0]}, …)",
+                    file=self.path,
+                    remedy="make the folder writable, then remove it again",
+                )
+            kept = sorted(entry.name for entry in os.scandir(self.path) if entry.name not in FIXED_NAMES)
+            for name in (JOURNAL, *(() if kept else (MARKER, LOCK))):
+                (self.path / name).unlink(missing_ok=True)
+        if not kept:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # fails only if a new writer has just created its lock: the folder stays
+        return Removal(str(self.path), images, size, kept)
 
     def load(self, attempts: int = 50) -> Snapshot:
         """Load the current generation.
@@ -290,6 +391,13 @@ class Collection:
             remedy=f"simsearch will not write there; choose another {option('name')}, or a new or empty folder",
         )
 
+    def training_checkpoint(self) -> Path:
+        """Where ``index`` keeps the state of an encoder it trains for this collection, so that an interrupted
+        run resumes its training (``training.checkpoint``): ``training.ckpt`` in the folder, which is marked as a
+        collection first (call it under the writer lock)."""
+        self._mark()
+        return self.path / TRAINING_CHECKPOINT
+
     def _mark(self) -> None:
         """Write the marker that says this folder is a collection (once; a read-only folder is left as it is)."""
         if (self.path / MARKER).exists():
@@ -349,6 +457,8 @@ class Collection:
 
     def _peek(self, name: str) -> dict[str, Any] | None:
         """The manifest ``name`` (``manifest.json`` or ``rebuild.json``) if it exists and is valid, else None."""
+        if not (self.path / name).is_file():
+            return None
         try:
             return Collection(self.path, name).read_manifest()
         except (CollectionNotFound, CollectionError):
@@ -612,6 +722,95 @@ class Collection:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         progress.emit(progress.RENAMED, f"{name}/")
+
+
+@dataclass
+class CollectionSummary:
+    """One collection as ``collections`` lists it (``Collection.summary``): from its manifest alone. ``images``,
+    ``encoder`` (the family), ``index`` (the type) and ``updated`` are None when the manifest cannot be read, and
+    ``problem`` says why; ``bytes`` is the size of every file in the folder; ``rebuild``: an unfinished
+    ``index --rebuild`` waits beside it."""
+
+    name: str
+    path: str
+    images: int | None
+    encoder: str | None
+    index: str | None
+    bytes: int
+    updated: str | None
+    rebuild: bool = False
+    problem: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Removal:
+    """What ``Collection.remove`` removed: the folder, its images (None when it held no readable manifest), the
+    bytes its files held, and the names of the files it kept because simsearch did not write them (the folder is
+    then kept too)."""
+
+    path: str
+    images: int | None
+    bytes: int
+    kept: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def collection_names(home: Path) -> list[str]:
+    """The names of the collections under ``home`` (folders with a manifest), sorted; none when ``home`` cannot
+    be read."""
+    try:
+        entries = list(os.scandir(home))
+    except OSError:
+        return []
+    return sorted(
+        e.name
+        for e in entries
+        if NAME_PATTERN.match(e.name)
+        and e.is_dir(follow_symlinks=False)
+        and os.path.isfile(os.path.join(e.path, MANIFEST))
+    )
+
+
+def list_collections(home: Path) -> list[CollectionSummary]:
+    """Every collection under ``home``, by name: what ``Collection.summary`` reads from its manifest. A folder that
+    carries the collection marker but has no manifest (an interrupted first index or removal) is listed too, with
+    its problem; other folders are not collections and are left out."""
+    try:
+        entries = sorted(os.scandir(home), key=lambda e: e.name)
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if not (NAME_PATTERN.match(entry.name) and entry.is_dir(follow_symlinks=False)):
+            continue
+        collection = Collection(Path(entry.path))
+        if collection.present():
+            found.append(collection.summary())
+    return found
+
+
+def remove_collection(name: str, home: Path, wait: bool = False) -> Removal:
+    """Remove the collection ``name`` (under ``home``, or a path) for good: ``Collection.remove``."""
+    return Collection(resolve_path(name, home)).remove(wait=wait)
+
+
+def folder_bytes(path: Path) -> int:
+    """The bytes of every file under ``path`` (links not followed); 0 when it cannot be read."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+#: What ``simsearch map`` writes into a collection's folder (``latent.map.MAP_FOLDER``).
+MAP_FOLDER = "map"
 
 
 #: A generation's number in one of its file names (``meta-000003.parquet``, ``encoder-000003``).

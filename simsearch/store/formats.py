@@ -27,6 +27,9 @@ MARKER = ".simsearch.json"
 JOURNAL = ".pending.json"
 #: Names that belong to the folder itself, never to one generation.
 FIXED_NAMES = (MANIFEST, STAGING, LOCK, MARKER, JOURNAL)
+#: The state of an encoder being trained for this collection by ``index``, from which an interrupted run resumes
+#: (``training.checkpoint``); removed once the encoder is committed.
+TRAINING_CHECKPOINT = "training.ckpt"
 GENERATION_KEYS = ("meta", "skipped", "vectors")  # the files of one generation, each with its sha256
 
 

@@ -124,7 +124,7 @@ class TrainingCheckpoint:
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        tmp = self.path.with_name(f"{self.path.name}.tmp")  # one writer: the lock or the model folder's owner
         data = {
             "format": FORMAT,
             "key": self.key,
@@ -158,7 +158,11 @@ class TrainingCheckpoint:
         return ", ".join(where)
 
     def remove(self) -> None:
+        """Delete the file (the trained model is saved); ``on_save`` is told it keeps nothing (``""``)."""
         self.path.unlink(missing_ok=True)
+        self.current, self.done = None, {}
+        if self.on_save is not None:
+            self.on_save("")
 
 
 def checkpoint_path(model_folder: Path) -> Path:

@@ -88,7 +88,9 @@ def test_query_of_undecodable_file_is_one_error_line(indexed: Path, tmp_path: Pa
     (tmp_path / "fake.png").write_text("text")
     result = invoke("query", tmp_path / "fake.png", "--home", indexed)
     assert result.exit_code == 1
-    assert error_lines(result) == [f"Error: {tmp_path / 'fake.png'}: not an image Pillow can decode"]
+    assert error_lines(result) == [
+        f"Error: {tmp_path / 'fake.png'}: not an image: its content is no known image format"
+    ]
 
 
 def test_bad_usage_exits_2(indexed: Path, image_folder: Path) -> None:

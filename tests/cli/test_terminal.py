@@ -176,7 +176,7 @@ def test_error_and_skipped_lines_show_names_escaped(root: Path, home: Path, monk
         result = invoke("query", name, "--home", home)
         assert result.exit_code == 1
         assert_clean(result)
-        assert result.stderr.splitlines() == [f"Error: {shown}: not an image Pillow can decode"]
+        assert result.stderr.splitlines() == [f"Error: {shown}: not an image: its content is no known image format"]
     folder = invoke("query", "hbars", "-k", "1", "--home", home)
     assert folder.exit_code == 0, folder.output
     assert_clean(folder)
@@ -230,6 +230,7 @@ def test_progress_notes_are_text(monkeypatch: pytest.MonkeyPatch) -> None:
     from rich.console import Console
 
     screen = io.StringIO()
+    monkeypatch.setenv("SIMSEARCH_PROGRESS", "auto")
     monkeypatch.setattr(render, "err", Console(file=screen, force_terminal=True, color_system=None, width=200))
     with render._RichProgress() as progress:
         progress("reading [/bold]", 1, 2, "blob/L0[/bold].png \x1b]0;pwned\x07 [bold red]x")
@@ -348,7 +349,7 @@ def test_sigterm_stops_training_with_one_line_and_writes_nothing(tmp_path: Path)
     log = tmp_path / "stderr.txt"
     # TTY_COMPATIBLE (FORCE_COLOR for older rich): the progress bar is drawn into the log, which shows when
     # training has begun.
-    env = {**os.environ, "TTY_COMPATIBLE": "1", "FORCE_COLOR": "1", "COLUMNS": "200"}
+    env = {**os.environ, "TTY_COMPATIBLE": "1", "FORCE_COLOR": "1", "COLUMNS": "200", "SIMSEARCH_PROGRESS": "auto"}
     args = ["train", str(images), "--family", "autoencoder", "--epochs", "100000", "--patience", "100000"]
     args += ["--max-seconds", "120", "--dim", "8", "--device", "cpu", "--out", str(model)]
     with open(log, "w") as stderr:

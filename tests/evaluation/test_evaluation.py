@@ -59,7 +59,7 @@ def brute_force_votes(folder: Path, encoder: Encoder, k: int) -> float:
 
 
 def test_leave_one_out_figures(folder: Path, model: Encoder) -> None:
-    report = evaluate(folder, model, EvalConfig(k=5, bootstrap=100))
+    report = evaluate(folder, model, EvalConfig(k=5, bootstrap=100, vote="majority"))  # brute force: majority
     assert (report.images, report.labels, report.queries, report.gallery) == (36, 5, 36, 36)
     names = [r.name for r in report.results]
     assert names == ["model", "pixels", "pca (36)"]

@@ -330,14 +330,15 @@ def test_empty_file_message_mentions_empty() -> None:
 
 
 def test_unidentified_content_says_so() -> None:
-    with pytest.raises(ImageError, match=r"notes\.png: not an image Pillow can decode"):
+    """The same words as the folder scan's for the same file (``find_images``)."""
+    with pytest.raises(ImageError, match=r"notes\.png: not an image: its content is no known image format$"):
         decode_image(b"just some text, honestly\n", "notes.png")
 
 
 def test_read_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(ImageError, match="no such file"):
+    with pytest.raises(ImageError, match="no such image file or folder"):
         read_file(tmp_path / "missing.png")
-    with pytest.raises(ImageError, match="not a file"):
+    with pytest.raises(ImageError, match="is a folder, not an image file"):
         read_file(tmp_path)
     path = write(tmp_path / "x.png", b"abc")
     assert read_file(path) == b"abc"
@@ -744,7 +745,7 @@ def test_load_image_error_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path / "bad.png", b"nope")
     with pytest.raises(ImageError, match="shown-name"):
         load_image(path, SPEC, name="shown-name")
-    with pytest.raises(ImageError, match="no such file"):
+    with pytest.raises(ImageError, match="no such image file or folder"):
         load_image(tmp_path / "missing.png", SPEC)
 
 

@@ -155,8 +155,8 @@ def test_the_cli_never_prints_a_traceback(collection: Collection, scratch: Path,
     path = scratch / "cli.png"
     path.write_bytes(data)
     result = invoke_cleanly(["query", str(path), "--name", str(collection.path), "-k", "3", "--json"], path, 1)
-    if result.exit_code == 0:
-        assert result.stderr == "" and len(result.stdout) > 0
+    if result.exit_code == 0:  # at most the channel rule's note (a colour image for the grey model, converted)
+        assert all(line.startswith("Note: ") for line in result.stderr.splitlines()) and len(result.stdout) > 0
 
 
 def invoke_cleanly(args: list[str], path: Path, error_code: int, answers: tuple[int, ...] = (0,)) -> Any:
