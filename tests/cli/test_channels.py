@@ -151,7 +151,9 @@ def test_the_service_uploads_follow_the_rule(setup: tuple[Path, Path, Path, Path
         assert client.post("/collections/default/query?channels=grey", files=files(("file", colour))).status_code == 422
 
 
-def test_eval_and_the_latent_commands_take_the_same_option(setup: tuple[Path, Path, Path, Path], tmp_path: Path) -> None:
+def test_eval_and_the_latent_commands_take_the_same_option(
+    setup: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
     """``eval``, ``map`` and ``anomalies`` (and ``reconstruct``, ``interpolate``, ``denoise``, ``stability``, which
     read images the same way) print the same note, and refuse with the same words under ``--channels strict``."""
     home, model, folder, colour = setup
