@@ -80,7 +80,7 @@ def reconstruct(
             table.add_row(path, f"{error:.5g}")
         out.print(table)
         out.print(
-            f"Wrote {out_file} ({grid.image.width}×{grid.image.height}): {len(errors)} inputs above their "
+            f"Wrote {out_file} ({grid.image.width}×{grid.image.height}): {len(errors)} input{'' if len(errors) == 1 else 's'} above their "
             f"reconstructions, at {grid.scale}× the model's input size."
         )
 
