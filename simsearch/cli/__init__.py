@@ -4,6 +4,7 @@ options; one module per command group registers its commands on the app."""
 
 from simsearch.cli import (  # noqa: F401 - each registers its commands
     collections,
+    duplicates,
     evaluate,
     generate,
     index,

@@ -62,6 +62,7 @@ FLAG_NAMES = {
     "folder": "--dir",
     "out_dir": "--out",
     "out_file": "--out",
+    "csv_file": "--csv",
     "gpu": "--gpu/--no-gpu",
     "baselines": "--baselines/--no-baselines",
 }
