@@ -80,8 +80,13 @@ def reconstruct(
             table.add_row(path, f"{error:.5g}")
         out.print(table)
         out.print(
-            f"Wrote {out_file} ({grid.image.width}×{grid.image.height}): {len(errors)} input{'' if len(errors) == 1 else 's'} above their "
-            f"reconstructions, at {grid.scale}× the model's input size."
+            f"Wrote {out_file} ({grid.image.width}×{grid.image.height}): "
+            + (
+                "1 input above its reconstruction"
+                if len(errors) == 1
+                else f"{len(errors)} inputs above their reconstructions"
+            )
+            + f", at {grid.scale}× the model's input size."
         )
 
 
