@@ -9,8 +9,8 @@ from typing import Any
 import typer
 
 from simsearch.cli.core import _errors, _unchanged, app
-from simsearch.cli.options import _home_option, cli_spelling
-from simsearch.cli.render import _print_json, _RichProgress, err, out, shown
+from simsearch.cli.options import _home_option
+from simsearch.cli.render import _print_json, _print_skipped, _RichProgress, out, shown
 
 #: The relative rule's default, said in --help (simsearch.latent.duplicates.DEFAULT_RELATIVE, not imported here:
 #: --help imports no numpy; a test checks they agree).
@@ -30,13 +30,6 @@ FAR_HELP = (
     "Choose α so that this share of all the pairs of the images is paired (e.g. 0.00001), measured on their own "
     "pairs (their duplicates count among them: distinct pairs are paired at most this often)."
 )
-
-
-def _skipped(errors: list[Any]) -> None:
-    for error in errors[:20]:
-        err.print(f"Skipped {error.render(cli_spelling)}")
-    if len(errors) > 20:
-        err.print(f"… {len(errors)} files skipped in all.")
 
 
 @app.command()
@@ -112,13 +105,13 @@ def duplicates(
             check_report(report)
         with _RichProgress() as progress:
             compared = load_compared(images or [], model, name, home, device, mirror, progress=progress)
-            _skipped(compared.items.skipped)
+            _print_skipped(compared.items.skipped)
             if against:
                 existing = find_existing(compared, against, threshold, relative, far, gpu, progress)
             else:
                 found = find_duplicates(compared, threshold, relative, far, gpu, progress)
         if against:
-            _skipped(existing.skipped)
+            _print_skipped(existing.skipped)
             _finish_existing(existing, as_json, csv_file, report, top, write_existing_report, stop)
         else:
             _finish_groups(found, as_json, csv_file, report, top, write_report, stop)
@@ -143,14 +136,20 @@ def _write_outputs(found: Any, csv_file: Path | None, report: Path | None, write
     return page
 
 
-def _finish_groups(
-    found: Any, as_json: bool, csv_file: Path | None, report: Path | None, top: int | None, write: Any, stop: Any
-) -> None:
-    page = _write_outputs(found, csv_file, report, write, stop)
+def _printed_json(found: Any, as_json: bool, csv_file: Path | None, page: Path | None) -> bool:
+    """With ``--json``, print the result with the files written beside it, and say so."""
     if as_json:
         _print_json(
             {**found.to_json(), "csv": str(csv_file) if csv_file else None, "report": str(page) if page else None}
         )
+    return as_json
+
+
+def _finish_groups(
+    found: Any, as_json: bool, csv_file: Path | None, report: Path | None, top: int | None, write: Any, stop: Any
+) -> None:
+    page = _write_outputs(found, csv_file, report, write, stop)
+    if _printed_json(found, as_json, csv_file, page):
         return
     from rich.table import Table
 
@@ -182,10 +181,7 @@ def _finish_existing(
     found: Any, as_json: bool, csv_file: Path | None, report: Path | None, top: int | None, write: Any, stop: Any
 ) -> None:
     page = _write_outputs(found, csv_file, report, write, stop)
-    if as_json:
-        _print_json(
-            {**found.to_json(), "csv": str(csv_file) if csv_file else None, "report": str(page) if page else None}
-        )
+    if _printed_json(found, as_json, csv_file, page):
         return
     from rich.table import Table
 

@@ -4,26 +4,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from simsearch.cli.core import _errors, _unchanged, app
-from simsearch.cli.options import _channels_option, _home_option, cli_spelling
-from simsearch.cli.render import _ChannelNote, _print_json, _RichProgress, err, out
+from simsearch.cli.options import _channels_option, _home_option
+from simsearch.cli.render import _ChannelNote, _print_json, _print_skipped, _RichProgress, out
 
 MODEL_SOURCE_HELP = "A model folder from 'simsearch train' with a decoder (autoencoder, denoising or vae)."
 NAME_SOURCE_HELP = "Use this collection's encoder instead (default: the collection 'default'); a path also works."
 DEVICE_HELP = "Where to run the model: auto, cpu or cuda."
 WROTE_NOTHING = "nothing was written"
-
-
-def _skipped(errors: list[Any]) -> None:
-    """List the unreadable files found under folders (on stderr), as ``query`` does."""
-    for error in errors[:20]:
-        err.print(f"Skipped {error.render(cli_spelling)}")
-    if len(errors) > 20:
-        err.print(f"… {len(errors)} files skipped in all.")
 
 
 @app.command()
@@ -56,7 +47,7 @@ def reconstruct(
         source = load_source(model, name, home, device)
         require_decoder(source.encoder, "reconstruct", source.folder)
         inputs = read_images(source.encoder, images, strict=False)
-        _skipped(inputs.skipped)
+        _print_skipped(inputs.skipped)
         check_output_file(out_file, inputs.paths)
         decoded, errors = run(source.encoder, inputs.arrays)
         grid = reconstruction_grid(source.encoder, inputs.names, inputs.arrays, decoded, errors, columns)
@@ -197,7 +188,7 @@ def denoise(
         source = load_source(model, name, home, device)
         require_decoder(source.encoder, "denoise", source.folder)
         inputs = read_images(source.encoder, images, strict=False)
-        _skipped(inputs.skipped)
+        _print_skipped(inputs.skipped)
         stop.left = f"some PNGs may be written in {out_dir}; run the same command again to write them all"
         done = run(source.encoder, inputs, out_dir, noise, seed)
         trained = source.encoder.family == "denoising"
@@ -280,7 +271,7 @@ def anomalies(
         source = load_source(model, name, home, device)
         with _RichProgress() as progress:
             found = find_anomalies(source, images, by, k, percentile, progress=progress)
-        _skipped(found.skipped)
+        _print_skipped(found.skipped)
         page = None
         if report is not None:
             stop.left = f"the report in {report} may be incomplete; run the same command again to write it whole"

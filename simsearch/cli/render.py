@@ -394,6 +394,16 @@ def _render_eval(result: Any, source: str) -> None:
             out.print(f"  … and {len(result.skipped) - 5} more (--json lists them all: skipped_files)")
 
 
+def _print_skipped(errors: list[Any]) -> None:
+    """List the files under folders that could not be used (on stderr), at most 20, then how many in all."""
+    from simsearch.cli.options import cli_spelling
+
+    for error in errors[:20]:
+        err.print(f"Skipped {error.render(cli_spelling)}")
+    if len(errors) > 20:
+        err.print(f"… {len(errors)} files skipped in all.")
+
+
 class _ChannelNote:
     """``with _ChannelNote(rule):`` — the command's images follow the channel rule ``rule`` (``io.channel_rule``)
     inside the block, and when it ends cleanly (``typer.Exit`` included: ``verify``'s verdict) one ``Note:`` line on

@@ -16,13 +16,23 @@ import torch
 from safetensors.torch import load_file
 
 from simsearch.store.collection import Collection, embeddings_of
-from tests.conftest import ForkServer
+from tests.conftest import Child, ForkServer
 
 ARGS = ["--epochs", "6", "--dim", "8", "--batch-size", "4", "--device", "cpu", "--checkpoint-seconds", "0"]
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "weights.safetensors")
+
+
+def terminate_when_paused(fork_server: ForkServer, child: Child) -> None:
+    """Wait until ``child`` pauses at its chosen event (a checkpoint just written), then send it SIGTERM."""
+    deadline = time.monotonic() + 60
+    while "paused" not in (child.log.read_text() if child.log.exists() else ""):
+        assert time.monotonic() < deadline and fork_server.running(child), child.output()
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGTERM)
+    fork_server.wait(child)
 
 
 def test_train_killed_mid_way_resumes_to_the_same_weights(
@@ -51,12 +61,7 @@ def test_sigterm_says_where_the_kept_work_is(fork_server: ForkServer, image_fold
     target = tmp_path / "m"
     release = tmp_path / "never"
     child = fork_server.start("train", image_folder, "--out", target, *ARGS, pause_at=1, release=release)
-    deadline = time.monotonic() + 60
-    while "paused" not in (child.log.read_text() if child.log.exists() else ""):
-        assert time.monotonic() < deadline and fork_server.running(child), child.output()
-        time.sleep(0.01)
-    os.kill(child.pid, signal.SIGTERM)
-    fork_server.wait(child)
+    terminate_when_paused(fork_server, child)
     assert child.status == {"exit": 143}, child.output()
     kept = target.with_name(".m.training.ckpt")
     assert (
@@ -97,12 +102,7 @@ def test_sigterm_while_index_trains_says_where_the_kept_training_is(
     child = fork_server.start(
         "index", image_folder, "--home", home, "--name", "c", *ARGS, pause_at=0, release=tmp_path / "never"
     )
-    deadline = time.monotonic() + 60
-    while "paused" not in (child.log.read_text() if child.log.exists() else ""):
-        assert time.monotonic() < deadline and fork_server.running(child), child.output()
-        time.sleep(0.01)
-    os.kill(child.pid, signal.SIGTERM)
-    fork_server.wait(child)
+    terminate_when_paused(fork_server, child)
     assert child.status == {"exit": 143}, child.output()
     kept = home / "c" / "training.ckpt"
     assert (
