@@ -24,8 +24,23 @@ MAX_PIXELS = 64_000_000
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image and its size as stored (width, height), EXIF orientation applied: the size of the file's
+    picture even when a JPEG was decoded reduced (``draft``)."""
+
+    image: Image.Image
+    width: int
+    height: int
+
+
 def decode_image(data: bytes, name: str = "image", draft: tuple[int, int] | None = None) -> Image.Image:
-    """Decode ``data`` into an RGB, RGBA-composited, or greyscale Pillow image, fully loaded.
+    """Decode ``data`` into an RGB, RGBA-composited, or greyscale Pillow image, fully loaded (see ``decode``)."""
+    return decode(data, name, draft).image
+
+
+def decode(data: bytes, name: str = "image", draft: tuple[int, int] | None = None) -> Decoded:
+    """Decode ``data`` into an RGB, RGBA-composited, or greyscale Pillow image, fully loaded, with its stored size.
 
     Applies the EXIF orientation, takes the first frame of animations, refuses decompression bombs before
     allocating them, and raises ``ImageError`` with the reason for anything else that goes wrong.
@@ -49,8 +64,12 @@ def decode_image(data: bytes, name: str = "image", draft: tuple[int, int] | None
             side = max(draft)  # EXIF may turn the image: cover the longer side both ways
             img.draft(img.mode, (side, side))
         img.load()
-        img = ImageOps.exif_transpose(img) or img
-        return _normalise_mode(img)
+        # Read once the pixels are loaded: a PNG keeps its EXIF after them, and would be decoded twice.
+        orientation = _orientation(img)
+        turned = orientation in (5, 6, 7, 8)
+        if orientation != 1:  # in place: no copy of the pixels
+            ImageOps.exif_transpose(img, in_place=True)
+        return Decoded(_normalise_mode(img), *((h, w) if turned else (w, h)))
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -132,15 +151,13 @@ def is_grey(img: Image.Image) -> bool:
     return bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) as stored, EXIF orientation applied: read from the header only (0×0 if unreadable)."""
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1–8; 1 when there is none or it cannot be read)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-    except Exception:  # decode_image reports what is wrong with the file
-        return 0, 0
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block: the picture is shown as stored
+        return 1
+    return value if isinstance(value, int) else 1
 
 
 @dataclass(frozen=True)

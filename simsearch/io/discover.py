@@ -137,14 +137,16 @@ def find_images(root: Path) -> tuple[list[ImageFileEntry], list[Skipped]]:
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = os.path.relpath(dirpath, root)  # once a folder: relpath is slow at 100,000 files
+        prefix = "" if folder == os.curdir else display_name(folder).replace(os.sep, "/") + "/"
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             path = Path(dirpath, name)
-            rel = display_name(os.path.relpath(path, root)).replace(os.sep, "/")
-            announced = path.suffix.lower() in IMAGE_SUFFIXES
+            rel = prefix + display_name(name)
+            announced = os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
             try:
-                st = path.stat()
+                st = os.stat(path)
                 if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read below forever
                     if announced:
                         skipped.append(Skipped(rel, NOT_REGULAR))

@@ -19,7 +19,7 @@ import numpy as np
 from simsearch import processes
 from simsearch.errors import ImageError, option
 from simsearch.io.channels import ChannelRefused, current_rule, current_tally, mismatch, refusal
-from simsearch.io.decode import check_size, decode_image, image_size, is_grey, read_file
+from simsearch.io.decode import check_size, decode, is_grey, read_file
 from simsearch.io.preprocess import Preprocess, to_array
 
 
@@ -55,10 +55,10 @@ def load_image(
     digest = hashlib.sha256(data).hexdigest()
     if digest == known_sha256:
         return None
-    width, height = image_size(data)
     # A JPEG may be decoded reduced when the whole picture is letterboxed; a trimmed one keeps every pixel,
     # as the crop may be a small part of it.
-    img = decode_image(data, name or str(path), draft=spec.size if spec.resize == "letterbox" else None)
+    decoded = decode(data, name or str(path), draft=spec.size if spec.resize == "letterbox" else None)
+    img = decoded.image
     grey = is_grey(img)
     converted = mismatch(spec.channels, grey)
     if converted and channels == "strict":
@@ -67,8 +67,8 @@ def load_image(
         array=to_array(img, spec),
         sha256=digest,
         bytes=len(data),
-        width=width,
-        height=height,
+        width=decoded.width,
+        height=decoded.height,
         grey=grey,
         converted=converted,
     )

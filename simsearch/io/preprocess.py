@@ -102,7 +102,13 @@ def border_colour(arr: np.ndarray) -> np.ndarray:
             arr[:, -1].reshape(-1, *arr.shape[2:]),
         ]
     )
-    return np.median(border, axis=0).astype(np.uint8)
+    # np.median's result (the mean of the two middle values, truncated), by partition alone: several times faster
+    n = len(border)
+    middle = n // 2
+    if n % 2:
+        return np.partition(border, middle, axis=0)[middle].astype(np.uint8)
+    part = np.partition(border, (middle - 1, middle), axis=0)
+    return ((part[middle - 1].astype(np.uint16) + part[middle]) // 2).astype(np.uint8)
 
 
 def trim(img: Image.Image, tolerance: int = 64, pad: float = 0.03) -> Image.Image:
@@ -110,8 +116,12 @@ def trim(img: Image.Image, tolerance: int = 64, pad: float = 0.03) -> Image.Imag
     ``tolerance`` (of 255) in some channel, widened by ``pad`` × the image's long side (at least one pixel) on
     each side. An image with nothing on its background is returned as it is."""
     arr = np.asarray(img)
-    distance = np.abs(arr.astype(np.int16) - border_colour(arr).astype(np.int16))
-    differs: np.ndarray = np.any(distance.reshape(arr.shape[0], arr.shape[1], -1) > tolerance, axis=2)
+    colour = border_colour(arr).astype(np.int16)
+    # |pixel − colour| > tolerance, as two comparisons on the bytes (clipped bounds no byte can pass)
+    high, low = np.minimum(colour + tolerance, 255).astype(np.uint8), np.maximum(colour - tolerance, 0).astype(np.uint8)
+    differs = np.asarray((arr > high) | (arr < low))
+    if differs.ndim == 3:
+        differs = np.any(differs, axis=2)
     rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
     if len(rows) == 0:
         return img
@@ -123,25 +133,32 @@ def trim(img: Image.Image, tolerance: int = 64, pad: float = 0.03) -> Image.Imag
 
 def letterbox(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Fit ``img`` inside ``size`` = (H, W) keeping its aspect ratio; pad with its border's median colour."""
+    return Image.fromarray(letterbox_array(img, size), img.mode)
+
+
+def letterbox_array(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """``letterbox``'s pixels: (H, W) or (H, W, 3) uint8."""
     height, width = size
     w, h = img.size
     scale = min(width / w, height / h)
     new_w, new_h = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    arr = np.asarray(img)
     if (new_w, new_h) == (width, height):
-        return img
-    fill = border_colour(np.asarray(img))
-    canvas = Image.new(img.mode, (width, height), tuple(int(v) for v in np.atleast_1d(fill)))
-    canvas.paste(img, ((width - new_w) // 2, (height - new_h) // 2))
+        return arr
+    canvas = np.empty((height, width, *arr.shape[2:]), np.uint8)
+    canvas[...] = border_colour(arr)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = arr
     return canvas
 
 
 def to_array(img: Image.Image, spec: Preprocess) -> np.ndarray:
     """Preprocess a decoded image: ``(channels, H, W)`` float32, normalised as ``spec`` says."""
-    img = img.convert("L" if spec.channels == 1 else "RGB")
-    img = letterbox(trim(img) if spec.resize == "trim" else img, spec.size)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
+    mode = "L" if spec.channels == 1 else "RGB"
+    img = img if img.mode == mode else img.convert(mode)
+    arr = letterbox_array(trim(img) if spec.resize == "trim" else img, spec.size).astype(np.float32) / 255.0
     arr = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     if spec.invert:
         arr = 1.0 - arr

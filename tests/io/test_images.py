@@ -717,6 +717,20 @@ def test_load_image_fields(tmp_path: Path) -> None:
     assert np.allclose(loaded.array, to_array(decode_image(data), spec))
 
 
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+@pytest.mark.parametrize("resize", ["letterbox", "trim"])
+def test_load_image_size_is_the_stored_picture_turned_by_exif(tmp_path: Path, orientation: int, resize: str) -> None:
+    """The width and height recorded are the file's picture with its EXIF orientation applied, also when a JPEG is
+    decoded reduced for a small input (letterbox)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(gradient(400, 200, "L"), "JPEG", exif=exif, quality=90)
+    loaded = load_image(write(tmp_path / "turned.jpg", data), Preprocess(size=(16, 16), resize=resize))
+    assert isinstance(loaded, LoadedImage)
+    assert (loaded.width, loaded.height) == ((200, 400) if orientation in (6, 8) else (400, 200))
+    assert loaded.array.shape == (1, 16, 16)
+
+
 def test_load_image_grey_flag(tmp_path: Path) -> None:
     grey_rgb = Image.merge("RGB", [gradient(6, 6)] * 3)
     loaded = load_image(write(tmp_path / "g.png", encode(grey_rgb, "PNG")), SPEC)
