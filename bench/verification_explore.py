@@ -9,6 +9,11 @@ cross-fitted calibration that ``simsearch train`` adds (one training per fold, s
 the time), then scored on the held-out pairs: the EER of each fold's model, their mean, and the mean with a
 mirrored-copy test-time average. The second argument is JSON of ``TrainConfig`` fields. Appends one line per run
 to ``bench/results/verification-exploration.jsonl``. The recipes' verdicts belong in ``bench/quality.py``'s rows.
+
+Back-ends fitted on each fold's training identities (``back_ends``): LDA of the embeddings (eigen solver, shrinkage
+``auto`` or 0.5; ``-cos``: its output normalised, what ``training.discriminant`` does), the best hand-crafted row
+alone (faces: LDA on pixels; signatures: LBP χ²), and that row fused with the model by adding the two distances'
+ranks among the held-out pairs.
 """
 
 from __future__ import annotations
@@ -82,6 +87,41 @@ def mirrored_average(encoder: Encoder, paths: list[Path]) -> np.ndarray:
         encoder.inference_module = plain  # type: ignore[method-assign]
 
 
+def back_ends(dataset: str, encoder: Encoder, train: list, test: list, pairs: tuple) -> dict[str, float]:
+    """EERs of back-ends fitted on the training identities' embeddings (and pixels), on the held-out pairs."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from bench.classics import Classic, load_images
+
+    i, j, same = pairs
+    z_train = embed_files(encoder, [e.path for e in train], convert=True, strict=True).embeddings
+    z_test = embed_files(encoder, [e.path for e in test], convert=True, strict=True).embeddings
+    y_train = [str(e.label) for e in train]
+    out: dict[str, float] = {}
+
+    def eer(d: np.ndarray) -> float:
+        return float(metrics.equal_error_rate(d, same)[0])
+
+    plain = vectors.distances(z_test[i], z_test[j], encoder.metric)
+    for shrink in ("auto", 0.5):
+        lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrink).fit(z_train, y_train)
+        p = lda.transform(z_test)
+        out[f"lda-{shrink}"] = eer(np.linalg.norm(p[i] - p[j], axis=1))
+        q = p / np.linalg.norm(p, axis=1, keepdims=True)
+        out[f"lda-{shrink}-cos"] = eer(np.linalg.norm(q[i] - q[j], axis=1))
+    classic = Classic("lbp" if dataset == "signatures" else "lda", dataset)
+    classic.fit(load_images([e.path for e in train], dataset), y_train)
+    f = classic.features(load_images([e.path for e in test], dataset))
+    d_classic = classic.distance(f[i], f[j])
+    out[classic.name] = eer(d_classic)
+
+    def ranked(d: np.ndarray) -> np.ndarray:  # each distance as its quantile among these pairs
+        return np.argsort(np.argsort(d)) / len(d)
+
+    out[f"fused-{classic.name}"] = eer(ranked(plain) + ranked(d_classic))
+    return out
+
+
 def main() -> None:
     dataset = sys.argv[1]
     overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
@@ -90,6 +130,7 @@ def main() -> None:
     identities = identity_folders(source)
     folds = assign_folds(sorted(identities), 4 if dataset == "faces" else 3)
     eers, mirrored, seconds = [], [], []
+    extra: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="simsearch-explore-") as tmp:
         for k, held in enumerate(folds):
             others = [i for f in folds if f is not held for i in f]
@@ -104,8 +145,13 @@ def main() -> None:
             for out, z in ((eers, embed_files(encoder, paths, convert=True, strict=True).embeddings),
                            (mirrored, mirrored_average(encoder, paths))):  # fmt: skip
                 out.append(metrics.equal_error_rate(vectors.distances(z[i], z[j], encoder.metric), same)[0])
+            train_entries, _ = find_images(train)
+            for name, eer in back_ends(dataset, encoder, train_entries, entries, (i, j, same)).items():
+                extra.setdefault(name, []).append(eer)
             print(
-                f"fold {k}: EER {eers[-1]:.3f} (mirrored average {mirrored[-1]:.3f}), {len(history)} epochs", flush=True
+                f"fold {k}: EER {eers[-1]:.3f} (mirrored average {mirrored[-1]:.3f}), {len(history)} epochs; "
+                + ", ".join(f"{name} {v[-1]:.3f}" for name, v in extra.items()),
+                flush=True,
             )
     result = {
         "date": time.strftime("%Y-%m-%d"),
@@ -115,6 +161,8 @@ def main() -> None:
         "mean_eer": round(float(np.mean(eers)), 4),
         "mirrored_average_mean_eer": round(float(np.mean(mirrored)), 4),
         "seconds": round(sum(seconds)),
+        "back_ends": {name: round(float(np.mean(v)), 4) for name, v in extra.items()},
+        "back_end_folds": {name: [round(e, 4) for e in v] for name, v in extra.items()},
     }
     print(json.dumps(result))
     with RESULTS.open("a") as fh:

@@ -42,6 +42,8 @@ class ConvEncoder(nn.Module):
     Euclidean distance between unit vectors orders neighbours exactly as cosine similarity does.
     """
 
+    discriminant_axes: torch.Tensor
+
     def __init__(
         self,
         channels: int,
@@ -49,10 +51,14 @@ class ConvEncoder(nn.Module):
         dim: int,
         widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS,
         normalize: bool = False,
+        discriminant: int = 0,
     ) -> None:
         super().__init__()
         self.channels, self.size, self.dim = channels, (int(size[0]), int(size[1])), dim
         self.normalize = normalize
+        self.discriminant = 0
+        if discriminant:
+            self.set_discriminant(torch.zeros(dim, int(discriminant)))
         levels = n_downsamples(self.size, len(widths))
         self.widths = tuple(int(w) for w in widths[:levels])
         stages: list[nn.Module] = []
@@ -68,17 +74,31 @@ class ConvEncoder(nn.Module):
     @property
     def arch(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this module (``ConvEncoder(**arch)``), as stored in ``encoder.json``."""
-        return {
+        arch: dict[str, Any] = {
             "channels": self.channels,
             "size": list(self.size),
             "dim": self.dim,
             "widths": list(self.widths),
             "normalize": self.normalize,
         }
+        if self.discriminant:  # only then: a model without one keeps the arch (and fingerprint) it always had
+            arch["discriminant"] = self.discriminant
+        return arch
+
+    def set_discriminant(self, axes: torch.Tensor) -> None:
+        """End the encoder with a fixed linear map to ``axes.shape[1]`` dimensions and a normalisation: the
+        discriminant back-end (``training.discriminant``), stored with the weights."""
+        if axes.ndim != 2 or axes.shape[0] != self.dim:
+            raise ValueError(f"discriminant axes must be ({self.dim}, m), not {tuple(axes.shape)}")
+        self.discriminant = int(axes.shape[1])
+        self.register_buffer("discriminant_axes", axes.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.head(self.features(x).flatten(1))
-        return F.normalize(z, dim=1) if self.normalize else z
+        z = F.normalize(z, dim=1) if self.normalize else z
+        if self.discriminant:
+            z = F.normalize(z @ self.discriminant_axes, dim=1)
+        return z
 
 
 class ConvDecoder(nn.Module):

@@ -126,7 +126,8 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.arch["dim"])
+        """The embedding's width: the head's, or the discriminant back-end's when the model ends with one."""
+        return output_dim(self.arch)
 
     def to(self, device: torch.device | str) -> Encoder:
         self.device = resolve_device(device) if isinstance(device, str) else device
@@ -335,8 +336,8 @@ class Encoder:
             raise ModelError(
                 f"missing or malformed field ({exc})", file=config_path, remedy="re-train the model"
             ) from None
-        if int(arch.get("dim", -1)) != dim:
-            raise ModelError(f"'dim' is {dim} but the architecture says {arch.get('dim')}", file=config_path)
+        if output_dim(arch) != dim:
+            raise ModelError(f"'dim' is {dim} but the architecture says {output_dim(arch)}", file=config_path)
         module = _load_tensors(
             weights_path, weights_sha, lambda: build_module(family, arch), f"the {family} architecture", "weights"
         )
@@ -496,6 +497,13 @@ def _load_tensors(path: Path, sha256: str, build: Callable[[], nn.Module], archi
             remedy="re-train the model",
         )
     return module
+
+
+def output_dim(arch: dict[str, Any]) -> int:
+    """The width of a module's embeddings from its ``arch``: ``discriminant`` when it ends with that back-end
+    (``training.discriminant``), else ``dim`` (−1 when neither is a number)."""
+    value = arch.get("discriminant") or arch.get("dim", -1)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
 def _parse_config(config: dict[str, Any]) -> tuple[str, dict[str, Any], str, Preprocess, int, str]:

@@ -32,6 +32,7 @@ import numpy as np
 
 from simsearch import metrics, vectors
 from simsearch.models.encoder import Encoder
+from simsearch.training.discriminant import apply_discriminant, fit_discriminant
 from simsearch.training.sampling import (
     FORGERY,
     GENUINE,
@@ -252,12 +253,20 @@ def calibrate_threshold(
 #: ``train_rows`` for at most ``max_epochs`` epochs and calls ``observe(z)`` after every epoch with the embeddings
 #: (held rows × d) of ``held_rows`` by the weights of that epoch; ``observe`` returns that epoch's EER on the
 #: fold's calibration pairs (None when they cannot give one), for early stopping and progress.
-FoldTrainer = Callable[[int, np.ndarray, np.ndarray, int, Callable[[np.ndarray], float | None]], None]
+#: What a fold's trainer calls after each epoch: its held-out rows' embeddings, and its training rows' embeddings
+#: with their labels (for the discriminant back-end; None: none fitted); returns the EER to stop on.
+Observer = Callable[[np.ndarray, np.ndarray | None, np.ndarray | None], float | None]
+FoldTrainer = Callable[[int, np.ndarray, np.ndarray, int, Observer], None]
+#: The two ways a fold model's pairs are scored: its embeddings as they are, and through the discriminant back-end
+#: fitted on the fold's own training identities (``training.discriminant``).
+PLAIN, DISCRIMINANT = "plain", "discriminant"
 
 
 @dataclass
 class FoldScores:
-    """One fold: the rows it held out, its calibration pairs (row numbers), and their distances at every epoch."""
+    """One fold: the rows it held out, its calibration pairs (row numbers), and their distances at every epoch
+    (``distances``), and through the discriminant back-end fitted on the fold's training rows (``discriminant``;
+    the plain distances again where none could be fitted)."""
 
     held: np.ndarray
     identities: int
@@ -265,6 +274,20 @@ class FoldScores:
     j: np.ndarray
     kind: np.ndarray
     distances: list[np.ndarray] = field(default_factory=list)
+    discriminant: list[np.ndarray] = field(default_factory=list)
+
+    def scored(self, variant: str) -> list[np.ndarray]:
+        """The distances of every epoch, scored as ``variant`` says (``PLAIN`` or ``DISCRIMINANT``)."""
+        return self.discriminant if variant == DISCRIMINANT else self.distances
+
+    def saved(self) -> list[np.ndarray]:
+        """Each epoch's distances as one (2, pairs) array (plain, discriminant): what a checkpoint keeps."""
+        return [np.stack([d, e]) for d, e in zip(self.distances, self.discriminant, strict=True)]
+
+    def restore(self, saved: Sequence[np.ndarray]) -> None:
+        """Take back what ``saved`` gave."""
+        self.distances[:] = [np.asarray(s[0]) for s in saved]
+        self.discriminant[:] = [np.asarray(s[1]) for s in saved]
 
     @property
     def patient(self) -> bool:
@@ -310,19 +333,31 @@ class CrossFit:
             cap = min([max_epochs, *(len(f.distances) for f in self.folds[:k])])
             train_fold(k, self.train_rows(k), fold.held, cap, self._observer(fold))
 
-    def _observer(self, fold: FoldScores) -> Callable[[np.ndarray], float | None]:
-        """What a fold's trainer calls after each epoch with its held-out embeddings: keeps the distances of the
-        fold's pairs, returns their EER."""
+    def _observer(self, fold: FoldScores) -> Observer:
+        """What a fold's trainer calls after each epoch (``Observer``): keeps the distances of the fold's pairs,
+        plain and through the discriminant back-end fitted on the training rows given, and returns the lower
+        of their EERs (the fold model is as good as the better way of scoring it)."""
         row = {int(r): n for n, r in enumerate(fold.held)}
         a = np.array([row[int(r)] for r in fold.i], np.int64)
         b = np.array([row[int(r)] for r in fold.j], np.int64)
         same = fold.kind == GENUINE
         usable = bool(same.any() and not same.all())
 
-        def observe(z: np.ndarray) -> float | None:
+        def observe(
+            z: np.ndarray, z_train: np.ndarray | None = None, y_train: np.ndarray | None = None
+        ) -> float | None:
             d = vectors.distances(z[a], z[b], self.metric).astype(np.float32)
+            axes = fit_discriminant(z_train, y_train) if z_train is not None and y_train is not None else None
+            if axes is not None:
+                p = apply_discriminant(z, axes)
+                e = vectors.distances(p[a], p[b], self.metric).astype(np.float32)
+            else:
+                e = d
             fold.distances.append(d)
-            return metrics.equal_error_rate(d, same)[0] if usable else None
+            fold.discriminant.append(e)
+            if not usable:
+                return None
+            return min(metrics.equal_error_rate(d, same)[0], metrics.equal_error_rate(e, same)[0])
 
         return observe
 
@@ -331,19 +366,20 @@ class CrossFit:
         """The epochs every fold reached."""
         return min(len(f.distances) for f in self.folds)
 
-    def pooled(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(distances, kind, first group, second group) of every fold's pairs at ``epoch`` (1-based)."""
-        d = np.concatenate([f.distances[epoch - 1] for f in self.folds])
+    def pooled(self, epoch: int, variant: str = PLAIN) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(distances, kind, first group, second group) of every fold's pairs at ``epoch`` (1-based), scored as
+        ``variant`` says."""
+        d = np.concatenate([f.scored(variant)[epoch - 1] for f in self.folds])
         kind = np.concatenate([f.kind for f in self.folds])
         first = np.concatenate([self.group[f.i] for f in self.folds])
         second = np.concatenate([self.group[f.j] for f in self.folds])
         return d.astype(np.float64), kind, first, second
 
-    def curve(self) -> list[float]:
+    def curve(self, variant: str = PLAIN) -> list[float]:
         """The pooled EER at every epoch all folds reached (NaN where the pairs cannot give one)."""
         out = []
         for epoch in range(1, self.epochs + 1):
-            d, kind, _, _ = self.pooled(epoch)
+            d, kind, _, _ = self.pooled(epoch, variant)
             same = kind == GENUINE
             out.append(metrics.equal_error_rate(d, same)[0] if same.any() and not same.all() else math.nan)
         return out
@@ -357,22 +393,41 @@ class CrossFit:
             out.append([metrics.equal_error_rate(d, same)[0] if ok else math.nan for d in f.distances])
         return out
 
-    def best_epoch(self) -> int:
+    def choose(self) -> tuple[str, int]:
+        """How the final model scores pairs and how long it trains: the variant (``PLAIN`` or ``DISCRIMINANT``)
+        and epoch of the lowest smoothed pooled EER (``best_epoch``); plain when they tie."""
+        best: tuple[float, str, int] | None = None
+        for variant in (PLAIN, DISCRIMINANT):
+            epoch = self.best_epoch(variant)
+            score = self.smoothed(variant)
+            value = float(score[epoch - 1]) if len(score) and not np.isnan(score[epoch - 1]) else math.inf
+            if best is None or value < best[0] - 1e-12:
+                best = (value, variant, epoch)
+        assert best is not None
+        return best[1], best[2]
+
+    def smoothed(self, variant: str = PLAIN) -> np.ndarray:
+        """The pooled EER curve smoothed by a moving mean over three epochs (NaN epochs counted as the worst)."""
+        curve = np.array(self.curve(variant), np.float64)
+        if not len(curve) or np.isnan(curve).all():
+            return curve
+        filled = np.where(np.isnan(curve), np.nanmax(curve), curve)
+        return np.array([filled[max(0, e - 1) : e + 2].mean() for e in range(len(filled))])
+
+    def best_epoch(self, variant: str = PLAIN) -> int:
         """The epoch to train the final model for: the lowest pooled EER, the curve first smoothed by a moving
         mean over three epochs (an epoch is chosen on the trend, not on one lucky epoch of a few pairs); the
         latest of equals (the longer-trained model, when the pairs cannot tell them apart: an EER of 0, say). Choosing on the pairs the threshold is then calibrated on biases the reported EER
         down a little (the minimum of a noisy curve); the threshold itself is measured at that epoch."""
-        curve = np.array(self.curve(), np.float64)
-        if not len(curve) or np.isnan(curve).all():
-            return max(1, len(curve))
-        filled = np.where(np.isnan(curve), np.nanmax(curve), curve)
-        smooth = np.array([filled[max(0, e - 1) : e + 2].mean() for e in range(len(filled))])
+        smooth = self.smoothed(variant)
+        if not len(smooth) or np.isnan(smooth).all():
+            return max(1, len(smooth))
         return int(np.flatnonzero(smooth <= smooth.min() + 1e-12)[-1]) + 1
 
-    def record(self, epoch: int, final_epochs: int | None = None) -> dict[str, Any] | None:
-        """The threshold record from the pooled pairs at ``epoch``; ``final_epochs``: how long the final model
-        trained (stored as ``calibration.epochs``)."""
-        d, kind, first, second = self.pooled(epoch)
+    def record(self, epoch: int, final_epochs: int | None = None, variant: str = PLAIN) -> dict[str, Any] | None:
+        """The threshold record from the pooled pairs at ``epoch``, scored as ``variant`` says; ``final_epochs``:
+        how long the final model trained (stored as ``calibration.epochs``)."""
+        d, kind, first, second = self.pooled(epoch, variant)
         labelled = self.y[self.y >= 0]
         record = pooled_record(
             d,
@@ -388,4 +443,5 @@ class CrossFit:
         )
         if record is not None:
             record["calibration"]["chosen_epoch"] = epoch
+            record["calibration"]["discriminant"] = variant == DISCRIMINANT
         return record

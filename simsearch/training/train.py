@@ -25,6 +25,7 @@ from simsearch.io import (
     load_images,
     survey_images,
 )
+from simsearch.models.autoencoder import ConvEncoder
 from simsearch.models.baseline import PCAEncoder, PixelEncoder
 from simsearch.models.encoder import Encoder, resolve_device
 from simsearch.models.novelty import fit_reference
@@ -32,8 +33,10 @@ from simsearch.models.registry import arch_of
 from simsearch.progress import Progress, no_progress
 from simsearch.training.augment import add_transformed_classes
 from simsearch.training.calibrate import (
+    DISCRIMINANT,
     METHOD_CROSS_FITTED,
     METHOD_IDENTITIES,
+    PLAIN,
     CalibrationPlan,
     CrossFit,
     calibrate_threshold,
@@ -41,6 +44,7 @@ from simsearch.training.calibrate import (
 )
 from simsearch.training.checkpoint import TrainingCheckpoint, training_key
 from simsearch.training.config import TrainConfig, choose_size, parse_size
+from simsearch.training.discriminant import fit_discriminant
 from simsearch.training.loop import fit
 from simsearch.training.objectives import Objective, objective_class
 from simsearch.training.sampling import Split, encode_labels, split_for_validation
@@ -225,6 +229,9 @@ def train_cross_fitted(
     of it: a finished fold's distances are kept there, an unfinished stage resumes."""
     cross = CrossFit(y, plan, seed=config.seed)
     k_total = plan.folds
+    # The Siamese family's folds are also scored through a discriminant back-end; the final model keeps it when
+    # that scores the unseen identities better (``CrossFit.choose``).
+    siamese = config.family_record.objective == "siamese"
     share = (k_total - 1) / k_total
     fold_seconds: list[float] = []
 
@@ -232,7 +239,7 @@ def train_cross_fitted(
         stage, fold = f"fold {k + 1}", cross.folds[k]
         done = checkpoint.result(stage) if checkpoint is not None else None
         if done is not None:  # finished before an interruption: its distances were kept
-            fold.distances[:] = [d.numpy() for d in done["distances"]]
+            fold.restore([d.numpy() for d in done["distances"]])
             fold_seconds.append(done["seconds"])
             return
         fold_started = time.monotonic()
@@ -243,16 +250,19 @@ def train_cross_fitted(
         torch.manual_seed(config.seed + 1 + k)
         objective = training_objective(images, y, Split(train_rows, held_rows, "identities"), spec, fold_config, device)
 
+        labelled = train_rows[y[train_rows] >= 0]  # the rows the discriminant back-end is fitted on
+
         def score() -> float | None:
-            return observe(objective.embed_rows(held_rows).cpu().numpy())
+            z_train = objective.embed_rows(labelled).cpu().numpy() if siamese else None
+            return observe(objective.embed_rows(held_rows).cpu().numpy(), z_train, y[labelled])
 
         task = f"fold {k + 1}/{k_total}: {objective.task(config)}"
 
         def get() -> list[torch.Tensor]:
-            return [torch.from_numpy(d) for d in fold.distances]
+            return [torch.from_numpy(d) for d in fold.saved()]
 
         def put(saved: list[torch.Tensor]) -> None:
-            fold.distances[:] = [d.numpy() for d in saved]
+            fold.restore([d.numpy() for d in saved])
 
         fit(
             objective, fold_config, progress, task, epochs=max_epochs, validate=score,
@@ -263,8 +273,8 @@ def train_cross_fitted(
             checkpoint.finish_stage(stage, {"distances": get(), "seconds": fold_seconds[-1]})
 
     cross.run(train_fold, config.epochs)
-    curve = cross.curve()
-    epoch = cross.best_epoch()
+    variant, epoch = cross.choose()
+    curve = cross.curve(variant)
     torch.manual_seed(config.seed)
     left = max(config.max_seconds - (time.monotonic() - started), 1e-3)
     final_config = replace(config, max_seconds=left)
@@ -278,6 +288,15 @@ def train_cross_fitted(
     )  # fmt: skip
     for h in history:  # the score each epoch was chosen by: the pooled EER of the fold models at that epoch
         h["val_eer"] = curve[h["epoch"] - 1]
+    labelled_rows = np.flatnonzero(y >= 0)
+    axes = None
+    if variant == DISCRIMINANT:  # fitted on every identity, as each fold's was on its own training identities
+        axes = fit_discriminant(objective.embed_rows(labelled_rows).cpu().numpy(), y[labelled_rows])
+        module = objective.encoder
+        if axes is not None and isinstance(module, ConvEncoder):
+            module.set_discriminant(torch.from_numpy(axes).to(next(module.parameters()).device))
+        else:
+            axes = None
     encoder = encoder_of(objective, config, spec, history)
     encoder.training = provenance(config, len(images), classes, split, history, device)
     note_resumed(encoder, checkpoint)
@@ -296,6 +315,11 @@ def train_cross_fitted(
         "chosen_epoch": epoch,
         "final_epochs": trained,
         "pooled_eer": curve,
+        "pooled_eer_plain": cross.curve(PLAIN),
+        "pooled_eer_discriminant": cross.curve(DISCRIMINANT),
+        "discriminant": None
+        if axes is None
+        else {"axes": int(axes.shape[1]), "labels": len(np.unique(y[labelled_rows]))},
         "fold_eer": cross.fold_curves(),
         "fold_seconds": fold_seconds,
         "final_seconds": round(time.monotonic() - final_started, 2),
@@ -303,7 +327,7 @@ def train_cross_fitted(
     encoder.training["seconds"] = round(time.monotonic() - started, 2)
     encoder.training["best_validation"] = curve[min(epoch, trained) - 1] if curve else None
     # Calibrated at the epoch the final model reached (the chosen one unless the time limit cut it short).
-    encoder.threshold = cross.record(min(epoch, trained), trained)
+    encoder.threshold = cross.record(min(epoch, trained), trained, DISCRIMINANT if axes is not None else PLAIN)
     return encoder
 
 

@@ -187,7 +187,9 @@ def test_a_format1_folder_loads_and_embeds_identically(tmp_path: Path) -> None:
     assert stored["format"] == "simsearch.encoder/1" and "decoder" not in stored
     encoder = Encoder.load(folder)
     inputs, expected = np.load(FORMAT1 / "inputs.npy"), np.load(FORMAT1 / "embeddings.npy")
-    np.testing.assert_array_equal(encoder.embed(inputs), expected)
+    # The same weights and operations; the last bits of float32 may differ with the CPU's kernels (an AMD EPYC
+    # here gives 7e-9 from the fixture's machine), so equal to far below any distance that matters.
+    np.testing.assert_allclose(encoder.embed(inputs), expected, rtol=0, atol=1e-6)
     assert encoder.fingerprint == stored["fingerprint"] and encoder.arch == stored["arch"]
     assert encoder.decoder is None and len(encoder.history) == 0 and stored["training"]["epochs_run"] == 3
     with pytest.raises(ModelError, match="no decoder — it was saved without one"):
@@ -200,7 +202,7 @@ def test_a_format1_folder_loads_and_embeds_identically(tmp_path: Path) -> None:
     config = json.loads((tmp_path / "m" / "encoder.json").read_text())
     assert config["format"] == "simsearch.encoder/2" and config["decoder"] is None
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["encoder.json", "weights.safetensors"]
-    np.testing.assert_array_equal(Encoder.load(tmp_path / "m").embed(inputs), expected)
+    np.testing.assert_array_equal(Encoder.load(tmp_path / "m").embed(inputs), encoder.embed(inputs))
 
 
 def test_a_format1_folder_with_a_decoder_entry_has_no_decoder(tmp_path: Path) -> None:
