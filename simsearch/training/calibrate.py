@@ -347,7 +347,11 @@ class CrossFit:
             z: np.ndarray, z_train: np.ndarray | None = None, y_train: np.ndarray | None = None
         ) -> float | None:
             d = vectors.distances(z[a], z[b], self.metric).astype(np.float32)
-            axes = fit_discriminant(z_train, y_train) if z_train is not None and y_train is not None else None
+            axes = (
+                fit_discriminant(z_train, y_train, most=self.discriminant_axes)
+                if z_train is not None and y_train is not None
+                else None
+            )
             if axes is not None:
                 p = apply_discriminant(z, axes)
                 e = vectors.distances(p[a], p[b], self.metric).astype(np.float32)
@@ -392,6 +396,12 @@ class CrossFit:
             ok = same.any() and not same.all()
             out.append([metrics.equal_error_rate(d, same)[0] if ok else math.nan for d in f.distances])
         return out
+
+    @property
+    def discriminant_axes(self) -> int:
+        """The most axes every fold's back-end can have (its training labels − 1): the final model's back-end
+        keeps that many, so that its distances have the scale its threshold was calibrated on."""
+        return min(len(np.unique(self.y[r][self.y[r] >= 0])) - 1 for r in map(self.train_rows, range(len(self.folds))))
 
     def choose(self) -> tuple[str, int]:
         """How the final model scores pairs and how long it trains: the variant (``PLAIN`` or ``DISCRIMINANT``)

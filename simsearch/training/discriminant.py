@@ -25,16 +25,18 @@ import numpy as np
 MIN_AXES = 2
 
 
-def fit_discriminant(z: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+def fit_discriminant(z: np.ndarray, labels: np.ndarray, most: int | None = None) -> np.ndarray | None:
     """The LDA axes (d, m) of embeddings ``z`` (n, d) with integer ``labels`` (n,; negative: unlabelled, left
-    out), m = min(labels − 1, d); None when there are too few labels for ``MIN_AXES`` axes or no label has two
-    images (no within-label variation to learn)."""
+    out), the leading m = min(labels − 1, d, ``most``); None when there are too few labels for ``MIN_AXES`` axes
+    or no label has two images (no within-label variation to learn). ``most``: the final model keeps as many axes
+    as its fold models had, so that distances keep the scale the threshold was calibrated on (normalised vectors
+    of more dimensions lie farther apart)."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     keep = labels >= 0
     z, labels = np.asarray(z[keep], np.float64), labels[keep]
     classes, counts = np.unique(labels, return_counts=True)
-    axes = min(len(classes) - 1, z.shape[1])
+    axes = min(len(classes) - 1, z.shape[1], most if most is not None else z.shape[1])
     if axes < MIN_AXES or counts.max(initial=0) < 2:
         return None
     with warnings.catch_warnings():

@@ -291,7 +291,8 @@ def train_cross_fitted(
     labelled_rows = np.flatnonzero(y >= 0)
     axes = None
     if variant == DISCRIMINANT:  # fitted on every identity, as each fold's was on its own training identities
-        axes = fit_discriminant(objective.embed_rows(labelled_rows).cpu().numpy(), y[labelled_rows])
+        z_all = objective.embed_rows(labelled_rows).cpu().numpy()
+        axes = fit_discriminant(z_all, y[labelled_rows], most=cross.discriminant_axes)
         module = objective.encoder
         if axes is not None and isinstance(module, ConvEncoder):
             module.set_discriminant(torch.from_numpy(axes).to(next(module.parameters()).device))

@@ -57,6 +57,21 @@ def test_the_discriminant_discounts_what_varies_within_identities() -> None:
     assert plain > 0.25 and through < plain / 3, (plain, through)
 
 
+def test_at_most_the_axes_asked_for_the_leading_ones() -> None:
+    z, y = nuisance_embeddings(20, 6, seed=0)
+    full, capped = fit_discriminant(z, y), fit_discriminant(z, y, most=3)
+    assert full is not None and capped is not None and capped.shape == (8, 3)
+    assert np.array_equal(capped, full[:, :3])
+    assert fit_discriminant(z, y, most=1) is None  # fewer than MIN_AXES
+
+
+def test_the_final_back_end_keeps_the_axes_every_fold_had() -> None:
+    y = np.repeat(np.arange(9), 3)  # 9 identities in 3 folds of 3: each fold model learns 6 labels
+    plan = plan_calibration(y, [str(c) for c in range(9)], uses_labels=True, folds=3)
+    cross = CrossFit(y, plan, seed=0)
+    assert plan.folds == 3 and cross.discriminant_axes == 5
+
+
 def test_too_few_labels_or_images_give_no_discriminant() -> None:
     rng = np.random.default_rng(0)
     z = rng.normal(size=(12, 6)).astype(np.float32)
@@ -160,9 +175,11 @@ def test_a_siamese_model_keeps_the_back_end_its_cross_fitting_chose(
     monkeypatch.setattr(CrossFit, "choose", prefer_discriminant)
     encoder = train_on_folder(tmp_path / "sigs", replace(fast_train, family="siamese", epochs=2))
     labels = len(set(encode_labels([p.parent.name for p in (tmp_path / "sigs").rglob("*.png")])[1]))
-    assert labels == 8 and encoder.dim == min(labels - 1, fast_train.dim) == 7
+    # Two folds of two writers: each fold model's back-end learnt 4 labels (3 axes); the final model, fitted on
+    # all 8 labels, keeps 3 axes too, so that its distances have the scale its threshold was calibrated on.
+    assert labels == 8 and encoder.dim == 3
     cross_fit = encoder.training["cross_fit"]
-    assert cross_fit["discriminant"] == {"axes": 7, "labels": 8}
+    assert cross_fit["discriminant"] == {"axes": 3, "labels": 8}
     assert cross_fit["pooled_eer"] == cross_fit["pooled_eer_discriminant"]
     assert len(cross_fit["pooled_eer_plain"]) == len(cross_fit["pooled_eer_discriminant"]) == 2
     record = encoder.threshold
