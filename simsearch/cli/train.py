@@ -68,6 +68,13 @@ def train(
         "their frame, such as faces, photos and clothes; not strokes on a plain background, such as handwriting, "
         "signatures and digits).",
     ),
+    discriminant: str = typer.Option(
+        "auto",
+        "--discriminant",
+        help="Siamese, identities: auto scores the cross-fitted folds also through an LDA back-end fitted on "
+        "their training identities, and the model ends with it when that verifies unseen identities better; "
+        "no: never.",
+    ),
     patience: int = typer.Option(
         12, "--patience", min=1, help="Stop after this many epochs without a better validation score."
     ),
@@ -148,7 +155,8 @@ def train(
         config = TrainConfig(
             family=family, loss=loss, margin=margin, beta=beta, contrastive_weight=contrastive_weight, dim=dim,
             size=size, resize=resize, invert=invert, epochs=epochs, batch_size=batch_size, augment=augment,
-            class_augment=class_augment, mirror=mirror, patience=patience, ema=ema, projection=projection,
+            class_augment=class_augment, mirror=mirror, discriminant=discriminant, patience=patience, ema=ema,
+            projection=projection,
             similar_labels=similar_labels, folds=n_folds, max_seconds=max_seconds, seed=seed,
             device=device,
         )  # fmt: skip

@@ -19,6 +19,10 @@ TRAINABLE = family_names()
 NEURAL = tuple(family.name for family in REGISTRY.values() if family.trained)
 
 
+#: ``--discriminant``: chosen on the unseen identities of the cross-fitted folds, or never.
+DISCRIMINANT_MODES = ("auto", "no")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to build an encoder from a folder. ``max_seconds`` bounds training time whatever ``epochs`` says."""
@@ -49,6 +53,9 @@ class TrainConfig:
     projection: int = 0
     similar_labels: int = 0
     mirror: str = "no"
+    #: Siamese, cross-fitted: ``auto`` scores the folds through the discriminant back-end too and keeps it when
+    #: that is better on the unseen identities (``training.discriminant``); ``no`` never fits it.
+    discriminant: str = "auto"
     seed: int = 0
     device: str = "auto"
 
@@ -82,6 +89,15 @@ class TrainConfig:
             )
         if self.mirror not in MIRROR_MODES:
             raise UsageError(f"{option('mirror')} must be one of {', '.join(MIRROR_MODES)}, not {self.mirror!r}")
+        if self.discriminant not in DISCRIMINANT_MODES:
+            raise UsageError(
+                f"{option('discriminant')} must be one of {', '.join(DISCRIMINANT_MODES)}, not {self.discriminant!r}"
+            )
+        if self.discriminant != "auto" and self.family_record.objective != "siamese":
+            raise UsageError(
+                f"{option('discriminant')} is a back-end of the Siamese family: use it with "
+                f"{option('family', 'siamese')}"
+            )
         if self.class_augment not in CLASS_AUGMENTS:
             raise UsageError(
                 f"{option('class_augment')} must be one of {', '.join(CLASS_AUGMENTS)}, not {self.class_augment!r}"

@@ -231,7 +231,7 @@ def train_cross_fitted(
     k_total = plan.folds
     # The Siamese family's folds are also scored through a discriminant back-end; the final model keeps it when
     # that scores the unseen identities better (``CrossFit.choose``).
-    siamese = config.family_record.objective == "siamese"
+    siamese = config.family_record.objective == "siamese" and config.discriminant == "auto"
     share = (k_total - 1) / k_total
     fold_seconds: list[float] = []
 

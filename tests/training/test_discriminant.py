@@ -190,3 +190,26 @@ def test_a_siamese_model_keeps_the_back_end_its_cross_fitting_chose(
     result = invoke("verify", a, b, "-m", tmp_path / "m", "--json")
     assert result.exit_code in (0, 1), result.output
     assert json.loads(result.stdout)["distance"] >= 0
+
+
+def test_no_discriminant_keeps_the_plain_embeddings(tmp_path: Path, fast_train: TrainConfig) -> None:
+    write_signatures(tmp_path / "sigs", writers=4, per_label=4)
+    encoder = train_on_folder(tmp_path / "sigs", replace(fast_train, family="siamese", epochs=2, discriminant="no"))
+    cross_fit = encoder.training["cross_fit"]
+    assert encoder.dim == fast_train.dim and cross_fit["discriminant"] is None
+    assert cross_fit["pooled_eer_plain"] == cross_fit["pooled_eer_discriminant"] == cross_fit["pooled_eer"]
+    assert encoder.threshold is not None and encoder.threshold["calibration"]["discriminant"] is False
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--family", "siamese", "--discriminant", "maybe"], "--discriminant must be one of auto, no, not 'maybe'"),
+        (["--family", "autoencoder", "--discriminant", "no"], "--discriminant is a back-end of the Siamese family"),
+    ],
+)
+def test_bad_discriminant_options_are_refused(tmp_path: Path, args: list[str], message: str) -> None:
+    write_signatures(tmp_path / "sigs", writers=4, per_label=2)
+    result = invoke("train", tmp_path / "sigs", "--out", tmp_path / "m", *args)
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "m").exists()
