@@ -54,8 +54,8 @@ class TrainConfig:
     similar_labels: int = 0
     mirror: str = "no"
     #: Siamese, cross-fitted: ``auto`` scores the folds through the discriminant back-end too and keeps it when
-    #: that is better on the unseen identities (``training.discriminant``); ``no`` never fits it.
-    discriminant: str = "auto"
+    #: that is better on the unseen identities (``training.discriminant``); ``no`` (the default) never fits it.
+    discriminant: str = "no"
     seed: int = 0
     device: str = "auto"
 
@@ -93,7 +93,7 @@ class TrainConfig:
             raise UsageError(
                 f"{option('discriminant')} must be one of {', '.join(DISCRIMINANT_MODES)}, not {self.discriminant!r}"
             )
-        if self.discriminant != "auto" and self.family_record.objective != "siamese":
+        if self.discriminant != "no" and self.family_record.objective != "siamese":
             raise UsageError(
                 f"{option('discriminant')} is a back-end of the Siamese family: use it with "
                 f"{option('family', 'siamese')}"

@@ -173,7 +173,7 @@ def test_a_siamese_model_keeps_the_back_end_its_cross_fitting_chose(
         return chosen[-1]
 
     monkeypatch.setattr(CrossFit, "choose", prefer_discriminant)
-    encoder = train_on_folder(tmp_path / "sigs", replace(fast_train, family="siamese", epochs=2))
+    encoder = train_on_folder(tmp_path / "sigs", replace(fast_train, family="siamese", epochs=2, discriminant="auto"))
     labels = len(set(encode_labels([p.parent.name for p in (tmp_path / "sigs").rglob("*.png")])[1]))
     # Two folds of two writers: each fold model's back-end learnt 4 labels (3 axes); the final model, fitted on
     # all 8 labels, keeps 3 axes too, so that its distances have the scale its threshold was calibrated on.
@@ -192,9 +192,10 @@ def test_a_siamese_model_keeps_the_back_end_its_cross_fitting_chose(
     assert json.loads(result.stdout)["distance"] >= 0
 
 
-def test_no_discriminant_keeps_the_plain_embeddings(tmp_path: Path, fast_train: TrainConfig) -> None:
+def test_by_default_no_discriminant_is_fitted(tmp_path: Path, fast_train: TrainConfig) -> None:
     write_signatures(tmp_path / "sigs", writers=4, per_label=4)
-    encoder = train_on_folder(tmp_path / "sigs", replace(fast_train, family="siamese", epochs=2, discriminant="no"))
+    assert TrainConfig().discriminant == "no"
+    encoder = train_on_folder(tmp_path / "sigs", replace(fast_train, family="siamese", epochs=2))
     cross_fit = encoder.training["cross_fit"]
     assert encoder.dim == fast_train.dim and cross_fit["discriminant"] is None
     assert cross_fit["pooled_eer_plain"] == cross_fit["pooled_eer_discriminant"] == cross_fit["pooled_eer"]
@@ -205,7 +206,7 @@ def test_no_discriminant_keeps_the_plain_embeddings(tmp_path: Path, fast_train: 
     ("args", "message"),
     [
         (["--family", "siamese", "--discriminant", "maybe"], "--discriminant must be one of auto, no, not 'maybe'"),
-        (["--family", "autoencoder", "--discriminant", "no"], "--discriminant is a back-end of the Siamese family"),
+        (["--family", "autoencoder", "--discriminant", "auto"], "--discriminant is a back-end of the Siamese family"),
     ],
 )
 def test_bad_discriminant_options_are_refused(tmp_path: Path, args: list[str], message: str) -> None:
