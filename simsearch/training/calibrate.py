@@ -250,9 +250,10 @@ def calibrate_threshold(
 
 
 #: ``train_fold(fold, train_rows, held_rows, max_epochs, observe)`` trains the model of one fold on
-#: ``train_rows`` for at most ``max_epochs`` epochs and calls ``observe(z)`` after every epoch with the embeddings
-#: (held rows × d) of ``held_rows`` by the weights of that epoch; ``observe`` returns that epoch's EER on the
-#: fold's calibration pairs (None when they cannot give one), for early stopping and progress.
+#: ``train_rows`` for at most ``max_epochs`` epochs and calls ``observe(z, z_train, y_train)`` after every epoch
+#: with the embeddings (held rows × d) of ``held_rows`` by the weights of that epoch (and, for the discriminant
+#: back-end, its labelled training rows' embeddings and labels, else None); ``observe`` returns that epoch's EER on
+#: the fold's calibration pairs (None when they cannot give one), for early stopping and progress.
 #: What a fold's trainer calls after each epoch: its held-out rows' embeddings, and its training rows' embeddings
 #: with their labels (for the discriminant back-end; None: none fitted); returns the EER to stop on.
 Observer = Callable[[np.ndarray, np.ndarray | None, np.ndarray | None], float | None]
@@ -285,9 +286,11 @@ class FoldScores:
         return [np.stack([d, e]) for d, e in zip(self.distances, self.discriminant, strict=True)]
 
     def restore(self, saved: Sequence[np.ndarray]) -> None:
-        """Take back what ``saved`` gave."""
-        self.distances[:] = [np.asarray(s[0]) for s in saved]
-        self.discriminant[:] = [np.asarray(s[1]) for s in saved]
+        """Take back what ``saved`` gave (or, from a checkpoint written before the back-end existed, each epoch's
+        plain distances alone: scored the same both ways)."""
+        saved = [np.asarray(s) for s in saved]
+        self.distances[:] = [s if s.ndim == 1 else s[0] for s in saved]
+        self.discriminant[:] = [s if s.ndim == 1 else s[1] for s in saved]
 
     @property
     def patient(self) -> bool:

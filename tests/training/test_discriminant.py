@@ -157,6 +157,9 @@ def test_a_checkpoint_keeps_both_ways_of_scoring_a_fold() -> None:
     fold.restore([np.zeros_like(s) for s in saved])
     fold.restore(saved)
     assert all(np.array_equal(a, b) for a, b in zip(fold.distances + fold.discriminant, plain + through, strict=True))
+    fold.restore(plain)  # a checkpoint written before the back-end: plain distances alone, scored alike both ways
+    assert all(np.array_equal(a, b) for a, b in zip(fold.distances, plain, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(fold.discriminant, plain, strict=True))
 
 
 # --- a Siamese training that keeps it ----------------------------------------------------------------------------
