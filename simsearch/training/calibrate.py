@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -282,8 +283,9 @@ class FoldScores:
         return self.discriminant if variant == DISCRIMINANT else self.distances
 
     def saved(self) -> list[np.ndarray]:
-        """Each epoch's distances as one (2, pairs) array (plain, discriminant): what a checkpoint keeps."""
-        return [np.stack([d, e]) for d, e in zip(self.distances, self.discriminant, strict=True)]
+        """What a checkpoint keeps of each epoch: one (2, pairs) array (plain, discriminant), or the plain
+        distances alone where no back-end was fitted (they are the same array)."""
+        return [d if e is d else np.stack([d, e]) for d, e in zip(self.distances, self.discriminant, strict=True)]
 
     def restore(self, saved: Sequence[np.ndarray]) -> None:
         """Take back what ``saved`` gave (or, from a checkpoint written before the back-end existed, each epoch's
@@ -364,7 +366,8 @@ class CrossFit:
             fold.discriminant.append(e)
             if not usable:
                 return None
-            return min(metrics.equal_error_rate(d, same)[0], metrics.equal_error_rate(e, same)[0])
+            eer = metrics.equal_error_rate(d, same)[0]
+            return eer if e is d else min(eer, metrics.equal_error_rate(e, same)[0])
 
         return observe
 
@@ -400,7 +403,7 @@ class CrossFit:
             out.append([metrics.equal_error_rate(d, same)[0] if ok else math.nan for d in f.distances])
         return out
 
-    @property
+    @cached_property
     def discriminant_axes(self) -> int:
         """The most axes every fold's back-end can have (its training labels − 1): the final model's back-end
         keeps that many, so that its distances have the scale its threshold was calibrated on."""

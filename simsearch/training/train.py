@@ -229,9 +229,9 @@ def train_cross_fitted(
     of it: a finished fold's distances are kept there, an unfinished stage resumes."""
     cross = CrossFit(y, plan, seed=config.seed)
     k_total = plan.folds
-    # The Siamese family's folds are also scored through a discriminant back-end; the final model keeps it when
-    # that scores the unseen identities better (``CrossFit.choose``).
-    siamese = config.family_record.objective == "siamese" and config.discriminant == "auto"
+    # With --discriminant auto (Siamese only) the folds are also scored through a discriminant back-end; the final
+    # model keeps it when that scores the unseen identities better (``CrossFit.choose``).
+    with_back_end = config.family_record.objective == "siamese" and config.discriminant == "auto"
     share = (k_total - 1) / k_total
     fold_seconds: list[float] = []
 
@@ -253,7 +253,7 @@ def train_cross_fitted(
         labelled = train_rows[y[train_rows] >= 0]  # the rows the discriminant back-end is fitted on
 
         def score() -> float | None:
-            z_train = objective.embed_rows(labelled).cpu().numpy() if siamese else None
+            z_train = objective.embed_rows(labelled).cpu().numpy() if with_back_end else None
             return observe(objective.embed_rows(held_rows).cpu().numpy(), z_train, y[labelled])
 
         task = f"fold {k + 1}/{k_total}: {objective.task(config)}"
