@@ -179,4 +179,27 @@ def train(
             th = encoder.threshold
             rates = f" (EER {th['eer']:.3f}, ROC AUC {th['roc_auc']:.3f})" if th.get("eer") is not None else ""
             out.print(f"Verification threshold {th['value']:.4f}{rates}. {describe_calibration(th)}")
+        if discriminant == "auto":
+            out.print(_describe_discriminant(encoder.training.get("cross_fit")))
         out.print(f"Saved {fingerprint[:12]} to {target}. Use it with: simsearch index {images} --model {target}")
+
+
+def _describe_discriminant(cross_fit: dict | None) -> str:
+    """What ``--discriminant auto`` decided, on the cross-fitted folds' unseen identities."""
+    if not cross_fit:
+        return (
+            "Discriminant back-end: not fitted: it is chosen on cross-fitted folds of unseen identities, and this "
+            "training was not cross-fitted (it needs 4 identity groups or more)."
+        )
+    epoch = cross_fit["chosen_epoch"]
+    plain, through = cross_fit["pooled_eer_plain"][epoch - 1], cross_fit["pooled_eer_discriminant"][epoch - 1]
+    kept = cross_fit["discriminant"]
+    if kept:
+        return (
+            f"Discriminant back-end: kept ({kept['axes']} axes, fitted on {kept['labels']} labels): pooled EER of the "
+            f"unseen identities {through:.3f} with it, {plain:.3f} without (epoch {epoch})."
+        )
+    return (
+        f"Discriminant back-end: not kept: pooled EER of the unseen identities {through:.3f} with it, {plain:.3f} "
+        f"without (epoch {epoch})."
+    )

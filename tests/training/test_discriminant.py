@@ -19,6 +19,7 @@ from simsearch.training import TrainConfig, train_on_folder
 from simsearch.training.calibrate import DISCRIMINANT, PLAIN, CrossFit, plan_calibration
 from simsearch.training.discriminant import apply_discriminant, fit_discriminant
 from simsearch.training.sampling import GENUINE, encode_labels, verification_pairs
+from tests.conftest import write_folder
 from tests.helpers import invoke
 from tests.training.test_calibrate import write_signatures
 
@@ -217,3 +218,21 @@ def test_bad_discriminant_options_are_refused(tmp_path: Path, args: list[str], m
     result = invoke("train", tmp_path / "sigs", "--out", tmp_path / "m", *args)
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_train_says_what_discriminant_auto_decided(tmp_path: Path) -> None:
+    write_signatures(tmp_path / "sigs", writers=4, per_label=4)
+    flags = ["--family", "siamese", "--discriminant", "auto", "--epochs", "2", "--dim", "8", "--batch-size", "8"]
+    result = invoke("train", tmp_path / "sigs", "--out", tmp_path / "m", *flags, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    cross_fit = json.loads((tmp_path / "m" / "encoder.json").read_text())["training"]["cross_fit"]
+    epoch = cross_fit["chosen_epoch"]
+    plain, through = cross_fit["pooled_eer_plain"][epoch - 1], cross_fit["pooled_eer_discriminant"][epoch - 1]
+    verdict = "kept (" if cross_fit["discriminant"] else "not kept:"
+    said = " ".join(result.output.split())  # however the terminal wrapped it
+    assert f"Discriminant back-end: {verdict}" in said
+    assert f"{through:.3f} with it, {plain:.3f} without (epoch {epoch})" in said
+    write_folder(tmp_path / "three", per_class=8)  # three labels: no cross-fitting, so nothing to choose it on
+    result = invoke("train", tmp_path / "three", "--out", tmp_path / "m3", *flags, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "Discriminant back-end: not fitted" in " ".join(result.output.split())
