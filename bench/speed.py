@@ -163,7 +163,6 @@ def build_collection(folder: Path, x: np.ndarray) -> Path:
     """A collection holding ``x`` (n, 64) as the embeddings of a pixels encoder on 8×8 images."""
     import pyarrow as pa
 
-    from simsearch import vectors
     from simsearch.io import Preprocess
     from simsearch.store.collection import SKIPPED_SCHEMA, Collection, meta_table
     from simsearch.training import pixels_encoder
@@ -181,11 +180,10 @@ def build_collection(folder: Path, x: np.ndarray) -> Path:
         "width": np.full(n, 8, np.int32),
         "height": np.full(n, 8, np.int32),
     }
-    index = vectors.new_index(64)
-    vectors.add_vectors(index, x, rows["id"])
     collection = Collection(folder)
-    with collection.lock():
-        collection.commit(meta_table(rows, x, 64), SKIPPED_SCHEMA.empty_table(), index, encoder, None, ["/generated"])
+    with collection.lock():  # a flat collection: its index is filled from the segment on load
+        table, skipped = meta_table(rows, x, 64), SKIPPED_SCHEMA.empty_table()
+        collection.commit(table, [], skipped, encoder, None, ["/generated"], segments=None)
     return folder
 
 

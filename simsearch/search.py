@@ -321,8 +321,12 @@ class Generation:
         self.dense_ids = bool(self.count) and int(self.sorted_ids[-1]) - int(self.sorted_ids[0]) == self.count - 1
         # FAISS GPU indexes are not safe to search from two threads at once: searches on the GPU take turns.
         self.search_lock: threading.Lock | contextlib.nullcontext[None] = (
-            threading.Lock() if vectors.is_on_gpu(self.index) else contextlib.nullcontext()
+            threading.Lock() if self.on_gpu else contextlib.nullcontext()
         )
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.index is not None and vectors.is_on_gpu(self.index)
 
     @property
     def count(self) -> int:
@@ -461,6 +465,8 @@ class Searcher:
 
     @property
     def index(self) -> Any:
+        """The FAISS index searched; None for an exact L2 collection searched on the CPU, whose stored embeddings
+        FAISS searches as they are (no second copy of them is made)."""
         return self._current.index
 
     @property
@@ -485,7 +491,7 @@ class Searcher:
 
     @property
     def on_gpu(self) -> bool:
-        return vectors.is_on_gpu(self._current.index)
+        return self._current.on_gpu
 
     # --- loading and reloading ---------------------------------------------------------------------------------
 
@@ -517,20 +523,25 @@ class Searcher:
         info = manifest.get("index") or {}
         float16 = self.want_float16
         gpu = self.use_gpu and vectors.gpu_ready(info, snapshot.meta.num_rows)
-        index = vectors.to_gpu(snapshot.index, float16=bool(float16)) if gpu else snapshot.index
-        if gpu and float16 is None and not vectors.is_on_gpu(index) and vectors.gpu_count():  # float32 did not fit
-            index = vectors.to_gpu(snapshot.index, float16=True)
-            float16 = True
-        on_gpu = vectors.is_on_gpu(index)
         spec = vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat")
         spec = replace(spec, nprobe=self.nprobe or spec.nprobe, ef=self.ef or spec.ef, ef_cpu=self.ef or spec.ef_cpu)
-        vectors.set_search_params(index, spec)
+        index: Any = None  # exact L2 on the CPU: FAISS's brute force over the stored embeddings, no second copy
+        if gpu:
+            index = vectors.to_gpu(snapshot.index, float16=bool(float16))
+            if float16 is None and not vectors.is_on_gpu(index) and vectors.gpu_count():  # float32 did not fit
+                index = vectors.to_gpu(snapshot.index, float16=True)
+                float16 = True
+        elif not (spec.exact and snapshot.metric == "l2"):
+            index = snapshot.index
+        on_gpu = index is not None and vectors.is_on_gpu(index)
+        if index is not None:
+            vectors.set_search_params(index, spec)
         return Generation(
             manifest=manifest,
             encoder=encoder,
             index=index,
             spec=spec,
-            params=vectors.search_params(index, spec),
+            params=vectors.search_params(index, spec) if index is not None else None,
             float16=bool(float16) and on_gpu,
             meta=snapshot.meta,
             ids=int64_column(snapshot.meta, "id"),
@@ -638,6 +649,9 @@ class Searcher:
         """The index's candidates for the k nearest: (rows (q, c), found (q, c)), to be re-ranked exactly."""
         # Coarse codes (IVF-PQ) fetch refine·k candidates for the exact re-ranking; float16 vectors twice k.
         wider = g.spec.refine or (2 if g.float16 else 1)
+        if g.index is None:  # exact L2 on the CPU, over the stored embeddings
+            rows = vectors.knn_l2(queries, g.embeddings, min(k, g.count))
+            return np.maximum(rows, 0), rows >= 0
         with g.search_lock:
             _, ids = vectors.search(g.index, queries, k * wider, g.metric, g.params)
         found = ids >= 0  # an approximate index may return fewer than asked for
@@ -649,7 +663,7 @@ class Searcher:
         """Candidates among the rows ``subset``: all of its k nearest (exact search over its stored embeddings)
         when it is small, the index flat or on a GPU; else the index's, searched with an ``IDSelector`` and its
         breadth widened by the inverse of the subset's share, and exact for any query it answered short."""
-        if len(subset) <= EXACT_SUBSET or g.spec.exact or vectors.is_on_gpu(g.index):
+        if len(subset) <= EXACT_SUBSET or g.spec.exact or g.on_gpu:
             return self._exact_candidates(g, queries, k, subset)
         selected = _selector_search(g, queries, k, subset)
         if selected is None:  # an index FAISS cannot filter (a CAGRA graph searched on a CPU)

@@ -101,8 +101,6 @@ def run_with_timeout(fn, timeout: float):
 
 def consistent_snapshot(collection: Collection) -> Snapshot:
     """Load the collection and check that its generation is whole: manifest, metadata and vectors agree."""
-    import faiss
-
     from simsearch.store.collection import embeddings_of
 
     snapshot = collection.load()
@@ -110,12 +108,61 @@ def consistent_snapshot(collection: Collection) -> Snapshot:
     ids = meta.column("id").to_numpy()
     assert snapshot.manifest["count"] == meta.num_rows == index.ntotal
     assert len(set(ids.tolist())) == len(ids) and len(set(meta.column("path").to_pylist())) == len(ids)
-    stored_ids = faiss.vector_to_array(index.id_map)
-    np.testing.assert_array_equal(np.sort(stored_ids), np.sort(ids))
+    from simsearch import vectors
+
+    np.testing.assert_array_equal(np.sort(vectors.index_ids(index)), np.sort(ids))
     by_id = dict(zip(ids.tolist(), embeddings_of(meta), strict=True))
-    for position, row_id in enumerate(stored_ids):  # FAISS vector i is the embedding of the row with its id
-        np.testing.assert_array_equal(index.index.reconstruct(position), by_id[int(row_id)])
+    metric = snapshot.metric
+    for stored_ids, stored in vectors.stored_vectors(index):  # FAISS holds the embedding of the row with its id
+        for row_id, vector in zip(stored_ids.tolist(), stored, strict=True):
+            np.testing.assert_array_equal(vector, vectors.prepare(by_id[row_id][None], metric)[0])
     return snapshot
+
+
+def current_files(collection: Collection) -> list[str]:
+    """What the folder of a collection should hold and nothing more: its own files and what its manifest names."""
+    from simsearch.store.formats import manifest_files
+
+    return sorted([".lock", ".simsearch.json", "manifest.json", *manifest_files(collection.read_manifest())])
+
+
+def to_format_1(collection: Collection, checksums: bool = True) -> dict:
+    """Rewrite a collection as format 1 kept it (one metadata file, one FAISS file and one skipped list per
+    generation; checksums from the day they were kept): what an older simsearch left, to test reading and
+    converting it. Returns the new manifest."""
+    import hashlib
+    import json
+
+    from simsearch import vectors
+    from simsearch.store.formats import FORMAT_1, manifest_files
+    from simsearch.store.segments import write_parquet
+
+    snapshot = collection.load()
+    manifest = dict(snapshot.manifest)
+    gen = f"{manifest['generation']:06d}"
+    files = {
+        "meta": f"meta-{gen}.parquet",
+        "skipped": f"skipped-{gen}.parquet",
+        "vectors": f"vectors-{gen}.faiss",
+        "encoder": manifest["files"]["encoder"],
+    }
+    old = [name for name in manifest_files(manifest) if name != files["encoder"]]
+    write_parquet(snapshot.meta, collection.path / files["meta"])
+    write_parquet(snapshot.skipped, collection.path / files["skipped"])
+    vectors.write_file(snapshot.index, collection.path / files["vectors"])
+    for name in old:
+        if name not in files.values():
+            (collection.path / name).unlink()
+    for key in ("segments", "skipped_count", "sha256"):
+        manifest.pop(key, None)
+    manifest.update(format=FORMAT_1, files=files)
+    if checksums:
+        manifest["sha256"] = {
+            key: hashlib.sha256((collection.path / files[key]).read_bytes()).hexdigest()
+            for key in ("meta", "skipped", "vectors")
+        }
+    (collection.path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
 
 
 @pytest.fixture(autouse=True)

@@ -55,11 +55,13 @@ def collection_of(path: Path, kind: str, n: int = 400, seed: int = 0) -> tuple[C
     with collection.lock():
         collection.commit(
             table,
+            [],
             SKIPPED_SCHEMA.empty_table(),
-            index,
             pixels_encoder(Preprocess(size=(4, 4), channels=1)),
             None,
             ["/r"],
+            segments=None,
+            index=None if kind == "flat" else index,
             index_info={**spec.to_json(), **info},
         )
     return collection, x, labels

@@ -69,6 +69,35 @@ def collections(
         out.print(table)
 
 
+@app.command("compact")
+def compact(
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    home: Path = _home_option(),
+    wait: bool = typer.Option(False, "--wait", help="If another process is writing to the collection, wait for it."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was done as JSON."),
+) -> None:
+    """Merge a collection's segments into one, dropping deleted rows (and convert an older collection).
+
+    Indexing merges small segments by itself as it goes; this does all of it now, in one commit that readers see
+    whole. Example: simsearch compact --name photos
+    """
+    with _errors(_unchanged("compact")):
+        from simsearch.store.collection import Collection, resolve_path
+
+        done = Collection(resolve_path(name, home)).compact(wait=wait)
+        if as_json:
+            _print_json(done.to_json())
+        elif done.generation_after is None:
+            out.print(f"Nothing to compact: {done.path} is one segment without deleted rows.")
+        else:
+            converted = " (converted from format 1)" if done.format.endswith("/1") else ""
+            out.print(
+                f"Compacted {done.path}{converted}: {done.segments} segments and {done.deleted:,} deleted rows into "
+                f"one segment; {_size(done.bytes)} → {_size(done.bytes_after or 0)} "
+                f"(generation {done.generation_after})."
+            )
+
+
 @app.command("remove-collection")
 def remove_collection(
     name: str = typer.Argument(..., help=NAME_HELP),

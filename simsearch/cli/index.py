@@ -39,6 +39,13 @@ def index(
     checkpoint_every: int = typer.Option(
         10_000, "--checkpoint-every", min=1, help="Commit after this many newly embedded images (resume point)."
     ),
+    merge_factor: int = typer.Option(
+        10,
+        "--merge-factor",
+        min=0,
+        help="Merge this many checkpoint segments of one size tier into one, on a thread while indexing goes on "
+        "(0: never during a run; 'simsearch compact' merges on demand).",
+    ),
     checkpoint_seconds: float = typer.Option(
         30.0,
         "--checkpoint-seconds",
@@ -94,6 +101,7 @@ def index(
             workers=workers,
             batch_size=batch_size,
             checkpoint_every=checkpoint_every,
+            merge_factor=merge_factor,
             checkpoint_seconds=checkpoint_seconds,
             device=device,
             index_type=index_type,
@@ -121,12 +129,12 @@ def info(
         from simsearch.store.collection import Collection, resolve_path
 
         collection = Collection(resolve_path(name, home))
-        snapshot = collection.load()
-        manifest = snapshot.manifest
-        skipped_rows = snapshot.skipped.to_pylist()
+        manifest, skipped_table = collection.inspect(skipped=skipped)  # the manifest (and skipped list): no more
+        skipped_rows = skipped_table.to_pylist() if skipped_table is not None else []
+        skipped_count = len(skipped_rows) if skipped_table is not None else int(manifest["skipped_count"])
         rebuild = collection.rebuild_summary()
         if as_json:
-            _print_json(collection.describe(snapshot))
+            _print_json(collection.describe(manifest, skipped_count))
             return
         table = Table(title=f"Collection {collection.path}", show_header=False, title_justify="left")
         enc = manifest["encoder"]
@@ -138,8 +146,9 @@ def info(
             ("index", _describe_index(manifest.get("index") or {})),
             ("sources", Text("\n").join(Text(shown(root)) for root in manifest.get("roots", []))),
             ("generation", manifest["generation"]),
+            ("segments", _segments_line(manifest)),
             ("updated", manifest.get("updated", "")),
-            ("skipped files", len(skipped_rows)),
+            ("skipped files", skipped_count),
         ):
             table.add_row(key, value if isinstance(value, Text) else str(value))
         if rebuild is not None:
@@ -156,3 +165,12 @@ def info(
             for row in skipped_rows:
                 listing.add_row(row["root"], row["path"], row["reason"])
             out.print(listing)
+
+
+def _segments_line(manifest: dict) -> str:
+    """How the rows are stored: segments and deleted rows not yet merged away, or format 1."""
+    if "segments" not in manifest:
+        return "one file (format 1: converted to segments by the next write or 'simsearch compact')"
+    segments = manifest["segments"]
+    deleted = sum(int(s["rows"]) for s in segments) - int(manifest["count"])
+    return f"{len(segments)}" + (f" ({deleted:,} deleted rows not yet merged away)" if deleted else "")

@@ -35,12 +35,15 @@ from simsearch.progress import EMBEDDED, Progress, emit, no_progress
 from simsearch.store.collection import (
     SKIPPED_SCHEMA,
     Collection,
+    Merge,
+    SegmentSet,
     Snapshot,
     embeddings_of,
     int64_column,
     meta_schema,
     meta_table,
 )
+from simsearch.store.segments import MERGE_FACTOR
 from simsearch.training import TRAINABLE, TrainConfig, TrainingCheckpoint, train_encoder
 
 #: Why a file whose embedding came back NaN or infinite is skipped.
@@ -72,9 +75,14 @@ class IndexConfig:
     #: Training a new encoder saves its state at the end of an epoch at most this often (seconds; 0: every epoch),
     #: in the collection's ``training.ckpt``: an interrupted run resumes its training (``training.checkpoint``).
     checkpoint_seconds: float = 30.0
+    #: Segments of one size tier merged into one, on a thread while the run goes on (``store.segments``); 0:
+    #: never during a run (``simsearch compact`` merges on demand).
+    merge_factor: int = MERGE_FACTOR
 
     def __post_init__(self) -> None:
         check_rule(self.channels)
+        if self.merge_factor == 1 or self.merge_factor < 0:
+            raise UsageError(f"{option('merge_factor')} must be 0 (never merge during a run) or at least 2")
         if self.index_type not in ("auto", *vectors.INDEX_TYPES):
             raise UsageError(
                 f"{option('index_type')} must be auto, {', '.join(vectors.INDEX_TYPES)}; not {self.index_type!r}"
@@ -204,10 +212,14 @@ class _Pending:
             self.rows[key].append(value)
         self.embeddings.append(row.embedding[None])
 
-    def apply(self, meta: pa.Table, index: Any, metric: str, spec: vectors.IndexSpec) -> tuple[pa.Table, Any]:
+    def apply(
+        self, meta: pa.Table, index: Any, metric: str, spec: vectors.IndexSpec
+    ) -> tuple[pa.Table, Any, pa.Table, list[int]]:
         """Apply to ``index`` (in place, or rebuilt from the embeddings when its type cannot remove vectors)
-        and return the new metadata table and index; then empty self."""
+        and return the new metadata table and index, with the rows added (a table) and the ids removed; then
+        empty self."""
         rebuild = False
+        added, removed = meta.schema.empty_table(), list(self.remove)
         if self.remove:
             gone = np.asarray(self.remove, dtype=np.int64)
             if vectors.supports_removal(index):
@@ -219,11 +231,12 @@ class _Pending:
             emb = np.concatenate(self.embeddings)
             if not rebuild:
                 vectors.add_vectors(index, emb, np.asarray(self.rows["id"], dtype=np.int64), metric)
-            meta = pa.concat_tables([meta, meta_table(self.rows, emb, self.dim)])
+            added = meta_table(self.rows, emb, self.dim)
+            meta = pa.concat_tables([meta, added])
         if rebuild:
             index = vectors.build_index(spec, embeddings_of(meta), int64_column(meta, "id"), metric)
         self.clear()
-        return meta, index
+        return meta, index, added, removed
 
 
 def index_folder(
@@ -257,10 +270,13 @@ def index_folder(
         plan = run.open(entries)
         # The channel rule applies to images fitted to an existing encoder; one trained here chose its channels
         # from these very images (colour when any has colour), so its grey images are its training data.
-        with channel_rule("convert" if report.trained else config.channels) as tally:
-            run.embed(plan, engine or LocalEngine(config.workers, config.batch_size))
-        report.channels = None if report.trained else tally
-        run.finish()
+        try:
+            with channel_rule("convert" if report.trained else config.channels) as tally:
+                run.embed(plan, engine or LocalEngine(config.workers, config.batch_size))
+            report.channels = None if report.trained else tally
+            run.finish()
+        finally:
+            run.close()
     if report.trained:  # after the commit, outside the lock: the collection is whole, readers and writers go on
         report.baselines = compare_with_baselines(
             run.encoder,
@@ -304,6 +320,10 @@ class _Run:
         self.roots: list[str] = []
         self.next_id = 0
         self.since_commit = 0  # rows embedded since the last commit
+        #: The segments the next commit follows (None: it writes every row as one segment — a new collection,
+        #: one of format 1, or rows whose root changed).
+        self.segments: SegmentSet | None = None
+        self.merge: Merge | None = None  # merging on its thread, installed by a later commit
 
     # --- where to commit, with which encoder, and the plan -----------------------------------------------------
 
@@ -325,6 +345,7 @@ class _Run:
         if previous is not None:
             self.meta, self.index, self.skipped_table = previous.meta, previous.index, previous.skipped
             self.roots = list(previous.manifest.get("roots", []))
+            self.segments = previous.segments
         plan = plan_sync(
             self.root_key,
             entries,
@@ -362,6 +383,8 @@ class _Run:
         self.spec = vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat")
         self.info: dict[str, Any] | None = info or None
         self.pending = _Pending(encoder.dim)
+        #: Rows added and ids removed that are applied to ``meta`` and the index but not yet committed.
+        self.unwritten: tuple[pa.Table, list[int]] = (meta_schema(encoder.dim).empty_table(), [])
         if trained and not config.strict and (self.base is None or self.target is not collection):
             self.commit()  # keep the trained encoder even if indexing is interrupted
         return plan
@@ -398,6 +421,7 @@ class _Run:
         self.skipped_table = self.skipped_table.filter(pc.not_equal(self.skipped_table.column("root"), moved))
         self.roots = [r for r in self.roots if r != moved]
         self.moved_from = moved
+        self.segments = None  # the rows' root changed: the next commit writes them all again
         self.report.moved_from, self.report.moved = moved, found
 
     # --- embedding, and applying what comes back ----------------------------------------------------------------
@@ -446,13 +470,14 @@ class _Run:
             if not np.isfinite(row.embedding).all():
                 self._skip(file, NAN_EMBEDDING)
                 continue
+            # A changed file gets a new id, as a new one does: an id names one embedding for good (an index
+            # file written before the change still holds the old one under the old id).
+            row_id = self.next_id
+            self.next_id += 1
             if file.row_id is not None:
-                row_id = file.row_id
-                pending.remove.append(row_id)
+                pending.remove.append(file.row_id)
                 report.updated += 1
             else:
-                row_id = self.next_id
-                self.next_id += 1
                 report.added += 1
             pending.add(row_id, file.entry, self.root_key, row)
             self.since_commit += 1
@@ -499,9 +524,9 @@ class _Run:
                     exc.what, remedy=f"{exc.remedy} (the new embeddings were committed; the index is as it was)"
                 ) from None
             raise
-        changed = len(pending) or self.base is None or self.moved_from or wanted is not None
+        changed = len(pending) or self.base is None or self.moved_from or wanted is not None or self.merge
         if changed or self.target is not self.collection or old_skipped != {s.rel for s in self.skipped}:
-            self.commit(wanted)
+            self.commit(wanted, final=True)
         final = self.base
         if self.target is not self.collection:
             final = self.collection.adopt_staging()
@@ -511,10 +536,13 @@ class _Run:
 
     # --- commits ------------------------------------------------------------------------------------------------
 
-    def commit(self, wanted: vectors.IndexSpec | None = None) -> None:
-        """Apply the pending changes and commit a generation (with the index ``wanted`` built first)."""
+    def commit(self, wanted: vectors.IndexSpec | None = None, final: bool = False) -> None:
+        """Apply the pending changes and commit a generation (with the index ``wanted`` built first). A merge
+        that finished meanwhile is installed with it (the last commit of a run waits for one still running);
+        then the next merge the tier policy calls for starts, unless this is the last commit."""
         encoder, root_key = self.encoder, self.root_key
-        self.meta, self.index = self.pending.apply(self.meta, self.index, encoder.metric, self.spec)
+        self.meta, self.index, added, removed = self.pending.apply(self.meta, self.index, encoder.metric, self.spec)
+        self.unwritten = (pa.concat_tables([self.unwritten[0], added]), self.unwritten[1] + removed)
         self.since_commit = 0
         if wanted is not None:
             self.progress("building the index", 0, 1, wanted.type)
@@ -535,15 +563,39 @@ class _Run:
             {"path": [s.rel for s in mine], "root": [root_key] * len(mine), "reason": [s.reason for s in mine]},
             schema=SKIPPED_SCHEMA,
         )
-        self.base = self.target.commit(
-            self.meta, pa.concat_tables([others, rows]), self.index, encoder, self.base, self.roots, self.info,
-            write_encoder=self.write_encoder,
+        merge, merged = self.merge, None
+        if merge is not None:
+            merged = merge.result(wait=final)
+        added, removed = self.unwritten
+        if self.segments is None:  # every row again, as one segment
+            added, removed = self.meta, []
+        # The approximate types' file is written when a run finishes (or the index is re-typed); checkpoints
+        # add segments, which a reader adds to it (``store.collection``).
+        approximate = self.spec.type != "flat"
+        self.base, self.segments = self.target.commit(
+            added, removed, pa.concat_tables([others, rows]), encoder, self.base, self.roots,
+            segments=self.segments, index=self.index if approximate and (final or wanted is not None) else None,
+            index_info=self.info, write_encoder=self.write_encoder, merges=[merged] if merged else [],
         )  # fmt: skip
+        self.unwritten = (self.meta.schema.empty_table(), [])
+        if merge is not None and not merge.running():
+            self.target.merge_done(merge)  # installed, or failed: the next merge tries again
+            self.merge = None
+        if self.merge is None and not final and self.config.merge_factor:
+            self.merge = self.target.start_merge(self.segments, self.config.merge_factor)
         self.write_encoder = False
         self.report.committed = True
         if self.training is not None:  # the trained encoder is committed: its training state is no longer needed
             self.training.remove()
             self.training = None
+
+    def close(self) -> None:
+        """Wait for a merge still running (a run that stops early): its file is left for the next writer to
+        remove, never half-written behind a released lock."""
+        if self.merge is not None:
+            self.merge.result(wait=True)
+            self.target.merge_done(self.merge)
+            self.merge = None
 
 
 def _manifest_to_replace(collection: Collection) -> dict[str, Any] | None:

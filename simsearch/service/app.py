@@ -280,8 +280,9 @@ class Service:
         searcher = self.searcher(name)
         known = self._described.get(name)
         if known is None or known[0] != searcher.generation:
-            snapshot = searcher.collection.load()
-            known = (int(snapshot.manifest["generation"]), searcher.collection.describe(snapshot))
+            manifest, skipped = searcher.collection.inspect()
+            assert skipped is not None
+            known = (int(manifest["generation"]), searcher.collection.describe(manifest, skipped.num_rows))
             self._described[name] = known
         return known[1]
 

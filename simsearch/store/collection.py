@@ -1,30 +1,38 @@
-"""A collection folder: manifest, generation files, Parquet metadata, FAISS vectors, atomic commit, writer lock.
+"""A collection folder: manifest, segments, deletions, FAISS file, atomic commit, merges, writer lock.
 
-Layout of ``indexes/<name>/``::
+Layout of ``indexes/<name>/`` (format 2; ``segments.py`` has the segment state and the merge policy)::
 
-    manifest.json             names the current generation's files; replaced atomically on commit
+    manifest.json             names the current generation's files and segments; replaced atomically on commit
     encoder/                  the model folder used (weights.safetensors + encoder.json)
-    vectors-<gen>.faiss       CPU FAISS index (IndexIDMap2); ids equal the metadata ``id`` column
-    meta-<gen>.parquet        one row per image, with its embedding
+    segment-<gen>.parquet     the rows one commit added, with their embeddings (immutable)
+    segment-<gen>-merged.parquet  segments merged into one (by a merge that started after generation <gen>)
+    deleted-<gen>.parquet     the rows of each segment that are no longer live (segment, id)
     skipped-<gen>.parquet     files that could not be indexed, with the reason
+    vectors-<gen>.faiss       the approximate index types' CPU FAISS index, written when a run finishes (a flat
+                              index is filled from the segments on load)
     rebuild.json              an unfinished ``index --rebuild``: the manifest of a whole collection of its own,
                               written beside the live one, renamed over ``manifest.json`` when complete
     .simsearch.json           the marker: this folder is a collection (simsearch writes in no other folder)
-    .pending.json             the journal: the files a commit is writing or replacing, while it runs
+    .pending.json             the journal: the files a commit or a merge is writing or replacing, while it runs
     .lock                     held by the one process allowed to write
     map/                      what ``simsearch map`` drew of the collection, when it was asked to
     training.ckpt             the state of an encoder ``index`` is training for it (an interrupted run resumes
                               from it); removed once the encoder is committed
 
+Format 1 (``meta-<gen>.parquet`` with every row, ``vectors-<gen>.faiss`` with every vector, rewritten at every
+commit) is read as before; the next commit writes its rows as one segment.
+
 ``remove`` (``remove-collection``) takes the lock, names in the journal every file above, removes the manifest
 (readers then find no collection), then those files, then the folder; a file no manifest or journal names is left
 there, with the folder.
 
-A commit names the files it will write or replace in the journal, writes the new generation's files, fsyncs
-them, then renames a new ``manifest.json`` (which records each file's sha256) over the old one. A reader that
-read the manifest sees one consistent generation; a crash at any moment leaves the previous generation intact.
-Replaced generations are removed after the commit; a commit that fails removes what it wrote, and what a killed
-writer left behind is removed by the next writer. simsearch deletes only files that a manifest or the journal
+A commit names the files it will write or replace in the journal, writes what changed (a new segment; the
+deletions and the skipped list when they changed; the index file when given), fsyncs them, then renames a new
+``manifest.json`` (which records each file's sha256) over the old one. A reader that read the manifest sees one
+consistent generation; a crash at any moment leaves the previous generation intact. Files no manifest names any
+more are removed after the commit; a commit that fails removes what it wrote, and what a killed writer left behind
+is removed by the next writer. A merge (``start_merge``) writes its segment on a thread, named in the journal
+first; commits leave it alone until one installs it. simsearch deletes only files that a manifest or the journal
 names, and writes only in a folder that is new, empty, or carries the marker (or a manifest).
 Each step of a commit (journal written, a file written under its temporary name, renamed into place, stale files
 removed) is told to the process's observer when one is installed (``simsearch.progress.observe``).
@@ -40,12 +48,13 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -53,24 +62,41 @@ import pyarrow.parquet as pq
 
 from simsearch import __version__, processes, progress
 from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound, option
-from simsearch.models.encoder import Encoder
 from simsearch.store.formats import (
+    DELETED_SCHEMA,
     FIXED_NAMES,
     FORMAT,
+    FORMAT_1,
     GENERATION_KEYS,
     JOURNAL,
     LOCK,
     MANIFEST,
     MARKER,
+    SEGMENTED_KEYS,
     SKIPPED_SCHEMA,
     STAGING,
     TRAINING_CHECKPOINT,
+    arrow_array,
     embeddings_of,
     int64_column,
+    manifest_files,
     manifest_problems,
     meta_schema,
     meta_table,
 )
+from simsearch.store.segments import (
+    MergedSegment,
+    OpenedFile,
+    Segment,
+    SegmentSet,
+    live_rows,
+    sorted_ids,
+    write_parquet,
+    write_segment,
+)
+
+if TYPE_CHECKING:  # torch is imported by what loads an encoder, not by what reads a manifest (``info``)
+    from simsearch.models.encoder import Encoder
 
 # The formats are re-exported: callers import them from here.
 __all__ = [
@@ -78,6 +104,7 @@ __all__ = [
     "Collection",
     "CollectionSummary",
     "Removal",
+    "SegmentSet",
     "Snapshot",
     "collection_names",
     "embeddings_of",
@@ -113,7 +140,26 @@ class Snapshot:
     manifest: dict[str, Any]
     meta: pa.Table
     skipped: pa.Table
-    index: Any  # faiss index on the CPU
+    #: The FAISS index on the CPU as it was read; None for a flat index, which ``index`` fills from the embeddings
+    #: when it is first asked for (a searcher that needs no FAISS copy of them never makes one).
+    stored_index: Any
+    #: Format 2: the segments the rows came from, and their deletions (None for a format-1 collection, whose
+    #: next write converts it).
+    segments: SegmentSet | None = None
+    #: An approximate index whose file did not hold exactly the live rows (checkpoints since a run finished, or
+    #: an interrupted run): brought up to date in memory; ``compact`` writes it.
+    index_stale: bool = False
+
+    @property
+    def index(self) -> Any:
+        """The FAISS index on the CPU (a flat one is made from the embeddings on first use)."""
+        if self.stored_index is None:
+            from simsearch import vectors
+
+            index = vectors.new_index(self.dim, self.metric)
+            vectors.add_vectors(index, embeddings_of(self.meta), int64_column(self.meta, "id"), self.metric)
+            self.stored_index = index
+        return self.stored_index
 
     @property
     def dim(self) -> int:
@@ -138,6 +184,13 @@ class Collection:
     def __init__(self, path: Path, manifest_name: str = MANIFEST) -> None:
         self.path = Path(path)
         self.manifest_name = manifest_name
+        #: Files a merge is writing on its thread (named in the journal, not yet by a manifest): a commit's
+        #: clean-up leaves them alone.
+        self._in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
+        #: The small tables the current generation names (``skipped``, ``deleted``), with their file and sha256:
+        #: a commit that does not change one names the same file again instead of writing a copy.
+        self._small: dict[str, tuple[pa.Table, str, str]] = {}
 
     def __repr__(self) -> str:
         return f"Collection({str(self.path)!r})"
@@ -280,6 +333,173 @@ class Collection:
         raise AssertionError("unreachable")
 
     def _load_generation(self, manifest: dict[str, Any]) -> Snapshot:
+        if manifest["format"] == FORMAT_1:
+            return self._load_format_1(manifest)
+        return self._load_segmented(manifest)
+
+    def _load_segmented(self, manifest: dict[str, Any]) -> Snapshot:
+        """Format 2: every file named is mapped (opened straight after the manifest was read), its sha256
+        checked, then parsed; the live rows are the segments' rows less the deletions, and the FAISS index is
+        built from them (flat) or read and brought up to date with them (the approximate types, whose file is
+        written when a run finishes)."""
+
+        files, dim, metric = manifest["files"], int(manifest["dim"]), str(manifest["metric"])
+        checksums = manifest.get("sha256") or {}
+        expected = {segment["name"]: segment["sha256"] for segment in manifest["segments"]}
+        for key in SEGMENTED_KEYS:
+            if files.get(key):
+                expected[files[key]] = str(checksums.get(key, ""))
+        mapped: dict[str, OpenedFile] = {}
+        try:
+            for name in expected:
+                mapped[name] = OpenedFile(self.path / name)
+        except FileNotFoundError:
+            _close_all(mapped)
+            raise  # removed by a commit since the manifest was read: load() reads the new one
+        except (OSError, ValueError) as exc:
+            _close_all(mapped)
+            raise CollectionError(f"a collection file is unreadable ({exc})", file=self.path, remedy=REBUILD) from None
+        try:
+            for name, file in mapped.items():
+                if file.sha256() != expected[name]:
+                    raise CollectionError(
+                        f"its sha256 does not match {MANIFEST}",
+                        file=file.path,
+                        remedy=f"the file was changed or damaged; {REBUILD}",
+                    )
+            skipped = self._parse(mapped[files["skipped"]], SKIPPED_SCHEMA)
+            deletions = self._parse(mapped[files["deleted"]], DELETED_SCHEMA) if files.get("deleted") else None
+            meta, segments, deleted = self._read_segments(manifest, mapped, deletions)
+            ids = int64_column(meta, "id")
+            if meta.num_rows != manifest["count"] or len(np.unique(ids)) != len(ids):
+                raise CollectionError(
+                    f"the segments hold {meta.num_rows} live rows (the manifest says {manifest['count']}), or an "
+                    "id twice",
+                    file=self.path,
+                    remedy=REBUILD,
+                )
+            paths = {"meta": mapped[segments[0].name].path if segments else self.path}
+            if files.get("vectors"):
+                paths["vectors"] = mapped[files["vectors"]].path
+                index = self._read_index(mapped[files["vectors"]], dim, metric)
+                index, stale = _brought_up_to_date(index, meta, ids, manifest, paths)
+                _check_embeddings(meta, index, ids, metric, paths)
+            else:  # flat: the index is made from the embeddings when it is asked for (Snapshot.index)
+                _check_embeddings(meta, None, ids, metric, paths)
+                index, stale = None, False
+        finally:
+            _close_all(mapped)
+        self._small = {"skipped": (skipped, files["skipped"], expected[files["skipped"]])}
+        if deletions is not None:
+            self._small["deleted"] = (deletions, files["deleted"], expected[files["deleted"]])
+        return Snapshot(self.path, manifest, meta, skipped, index, SegmentSet(tuple(segments), deleted), stale)
+
+    def _read_segments(
+        self, manifest: dict[str, Any], files: dict[str, OpenedFile], deletions: pa.Table | None
+    ) -> tuple[pa.Table, list[Segment], dict[str, np.ndarray]]:
+        """The live rows of every segment as one table, its embeddings in one array made to size: the other
+        columns are read first, then the embeddings a row group at a time into that array, so that loading
+        holds the embeddings once (no copy of a whole segment's, nor a concatenation)."""
+        dim = int(manifest["dim"])
+        schema = meta_schema(dim)
+        others = [name for name in schema.names if name != "embedding"]
+        parts, segments = [], []
+        for entry in manifest["segments"]:
+            file = files[entry["name"]]
+            try:
+                reader = file.parquet()
+                if not reader.schema_arrow.equals(schema):
+                    raise CollectionError(
+                        "its columns are not those of a simsearch collection", file=file.path, remedy=REBUILD
+                    )
+                table = reader.read(columns=others)
+            except (OSError, pa.ArrowException) as exc:
+                raise CollectionError(
+                    f"a collection file is unreadable ({exc})", file=file.path, remedy=REBUILD
+                ) from None
+            ids = sorted_ids(table)
+            if table.num_rows != entry["rows"] or (len(ids) > 1 and not (np.diff(ids) > 0).all()):
+                raise CollectionError(
+                    f"it holds {table.num_rows} rows (the manifest says {entry['rows']}), or an id twice",
+                    file=file.path,
+                    remedy=REBUILD,
+                )
+            parts.append(table)
+            del reader  # the embeddings are read by a reader of their own, below: this one's buffers go now
+            segments.append(Segment(entry["name"], table.num_rows, int(entry.get("bytes", 0)), entry["sha256"], ids))
+        deleted = self._deletions(deletions, segments, files.get(manifest["files"].get("deleted") or ""))
+        keep = [
+            ~np.isin(int64_column(t, "id"), deleted[s.name]) if s.name in deleted else None
+            for t, s in zip(parts, segments, strict=True)
+        ]
+        live = sum(t.num_rows if k is None else int(k.sum()) for t, k in zip(parts, keep, strict=True))
+        embeddings = np.empty((live, dim), np.float32)
+        at = 0
+        for entry, mask in zip(manifest["segments"], keep, strict=True):
+            file, start = files[entry["name"]], 0
+            try:
+                batches = file.parquet().iter_batches(
+                    batch_size=EMBEDDING_BATCH_ROWS, columns=["embedding"], use_threads=False
+                )
+                for batch in batches:
+                    values = embeddings_of(pa.Table.from_batches([batch]))
+                    if mask is not None:
+                        values = values[mask[start : start + len(values)]]
+                    embeddings[at : at + len(values)] = values
+                    start, at = start + batch.num_rows, at + len(values)
+            except (OSError, pa.ArrowException) as exc:
+                raise CollectionError(
+                    f"a collection file is unreadable ({exc})", file=file.path, remedy=REBUILD
+                ) from None
+        tables = [t if k is None else t.filter(arrow_array(k)) for t, k in zip(parts, keep, strict=True)]
+        rest = pa.concat_tables(tables) if tables else schema.empty_table().drop_columns(["embedding"])
+        column = pa.FixedSizeListArray.from_arrays(arrow_array(embeddings.reshape(-1)), dim)
+        return rest.append_column(schema.field("embedding"), column), segments, deleted
+
+    def _parse(self, file: OpenedFile, schema: pa.Schema) -> pa.Table:
+        try:
+            table = file.table()
+        except (OSError, pa.ArrowException) as exc:
+            raise CollectionError(f"a collection file is unreadable ({exc})", file=file.path, remedy=REBUILD) from None
+        if not table.schema.equals(schema):
+            raise CollectionError("its columns are not those of a simsearch collection", file=file.path, remedy=REBUILD)
+        return table
+
+    def _read_index(self, file: OpenedFile, dim: int, metric: str) -> Any:
+        from simsearch import vectors
+
+        try:
+            index = file.faiss_index()
+        except (RuntimeError, MemoryError):
+            raise CollectionError("not a valid FAISS index (damaged?)", file=file.path, remedy=REBUILD) from None
+        problem = vectors.index_problem(index, dim, metric)
+        if problem:
+            raise CollectionError(problem, file=file.path, remedy=REBUILD)
+        return index
+
+    @staticmethod
+    def _deletions(table: pa.Table | None, segments: list[Segment], file: OpenedFile | None) -> dict[str, np.ndarray]:
+        """The deleted ids of each segment, checked: every one names a row its segment holds."""
+        if table is None or not table.num_rows:
+            return {}
+        by_name = {segment.name: segment for segment in segments}
+        encoded = table.column("segment").combine_chunks().dictionary_encode()
+        codes = np.frombuffer(encoded.indices.buffers()[1], np.int32, len(encoded), encoded.indices.offset * 4)
+        ids = int64_column(table, "id")
+        deleted: dict[str, np.ndarray] = {}
+        for code, name in enumerate(encoded.dictionary.to_pylist()):
+            mine = np.unique(ids[codes == code])
+            segment = by_name.get(name)
+            if segment is None or not np.isin(mine, segment.ids, assume_unique=True).all():
+                raise CollectionError(
+                    f"it deletes rows that segment {str(name)[:60]!r} does not hold",
+                    file=file.path if file else None,
+                    remedy=REBUILD,
+                )
+            deleted[name] = mine
+        return deleted
+
+    def _load_format_1(self, manifest: dict[str, Any]) -> Snapshot:
         from simsearch import vectors
 
         files = manifest["files"]
@@ -330,10 +550,13 @@ class Collection:
         if not np.array_equal(np.sort(vectors.index_ids(index)), np.sort(ids)) or len(np.unique(ids)) != len(ids):
             raise CollectionError("the ids of the vectors and of the metadata differ", file=self.path, remedy=REBUILD)
         _check_embeddings(meta, index, ids, str(manifest["metric"]), paths)
+        self._small = {}
         return Snapshot(self.path, manifest, meta, skipped, index)
 
     def load_encoder(self, manifest: dict[str, Any] | None = None, device: str = "cpu") -> Encoder:
         manifest = manifest or self.read_manifest()
+        from simsearch.models.encoder import Encoder
+
         encoder = Encoder.load(self.path / manifest["files"]["encoder"], device=device)
         if encoder.fingerprint != manifest["encoder"]["fingerprint"]:
             raise CollectionError(
@@ -343,15 +566,47 @@ class Collection:
             )
         return encoder
 
-    def describe(self, snapshot: Snapshot) -> dict[str, Any]:
-        """What ``info --json`` prints (and a service answers) for ``snapshot`` of this collection: the manifest,
+    def describe(self, manifest: dict[str, Any], skipped: int) -> dict[str, Any]:
+        """What ``info --json`` prints (and a service answers) for the generation of ``manifest``: the manifest,
         the collection's path, how many files were skipped, and the unfinished rebuild (or None)."""
-        return {
-            **snapshot.manifest,
-            "path": str(self.path),
-            "skipped": snapshot.skipped.num_rows,
-            "rebuild": self.rebuild_summary(),
-        }
+        return {**manifest, "path": str(self.path), "skipped": skipped, "rebuild": self.rebuild_summary()}
+
+    def inspect(self, skipped: bool = True, attempts: int = 50) -> tuple[dict[str, Any], pa.Table | None]:
+        """What ``info`` shows, without loading the collection (its cost does not grow with it): the manifest,
+        checked to name files that all exist, and the skipped list (checksum first; not read without
+        ``skipped`` when the manifest has its count: None). A commit that lands in between makes it read the new
+        manifest, as ``load`` does."""
+        for attempt in range(attempts):
+            manifest = self.read_manifest()
+            missing = [name for name in manifest_files(manifest) if not os.path.lexists(self.path / name)]
+            if not missing and not skipped and "skipped_count" in manifest:
+                return manifest, None
+            try:
+                if missing:
+                    raise FileNotFoundError(0, "missing", missing[0])
+                name = manifest["files"]["skipped"]
+                file = OpenedFile(self.path / name)
+            except FileNotFoundError as exc:
+                if self.read_manifest().get("generation") == manifest.get("generation") or attempt + 1 == attempts:
+                    raise CollectionError(
+                        f"the manifest names '{Path(exc.filename or '?').name}', which is missing",
+                        file=self.path,
+                        remedy=REBUILD,
+                    ) from None
+                time.sleep(0.001 * attempt)
+                continue
+            try:
+                expected = (manifest.get("sha256") or {}).get("skipped")
+                if expected is not None and file.sha256() != expected:
+                    raise CollectionError(
+                        f"its sha256 does not match {MANIFEST}",
+                        file=file.path,
+                        remedy=f"the file was changed or damaged; {REBUILD}",
+                    )
+                return manifest, self._parse(file, SKIPPED_SCHEMA)
+            finally:
+                file.close()
+        raise AssertionError("unreachable")
 
     def rebuild_summary(self) -> dict[str, Any] | None:
         """What an unfinished ``index --rebuild`` has done so far (from ``rebuild.json``), or None."""
@@ -468,10 +723,13 @@ class Collection:
         """The plain file names a manifest of this folder names, even one that fails its checks (a damaged
         manifest that a rebuild replaces still says which files were its own)."""
         try:
-            files = json.loads((self.path / name).read_text()).get("files")
+            manifest = json.loads((self.path / name).read_text())
+            files, segments = manifest.get("files"), manifest.get("segments")
         except (OSError, ValueError, AttributeError, RecursionError):
             return []
-        return [f for f in files.values() if isinstance(f, str) and _plain(f)] if isinstance(files, dict) else []
+        names = list(files.values()) if isinstance(files, dict) else []
+        names += [s.get("name") for s in segments if isinstance(s, dict)] if isinstance(segments, list) else []
+        return [name for name in names if isinstance(name, str) and _plain(name)]
 
     def _current_files(self) -> set[str] | None:
         """Every name a manifest of this folder needs (live and unfinished rebuild), with the folder's own
@@ -483,7 +741,7 @@ class Collection:
             manifest = self._peek(name)
             if manifest is None:
                 return None
-            current.update(manifest["files"].values())
+            current.update(manifest_files(manifest))
         return current
 
     def _journal_names(self) -> list[str]:
@@ -513,16 +771,23 @@ class Collection:
     def _recover(self) -> None:
         """Remove what an interrupted writer left: the files its journal names that no manifest names."""
         if (self.path / JOURNAL).exists():
-            self._remove_stale({})
+            self._remove_stale(set())
 
-    def _remove_stale(self, files: dict[str, str]) -> None:
-        """Remove the files the journal names that no manifest needs (``files`` included), then the journal.
-        What cannot be removed now (a read-only folder) stays named, for a later writer."""
+    def _remove_stale(self, keep: set[str]) -> None:
+        """Remove the files the journal names that no manifest needs (``keep`` included), then the journal.
+        What cannot be removed now (a read-only folder) stays named, for a later writer, and so do the files a
+        merge is writing on its thread."""
         progress.emit(progress.REMOVING_STALE)
         current = self._current_files()
         if current is not None:  # else a manifest that cannot be read: no file can be known to be stale
-            current.update(files.values())
-            left = [name for name in self._journal_names() if name not in current and not _remove(self.path / name)]
+            with self._in_flight_lock:
+                in_flight = set(self._in_flight)
+            current.update(keep)
+            left = [
+                name
+                for name in self._journal_names()
+                if name in in_flight or (name not in current and not _remove(self.path / name))
+            ]
             with contextlib.suppress(OSError):
                 if left:
                     _write_now(self.path / JOURNAL, json.dumps({"files": left}) + "\n")
@@ -538,8 +803,8 @@ class Collection:
             manifest = self._peek(name)
             if manifest is not None:
                 numbers.append(int(manifest["generation"]))
-        for entry in os.scandir(self.path):
-            match = GENERATION_NAME.match(entry.name)
+        for name in [entry.name for entry in os.scandir(self.path)] + self._journal_names():
+            match = GENERATION_NAME.match(name)
             if match:
                 numbers.append(int(match.group(1)))
         return max(numbers, default=0) + 1
@@ -548,75 +813,117 @@ class Collection:
 
     def commit(
         self,
-        meta: pa.Table,
+        added: pa.Table,
+        removed: Sequence[int],
         skipped: pa.Table,
-        index: Any,
         encoder: Encoder,
         previous: dict[str, Any] | None,
         roots: list[str],
+        *,
+        segments: SegmentSet | None,
+        index: Any = None,
         index_info: dict[str, Any] | None = None,
         write_encoder: bool = False,
-    ) -> dict[str, Any]:
+        merges: Sequence[MergedSegment] = (),
+    ) -> tuple[dict[str, Any], SegmentSet]:
         """Write a new generation and switch the manifest to it. Call inside ``lock()``.
+
+        The generation follows ``segments`` (the live state the caller holds, None: none, the rows all in
+        ``added``): ``added`` (its new rows) becomes a new segment, the ids ``removed`` are deleted from the
+        segments that hold them, and the merges done meanwhile (``merges``, from ``start_merge``) replace their
+        sources. ``index`` is written as the vectors file when given (the approximate types, when a run finishes);
+        otherwise a flat collection names none and an approximate one keeps the file it had. The skipped list and
+        the deletions are written only when they changed.
 
         ``previous`` is the manifest this one follows (its ids, creation date and encoder folder carry over).
         ``encoder`` is written into the collection when it is new (no ``previous`` manifest, or a different
         fingerprint), or when ``write_encoder`` says so (a rebuild: the old copy may be what was damaged).
-        Returns the new manifest.
+        Returns the new manifest and segments.
         """
         from simsearch import vectors
 
-        if index.ntotal != meta.num_rows:
-            raise AssertionError(f"index has {index.ntotal} vectors, metadata {meta.num_rows} rows")
         generation = self._next_generation(previous)
         gen = f"{generation:06d}"
-        files = {
-            "vectors": f"vectors-{gen}.faiss",
-            "meta": f"meta-{gen}.parquet",
-            "skipped": f"skipped-{gen}.parquet",
+        state = (segments or SegmentSet()).without(removed)
+        for merge in merges:
+            if state.includes(merge):
+                state = state.merged(merge)
+        info = index_info or {"type": "flat", "exact": True, "factory": "IDMap2,Flat"}
+        old_files = (previous or {}).get("files", {}) if (previous or {}).get("format") == FORMAT else {}
+        files: dict[str, Any] = {
             "encoder": previous["files"]["encoder"] if previous else "encoder",
+            "skipped": f"skipped-{gen}.parquet",
+            "deleted": None,
+            "vectors": None,
         }
         fingerprint = encoder.fingerprint
         new_encoder = write_encoder or previous is None or previous["encoder"]["fingerprint"] != fingerprint
         if new_encoder:
             files["encoder"] = "encoder" if generation == 1 else f"encoder-{gen}"
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        ids = int64_column(meta, "id")
-        manifest = {
-            "format": FORMAT,
-            "generation": generation,
-            "count": meta.num_rows,
-            "dim": encoder.dim,
-            "metric": encoder.metric,
-            "encoder": {"fingerprint": fingerprint, "family": encoder.family},
-            "index": index_info or {"type": "flat", "exact": True, "factory": "IDMap2,Flat"},
-            "next_id": max(int(ids.max()) + 1 if len(ids) else 0, int(previous.get("next_id", 0)) if previous else 0),
-            "roots": roots,
-            "created": previous.get("created", now) if previous else now,
-            "updated": now,
-            "simsearch_version": __version__,
-            "files": files,
-        }
-        written = [files[key] for key in GENERATION_KEYS] + (
+        checksums: dict[str, str] = {}
+        writes: list[tuple[str, Any]] = []  # (file name, how to write it), in the order they are written
+        segment_name = f"segment-{gen}.parquet"
+        if added.num_rows:
+            writes.append((segment_name, lambda p: write_segment(added, p)))
+        for key, table in (("skipped", skipped), ("deleted", state.deleted_table())):
+            known = self._small.get(key)
+            if known is not None and known[0].equals(table):
+                files[key], checksums[key] = known[1], known[2]
+            elif table.num_rows or key == "skipped":
+                files[key] = f"{key}-{gen}.parquet"
+                writes.append((files[key], lambda p, t=table: write_parquet(t, p)))
+        if index is not None:
+            files["vectors"] = f"vectors-{gen}.faiss"
+            writes.append((files["vectors"], lambda p: vectors.write_file(index, p)))
+        elif info.get("type", "flat") != "flat" and old_files.get("vectors"):
+            files["vectors"] = old_files["vectors"]
+            checksums["vectors"] = previous["sha256"]["vectors"]  # type: ignore[index]
+        written = [name for name, _ in writes] + (
             [files["encoder"], _temporary(files["encoder"])] if new_encoder else []
         )
-        written += [_temporary(files[key]) for key in GENERATION_KEYS] + [_temporary(self.manifest_name)]
-        replaced = list((self._peek(self.manifest_name) or {}).get("files", {}).values())
+        written += [_temporary(name) for name, _ in writes] + [_temporary(self.manifest_name)]
+        replaced = manifest_files(previous_here) if (previous_here := self._peek(self.manifest_name)) else []
         writing = JOURNAL
         try:
             journal_before = self._begin(written + replaced)
-            writing = files["encoder"] if new_encoder else files["meta"]
             if new_encoder:
+                writing = files["encoder"]
                 self._write_dir(files["encoder"], encoder.write_into)
-            checksums = {}
-            for key, write in (
-                ("meta", lambda p: _write_parquet(meta, p)),
-                ("skipped", lambda p: _write_parquet(skipped, p)),
-                ("vectors", lambda p: vectors.write_file(index, p)),
-            ):
-                writing = files[key]
-                checksums[key] = self._write_file(writing, write)
-            manifest["sha256"] = checksums
+            digests = {}
+            for name, write in writes:
+                writing = name
+                digests[name] = self._write_file(name, write)
+            if added.num_rows:
+                size = (self.path / segment_name).stat().st_size
+                state = state.plus(
+                    Segment(segment_name, added.num_rows, size, digests[segment_name], sorted_ids(added))
+                )
+            for key in SEGMENTED_KEYS:
+                if files[key] in digests:
+                    checksums[key] = digests[files[key]]
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            next_id = max(
+                [int(previous.get("next_id", 0)) if previous else 0]
+                + [int(segment.ids[-1]) + 1 for segment in state.segments if len(segment.ids)]
+            )
+            manifest = {
+                "format": FORMAT,
+                "generation": generation,
+                "count": state.count,
+                "dim": encoder.dim,
+                "metric": encoder.metric,
+                "encoder": {"fingerprint": fingerprint, "family": encoder.family},
+                "index": info,
+                "next_id": next_id,
+                "roots": roots,
+                "created": previous.get("created", now) if previous else now,
+                "updated": now,
+                "simsearch_version": __version__,
+                "files": files,
+                "segments": [segment.entry() for segment in state.segments],
+                "sha256": checksums,
+                "skipped_count": skipped.num_rows,
+            }
             writing = self.manifest_name
             self._write_file(self.manifest_name, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
         except OSError as exc:
@@ -631,8 +938,13 @@ class Collection:
                 self._discard_unless_current(generation, written, journal_before)
             raise
         else:
-            self._remove_stale(files)
-            return manifest
+            for merge in merges:  # installed (or left out: its sources are gone), the file is no longer in flight
+                self._release(merge.segment.name)
+            self._small = {"skipped": (skipped, files["skipped"], checksums["skipped"])}
+            if files["deleted"]:
+                self._small["deleted"] = (state.deleted_table(), files["deleted"], checksums["deleted"])
+            self._remove_stale(set(manifest_files(manifest)))
+            return manifest, state
         reason, switched = failure
         if switched:
             raise CollectionError(
@@ -652,6 +964,64 @@ class Collection:
             file=self.path,
             remedy=f"{kept}; free some space or make the folder writable, then run the same command again",
         )
+
+    # --- merges: on a thread beside the writer ------------------------------------------------------------------
+
+    def start_merge(self, segments: SegmentSet, factor: int) -> Merge | None:
+        """Start merging what the tier policy picks from ``segments`` (``SegmentSet.to_merge``) on a thread, or
+        return None when there is nothing to merge. Call inside ``lock()``: the merged segment's name is put in
+        the journal first, so that a writer killed before it is installed leaves nothing behind; a later commit
+        installs it (``commit(merges=...)``), and the segments it replaces are then removed."""
+        sources = segments.to_merge(factor)
+        if not sources:
+            return None
+        # Named after the generation it follows: one merge at most starts after each commit.
+        name = f"segment-{(self._peek(self.manifest_name) or {}).get('generation', 0):06d}-merged.parquet"
+        self._begin([name, _temporary(name)])
+        with self._in_flight_lock:
+            self._in_flight |= {name, _temporary(name)}
+        return Merge(self, name, segments, sources)
+
+    def merge_done(self, merge: Merge) -> None:
+        """``merge`` was installed by a commit, or dropped: its file is no longer this writer's to protect (a
+        dropped one is stale, removed by the next clean-up)."""
+        self._release(merge.name)
+
+    def _release(self, name: str) -> None:
+        with self._in_flight_lock:
+            self._in_flight -= {name, _temporary(name)}
+
+    def compact(self, wait: bool = False) -> Compaction:
+        """Merge every segment into one without the deleted rows, and write an approximate index afresh when its
+        file no longer holds exactly the live rows; a format-1 collection is converted. Takes the writer lock
+        (``CollectionLocked`` while another process writes, unless ``wait``). Nothing is done to a collection
+        that is one segment without deletions, with an index file that is up to date."""
+        with self.lock(wait=wait):
+            snapshot = self.load()
+            state, manifest = snapshot.segments, snapshot.manifest
+            before = Compaction(
+                str(self.path),
+                int(manifest["generation"]),
+                len(state.segments) if state else 0,
+                sum(len(d) for d in state.deleted.values()) if state else 0,
+                folder_bytes(self.path),
+                manifest["format"],
+            )
+            if state is not None and len(state.segments) <= 1 and not state.deleted and not snapshot.index_stale:
+                return before
+            approximate = (manifest.get("index") or {}).get("type", "flat") != "flat"
+            after, _ = self.commit(
+                snapshot.meta,
+                [],
+                snapshot.skipped,
+                self.load_encoder(manifest),
+                manifest,
+                list(manifest.get("roots", [])),
+                segments=None,
+                index=snapshot.index if approximate else None,
+                index_info=manifest.get("index"),
+            )
+        return replace(before, generation_after=int(after["generation"]), bytes_after=folder_bytes(self.path))
 
     def _discard_unless_current(self, generation: int, written: list[str], journal_before: list[str]) -> bool:
         """After a failed commit: remove the files it wrote, unless the manifest already names them (the
@@ -675,7 +1045,7 @@ class Collection:
         self._begin(self._named_by(MANIFEST))
         os.replace(self.path / STAGING, self.path / MANIFEST)
         _fsync_dir(self.path)
-        self._remove_stale(staged["files"])
+        self._remove_stale(set(manifest_files(staged)))
         return staged
 
     def discard_staging(self) -> None:
@@ -683,7 +1053,7 @@ class Collection:
         self._begin(self._named_by(STAGING))
         (self.path / STAGING).unlink(missing_ok=True)
         _fsync_dir(self.path)
-        self._remove_stale({})
+        self._remove_stale(set())
 
     def _write_file(self, name: str, write: Any) -> str:
         """Write to a temporary name, fsync, rename into place, fsync the folder. Returns the file's sha256.
@@ -760,6 +1130,71 @@ class Removal:
         return dict(self.__dict__)
 
 
+@dataclass
+class Compaction:
+    """What ``Collection.compact`` found and did: the segments and deleted rows it merged away, the folder's bytes
+    before and after, the format it found; ``generation_after`` None: there was nothing to do."""
+
+    path: str
+    generation: int
+    segments: int
+    deleted: int
+    bytes: int
+    format: str
+    generation_after: int | None = None
+    bytes_after: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Merge:
+    """A merge on its thread (``Collection.start_merge``): the live rows of ``sources`` read from their files
+    (checksums first) and written as the segment ``name``; ``result`` gives it to the commit that installs it."""
+
+    def __init__(self, collection: Collection, name: str, segments: SegmentSet, sources: list[str]) -> None:
+        self.collection, self.name, self.sources = collection, name, tuple(sources)
+        by_name = {segment.name: segment for segment in segments.segments}
+        self._segments = [by_name[source] for source in sources]
+        self.deleted_before = {n: segments.deleted.get(n, np.zeros(0, np.int64)) for n in sources}
+        self._result: MergedSegment | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"simsearch merge {name}", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"Merge({self.name!r}, {len(self.sources)} segments)"
+
+    def _run(self) -> None:
+        try:
+            tables = []
+            for segment in self._segments:
+                file = OpenedFile(self.collection.path / segment.name)
+                try:
+                    if file.sha256() != segment.sha256:
+                        raise CollectionError(f"its sha256 does not match {MANIFEST}", file=file.path, remedy=REBUILD)
+                    tables.append(live_rows(file.table(), self.deleted_before[segment.name]))
+                finally:
+                    file.close()
+            table = pa.concat_tables(tables)
+            digest = self.collection._write_file(self.name, lambda p: write_segment(table, p))
+            size = (self.collection.path / self.name).stat().st_size
+            segment = Segment(self.name, table.num_rows, size, digest, sorted_ids(table))
+            self._result = MergedSegment(segment, self.sources, self.deleted_before)
+        except BaseException as exc:  # told to the writer, which drops the merge: the next one tries again
+            self.error = exc
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def result(self, wait: bool = False) -> MergedSegment | None:
+        """The merged segment when the merge is done (waiting for it with ``wait``); None while it runs, or when
+        it failed (``error`` says why)."""
+        if wait:
+            self._thread.join()
+        return None if self._thread.is_alive() else self._result
+
+
 def collection_names(home: Path) -> list[str]:
     """The names of the collections under ``home`` (folders with a manifest), sorted; none when ``home`` cannot
     be read."""
@@ -809,12 +1244,17 @@ def folder_bytes(path: Path) -> int:
     return total
 
 
+#: Rows of embeddings decoded at a time when a collection is loaded (a few MB: the loader's transient memory).
+EMBEDDING_BATCH_ROWS = 2048
+
 #: What ``simsearch map`` writes into a collection's folder (``latent.map.MAP_FOLDER``).
 MAP_FOLDER = "map"
 
 
 #: A generation's number in one of its file names (``meta-000003.parquet``, ``encoder-000003``).
-GENERATION_NAME = re.compile(r"^\.?(?:vectors|meta|skipped|encoder)-(\d+)(?:\.faiss|\.parquet)?(?:\.tmp)?$")
+GENERATION_NAME = re.compile(
+    r"^\.?(?:vectors|meta|skipped|deleted|segment|encoder)-(\d+)(?:-merged)?(?:\.faiss|\.parquet)?(?:\.tmp)?$"
+)
 
 
 def _temporary(name: str) -> str:
@@ -849,13 +1289,54 @@ def _write_now(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def _close_all(files: dict[str, OpenedFile]) -> None:
+    for file in files.values():
+        file.close()
+
+
+def _brought_up_to_date(
+    index: Any, meta: pa.Table, ids: np.ndarray, manifest: dict[str, Any], paths: Any
+) -> tuple[Any, bool]:
+    """An approximate index read from its file, made to hold exactly the live rows: it was written when a run
+    last finished, and checkpoints since then added segments and deletions. Ids are never reused, so the id sets
+    say what changed: ids it holds that are no longer live are removed, live ids it lacks are added. A graph
+    (HNSW) cannot drop vectors: it is built again from the embeddings."""
+    from simsearch import vectors
+
+    held = vectors.index_ids(index)
+    extra = np.setdiff1d(held, ids)
+    missing = np.setdiff1d(ids, held)
+    if not len(extra) and not len(missing):
+        return index, False
+    metric = str(manifest["metric"])
+    if len(extra) and not vectors.supports_removal(index):
+        spec = vectors.IndexSpec.from_json(manifest.get("index") or {"type": "flat"})
+        try:
+            return vectors.build_index(spec, embeddings_of(meta), ids, metric), True
+        except RuntimeError as exc:
+            raise CollectionError(
+                f"its {spec.type} index could not be brought up to date ({str(exc).strip()[:200]})",
+                file=paths["vectors"],
+                remedy=f"run 'simsearch compact' on a machine that can build it, or {REBUILD}",
+            ) from None
+    vectors.remove_ids(index, extra)
+    if len(missing):
+        rows = vectors.lookup(np.arange(len(ids)), ids)(missing)
+        vectors.add_vectors(index, embeddings_of(meta)[rows], missing, metric)
+    return index, True
+
+
 def _check_embeddings(meta: pa.Table, index: Any, ids: np.ndarray, metric: str, paths: dict[str, Path]) -> None:
     """Every stored embedding is finite, and equals the vector FAISS holds under its id wherever FAISS holds
-    the vector itself (flat, HNSW and IVF-Flat indexes; PQ codes are approximations)."""
+    the vector itself (flat, HNSW and IVF-Flat indexes; PQ codes are approximations). ``index`` None: the
+    index is built from these very embeddings, so only their finiteness is checked."""
     from simsearch import vectors
 
     embeddings = embeddings_of(meta)
-    finite = np.isfinite(embeddings).all(axis=1)
+    step = max(1, (4 << 20) // max(1, embeddings.shape[1]))  # 4M values at a time: no n×d array of flags
+    finite = np.concatenate(
+        [np.isfinite(embeddings[i : i + step]).all(axis=1) for i in range(0, len(embeddings), step)] or [[]]
+    ).astype(bool)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         raise CollectionError(
@@ -864,6 +1345,8 @@ def _check_embeddings(meta: pa.Table, index: Any, ids: np.ndarray, metric: str, 
             file=paths["meta"],
             remedy=REBUILD,
         )
+    if index is None:
+        return
     row_of = vectors.lookup(np.arange(len(ids)), ids)
     for stored_ids, stored in vectors.stored_vectors(index):
         rows = row_of(stored_ids)
@@ -877,17 +1360,6 @@ def _check_embeddings(meta: pa.Table, index: Any, ids: np.ndarray, metric: str, 
                 file=paths["vectors"],
                 remedy=REBUILD,
             )
-
-
-#: Rows per Parquet row group: the writer holds one encoded row group in memory, so this bounds what a commit
-#: adds to the peak (pyarrow's default, a million rows, would buffer the whole table of most collections).
-ROW_GROUP_ROWS = 16_384
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    # The file is opened here, not by pyarrow: when a write fails (a full disk), it is closed all the same.
-    with pa.OSFile(str(path), "wb") as sink:
-        pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 def _fsync_dir(path: Path) -> None:

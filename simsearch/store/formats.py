@@ -14,7 +14,11 @@ import pyarrow as pa
 
 from simsearch.metrics import METRICS
 
-FORMAT = "simsearch.collection/1"
+#: Format 2: the rows live in immutable segments, with deletions recorded apart (``segments.py``).
+FORMAT = "simsearch.collection/2"
+#: Format 1: one metadata file and one FAISS file per generation. Read as before; the next write converts it.
+FORMAT_1 = "simsearch.collection/1"
+FORMATS = (FORMAT_1, FORMAT)
 MANIFEST = "manifest.json"
 #: The manifest of an unfinished ``index --rebuild``: a whole collection of its own, written beside the live one
 #: and renamed over ``manifest.json`` when it is complete.
@@ -30,11 +34,18 @@ FIXED_NAMES = (MANIFEST, STAGING, LOCK, MARKER, JOURNAL)
 #: The state of an encoder being trained for this collection by ``index``, from which an interrupted run resumes
 #: (``training.checkpoint``); removed once the encoder is committed.
 TRAINING_CHECKPOINT = "training.ckpt"
-GENERATION_KEYS = ("meta", "skipped", "vectors")  # the files of one generation, each with its sha256
+GENERATION_KEYS = ("meta", "skipped", "vectors")  # format 1: the files of one generation, each with its sha256
+#: Format 2: the files a manifest names beside its segments (``deleted`` and ``vectors`` may be null), each with
+#: its sha256 when present.
+SEGMENTED_KEYS = ("skipped", "deleted", "vectors")
+#: The deletions of a format-2 collection: which rows of which segment are no longer live.
+DELETED_SCHEMA = pa.schema(
+    [pa.field("segment", pa.string(), nullable=False), pa.field("id", pa.int64(), nullable=False)]
+)
 
 
 def meta_schema(dim: int) -> pa.Schema:
-    """The columns of ``meta-<gen>.parquet``."""
+    """The columns of a segment (``segment-<gen>.parquet``; format 1: ``meta-<gen>.parquet``)."""
     return pa.schema(
         [
             pa.field("id", pa.int64(), nullable=False),
@@ -71,7 +82,7 @@ def meta_table(rows: Mapping[str, Sequence[Any] | np.ndarray], embeddings: np.nd
 
 def embeddings_of(table: pa.Table) -> np.ndarray:
     """The ``embedding`` column as (n, dim) float32 (a read-only view of the table's memory)."""
-    column = table.column("embedding").combine_chunks()
+    column = _one_chunk(table.column("embedding"))
     dim = column.type.list_size
     values = column.values
     return _view(values, np.float32, column.offset * dim, len(column) * dim).reshape(-1, dim)
@@ -79,8 +90,24 @@ def embeddings_of(table: pa.Table) -> np.ndarray:
 
 def int64_column(table: pa.Table, name: str) -> np.ndarray:
     """A non-null int64 column (``id``) as a read-only numpy view."""
-    column = table.column(name).combine_chunks()
+    column = _one_chunk(table.column(name))
     return _view(column, np.int64, 0, len(column))
+
+
+def arrow_array(values: np.ndarray) -> pa.Array:
+    """A 1-D numpy array of numbers or booleans as an Arrow array, without ``pa.array``: that imports pandas
+    whenever it is installed (about a second of a cold ``query``). Numbers share the numpy memory."""
+    values = np.ascontiguousarray(values)
+    if values.dtype == np.bool_:
+        bits = np.packbits(values, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
+    types = {np.dtype(np.float32): pa.float32(), np.dtype(np.int64): pa.int64(), np.dtype(np.int32): pa.int32()}
+    return pa.Array.from_buffers(types[values.dtype], len(values), [None, pa.py_buffer(values)])
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    """The column as one array: its only chunk as it is (``combine_chunks`` would copy even that), else a copy."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _view(array: pa.Array, dtype: type, start: int, count: int) -> np.ndarray:
@@ -105,11 +132,21 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _plain_name(name: Any) -> bool:
+    return isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", "..", *FIXED_NAMES)
+
+
+def manifest_files(manifest: dict[str, Any]) -> list[str]:
+    """Every file name a (checked) manifest names: its files and, in format 2, its segments."""
+    names = [name for name in manifest["files"].values() if isinstance(name, str)]
+    return names + [segment["name"] for segment in manifest.get("segments", [])]
+
+
 def manifest_problems(manifest: Any) -> str:
     """What is wrong with a parsed manifest, or "" (every field the code reads has the type it expects)."""
     if not isinstance(manifest, dict):
         return "not a JSON object"
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in FORMATS:
         return f"format is {str(manifest.get('format'))[:50]!r}, expected {FORMAT!r}"
     required = {"generation": int, "count": int, "dim": int, "metric": str, "encoder": dict, "files": dict}
     for key, kind in required.items():
@@ -121,15 +158,34 @@ def manifest_problems(manifest: Any) -> str:
     if manifest["metric"] not in METRICS:
         return f"unknown metric {manifest['metric'][:20]!r}"
     files = manifest["files"]
-    for key in (*GENERATION_KEYS, "encoder"):
-        name = files.get(key)
-        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", "..", *FIXED_NAMES):
+    segmented = manifest["format"] == FORMAT
+    for key in ("skipped", "encoder") if segmented else (*GENERATION_KEYS, "encoder"):
+        if not _plain_name(files.get(key)):
             return f"files.{key} is missing or not a plain file name"
+    if segmented:
+        for key in ("deleted", "vectors"):
+            if files.get(key) is not None and not _plain_name(files[key]):
+                return f"files.{key} is not a plain file name"
+        segments = manifest.get("segments")
+        if not isinstance(segments, list):
+            return "'segments' is missing or not a list"
+        for segment in segments:
+            if not (
+                isinstance(segment, dict)
+                and _plain_name(segment.get("name"))
+                and _is_int(segment.get("rows"))
+                and segment["rows"] >= 0
+                and isinstance(segment.get("sha256"), str)
+            ):
+                return "a segment lacks its name, rows or sha256"
+        if len({segment["name"] for segment in segments}) != len(segments):
+            return "a segment is named twice"
     if not isinstance(manifest["encoder"].get("fingerprint"), str):
         return "encoder.fingerprint is missing"
     optional = {"next_id": _is_int, "index": lambda v: isinstance(v, dict), "created": lambda v: isinstance(v, str)}
     optional["roots"] = lambda v: isinstance(v, list) and all(isinstance(r, str) for r in v)
     optional["sha256"] = lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values())
+    optional["skipped_count"] = _is_int
     for key, valid in optional.items():
         if key in manifest and not valid(manifest[key]):
             return f"'{key}' has the wrong type"

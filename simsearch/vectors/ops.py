@@ -54,6 +54,13 @@ def add_vectors(index: Any, vectors: np.ndarray, ids: np.ndarray, metric: str = 
         index.add_with_ids(x, ids)
 
 
+def knn_l2(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
+    """Rows (q, k) of ``vectors`` (n, d) nearest each query by L2, nearest first: FAISS's exact search (the
+    kernel of ``IndexFlatL2``) over the array as it is, with no index holding a copy of it."""
+    _, rows = faiss.knn(prepare(queries, "l2"), prepare(vectors, "l2"), k, faiss.METRIC_L2)
+    return np.asarray(rows)
+
+
 def remove_ids(index: Any, ids: np.ndarray) -> int:
     """Remove the given ids; returns how many were removed."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)

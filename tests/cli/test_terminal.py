@@ -256,7 +256,7 @@ def interrupt(*_: object, **__: object) -> None:
         ("index", "simsearch.indexing.index_folder", f"Interrupted: {KEPT}"),
         ("demo", "simsearch.demo.run_demo", f"Interrupted: {KEPT}"),
         ("query", "simsearch.search.expand_query_paths", f"Interrupted: query {UNCHANGED}"),
-        ("info", "simsearch.collection.Collection.load", f"Interrupted: info {UNCHANGED}"),
+        ("info", "simsearch.collection.Collection.inspect", f"Interrupted: info {UNCHANGED}"),
         ("verify", "simsearch.verification.load_encoder", f"Interrupted: verify {UNCHANGED}"),
         ("eval", "simsearch.evaluation.evaluate", f"Interrupted: eval {UNCHANGED}"),
     ],

@@ -213,14 +213,11 @@ def test_the_observer_sees_each_step_in_order(image_folder: Path, tmp_path: Path
     with progress.observing(lambda event, subject: seen.append(progress.describe(event, subject))):
         index_folder(image_folder, Collection(tmp_path / "c"), config)
     assert progress.observer() is None
+    # A checkpoint writes its segment and the manifest: the skipped list is unchanged, a flat index has no file.
     commit = [
         "journal written .pending.json",
-        "wrote temporary meta-#.parquet",
-        "renamed meta-#.parquet",
-        "wrote temporary skipped-#.parquet",
-        "renamed skipped-#.parquet",
-        "wrote temporary vectors-#.faiss",
-        "renamed vectors-#.faiss",
+        "wrote temporary segment-#.parquet",
+        "renamed segment-#.parquet",
         "wrote temporary manifest.json",
         "renamed manifest.json",
         "removing stale files",
@@ -233,7 +230,14 @@ def test_the_observer_sees_each_step_in_order(image_folder: Path, tmp_path: Path
         if not line.startswith("decoded ")
     ]
     # The raw-pixels encoder is made on the spot, and committed first (with its folder), before any embedding.
-    first = ["journal written .pending.json", "wrote temporary encoder/", "renamed encoder/", *commit[1:]]
+    first = [
+        "journal written .pending.json",
+        "wrote temporary encoder/",
+        "renamed encoder/",
+        "wrote temporary skipped-#.parquet",
+        "renamed skipped-#.parquet",
+        *commit[3:],
+    ]
     assert events == [*first, "embedded a batch of 8", *commit, "embedded a batch of 7", *commit]
     assert sorted(line for line in seen if line.startswith("decoded ")) == decoded
     assert seen.index("embedded a batch of 8") == len(first) + 8  # after the 8 images it embeds were decoded

@@ -18,6 +18,7 @@ from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFou
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.search import Searcher, vote_label
 from simsearch.store.collection import Collection, embeddings_of
+from simsearch.store.formats import manifest_files
 from tests.conftest import consistent_snapshot, pattern, write_folder
 
 META_COLUMNS = ["id", "path", "root", "label", "sha256", "bytes", "mtime", "width", "height", "embedding"]
@@ -39,25 +40,28 @@ def test_files_follow_the_documented_format(image_folder: Path, tmp_path: Path) 
     files = manifest["files"]
     assert manifest["count"] == 15 and manifest["dim"] == 256 and manifest["metric"] == "l2"
     assert manifest["roots"] == [str(image_folder.resolve())]
-    # Plain pyarrow and pandas, no simsearch.
-    table = pq.read_table(collection.path / files["meta"])
+    assert manifest["format"] == "simsearch.collection/2" and manifest["skipped_count"] == 0
+    # Plain pyarrow and pandas, no simsearch: the rows are the segments' rows, less the deleted ones.
+    assert [s["rows"] for s in manifest["segments"]] == [15] and files["deleted"] is None
+    table = pq.read_table(collection.path / manifest["segments"][0]["name"])
     assert table.column_names == META_COLUMNS
     frame = table.to_pandas()
     assert sorted(frame["label"].unique()) == ["blob", "hbars", "vbars"]
     assert frame["path"].iloc[0] == "blob/0.png" and (frame["width"] == 16).all()
     assert len(frame["embedding"].iloc[0]) == 256
-    index = faiss.read_index(str(collection.path / files["vectors"]))
-    ids = faiss.vector_to_array(index.id_map)
-    assert index.ntotal == 15
-    assert sorted(ids.tolist()) == sorted(frame["id"].tolist())
-    # FAISS vector i is the embedding of the row with that id.
-    by_id = dict(zip(frame["id"], frame["embedding"], strict=True))
-    for position, row_id in enumerate(ids):
-        np.testing.assert_array_equal(index.index.reconstruct(position), np.asarray(by_id[row_id], np.float32))
+    assert files["vectors"] is None  # a flat index is filled from the segments on load
     skipped = pq.read_table(collection.path / files["skipped"])
     assert skipped.column_names == ["path", "root", "reason"] and skipped.num_rows == 0
     enc = json.loads((collection.path / files["encoder"] / "encoder.json").read_text())
     assert enc["fingerprint"] == manifest["encoder"]["fingerprint"]
+    # A deleted image: a new deletions file names its segment and id; nothing else is rewritten.
+    (image_folder / "blob" / "0.png").unlink()
+    build(image_folder, tmp_path)
+    after = json.loads((collection.path / "manifest.json").read_text())
+    assert after["segments"] == manifest["segments"] and after["files"]["skipped"] == files["skipped"]
+    deleted = pq.read_table(collection.path / after["files"]["deleted"]).to_pylist()
+    gone = int(frame.loc[frame["path"] == "blob/0.png", "id"].iloc[0])
+    assert deleted == [{"segment": manifest["segments"][0]["name"], "id": gone}] and after["count"] == 14
 
 
 def test_indexed_image_is_its_own_nearest_neighbour(image_folder: Path, tmp_path: Path) -> None:
@@ -115,24 +119,15 @@ def test_add_delete_change_update_exactly_those_rows(image_folder: Path, tmp_pat
         assert after.loc[path, "id"] == before.loc[path, "id"]
         assert after.loc[path, "sha256"] == before.loc[path, "sha256"]
         np.testing.assert_array_equal(after.loc[path, "embedding"], before.loc[path, "embedding"])
-    assert after.loc["vbars/1.png", "id"] == before.loc["vbars/1.png", "id"]
+    # A changed file gets a new id: an id names one embedding for good.
+    assert after.loc["vbars/1.png", "id"] not in set(before["id"])
     assert after.loc["vbars/1.png", "sha256"] != before.loc["vbars/1.png", "sha256"]
     assert after.loc["blob/new.png", "id"] not in set(before["id"])
     np.testing.assert_array_equal(np.sort(faiss.vector_to_array(snapshot.index.id_map)), np.sort(after["id"].values))
     # Only the current generation's files remain.
     names = sorted(p.name for p in collection.path.iterdir())
-    files = snapshot.manifest["files"]
-    assert names == sorted(
-        [
-            ".lock",
-            ".simsearch.json",
-            "manifest.json",
-            files["encoder"],
-            files["meta"],
-            files["vectors"],
-            files["skipped"],
-        ]
-    )
+    assert names == sorted([".lock", ".simsearch.json", "manifest.json", *manifest_files(snapshot.manifest)])
+    assert len(snapshot.manifest["segments"]) == 2 and snapshot.manifest["files"]["deleted"]
 
 
 def write_broken_files(root: Path) -> None:
@@ -226,9 +221,10 @@ def test_checkpoints_commit_partial_work(image_folder: Path, tmp_path: Path) -> 
     original = collection.commit
 
     def spy(*args, **kwargs):
-        manifest = original(*args, **kwargs)
+        manifest, segments = original(*args, **kwargs)
         generations.append(manifest["count"])
-        return manifest
+        assert segments.count == manifest["count"]
+        return manifest, segments
 
     collection.commit = spy  # type: ignore[method-assign]
     index_folder(image_folder, collection, pixels_config(batch_size=4, checkpoint_every=4))

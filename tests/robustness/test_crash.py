@@ -24,7 +24,7 @@ from PIL import Image
 from simsearch.errors import CollectionNotFound
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.store.collection import Collection, Snapshot, embeddings_of
-from tests.conftest import Child, ForkServer, consistent_snapshot, pattern, write_folder
+from tests.conftest import Child, ForkServer, consistent_snapshot, current_files, pattern, write_folder
 
 # Small batches and a checkpoint after each one: many commits in a small folder.
 FAST = ["--model", "pixels", "--batch-size", "2", "--checkpoint-every", "2", "--workers", "1", "--device", "cpu"]
@@ -48,9 +48,11 @@ def rows_of(snapshot: Snapshot) -> Rows:
 
 def only_current_files(collection: Collection) -> None:
     """No leftovers: no temporary files, no older generation."""
-    files = collection.read_manifest()["files"]
-    assert sorted(p.name for p in collection.path.iterdir()) == sorted(
-        [".lock", ".simsearch.json", "manifest.json", *files.values()]
+    journal = collection.path / ".pending.json"
+    assert sorted(p.name for p in collection.path.iterdir()) == current_files(collection), (
+        journal.read_text() if journal.exists() else None,
+        collection.read_manifest()["files"],
+        sorted(p.name for p in collection.path.iterdir()),
     )
 
 
@@ -66,6 +68,7 @@ class Lab:
     after: Rows  # path → row after an uninterrupted run (ids aside, what every resumed run must end with)
     census: list[str]  # the events of an uninterrupted run
     runs: int = 0
+    args: tuple[str, ...] = tuple(FAST)  # the options of every index run
 
     def fresh_copy(self) -> Collection:
         self.runs += 1
@@ -76,7 +79,7 @@ class Lab:
 
     def index(self, collection: Collection, kill_at: int | None = None) -> Child:
         home, name = collection.path.parent, collection.path.name
-        return self.server.start("index", self.images, "--home", home, "--name", name, *FAST, kill_at=kill_at)
+        return self.server.start("index", self.images, "--home", home, "--name", name, *self.args, kill_at=kill_at)
 
     def check_survivor(self, collection: Collection) -> Rows:
         """After a kill: the collection is the old one, or a checkpoint on the way to the new one."""
@@ -176,3 +179,73 @@ def test_kill_9_at_every_kind_of_moment_loses_nothing(fork_server: ForkServer, q
         killed += child.killed
         lab.resume(collection, lab.check_survivor(collection))
     assert killed >= 5
+
+
+def kill_from_outside(lab: Lab, collection: Collection, after_events: float) -> Child:
+    """Start an index run and kill -9 it as soon as its log shows it got past ``after_events`` events."""
+    child = lab.index(collection)
+    deadline = time.monotonic() + 30
+    while len(child.events()) <= after_events and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.kill(child.pid, signal.SIGKILL)
+    return lab.server.wait(child)
+
+
+@pytest.mark.slow
+def test_kill_9_during_background_merges_loses_nothing(fork_server: ForkServer, quick_tmp: Path) -> None:
+    """A checkpoint after every 2 images and a merge as soon as 2 segments share a tier: merges run on their
+    thread all through the run, their files written while batches are embedded and commits land. Killed at
+    events of every kind (which events the merge thread's are varies from run to run) and from outside, the
+    collection is always whole, and the next run resumes; the rows are those of a run without merges."""
+    lab = make_lab(fork_server, quick_tmp, from_scratch=False)
+    lab.args = (*FAST, "--merge-factor", "2")
+    collection = lab.fresh_copy()
+    census = fork_server.wait(lab.index(collection))
+    assert census.status == {"exit": 0}, census.output()
+    assert any("-merged.parquet" in line for line in census.events())  # merges ran, and were written
+    final = consistent_snapshot(collection)
+    assert {p: r[1:] for p, r in rows_of(final).items()} == {p: r[1:] for p, r in lab.after.items()}
+    assert len(final.manifest["segments"]) < 8  # 8 segments without merges
+    merge_events = [n for n, line in enumerate(census.events()) if "-merged" in line]
+    points = sorted({*merge_events[:: max(1, len(merge_events) // 6)], *kill_points(census.events(), per_kind=1)})
+    for kill_at in points:
+        collection = lab.fresh_copy()
+        child = fork_server.wait(lab.index(collection, kill_at=kill_at))
+        if not child.killed:  # the run took another course (merges are timed by the thread): it finished
+            assert child.status == {"exit": 0}, child.output()
+        lab.resume(collection, lab.check_survivor(collection))
+    for after in np.linspace(0.1, 0.9, 6) * len(census.events()):
+        collection = lab.fresh_copy()
+        kill_from_outside(lab, collection, after)
+        lab.resume(collection, lab.check_survivor(collection))
+
+
+@pytest.mark.slow
+def test_kill_9_at_every_step_of_a_compaction_loses_nothing(fork_server: ForkServer, quick_tmp: Path) -> None:
+    """``simsearch compact`` over many segments and deletions, killed at each of its steps: the collection is
+    the one before or the one after (the same rows either way), and compacting again finishes the work."""
+    lab = make_lab(fork_server, quick_tmp, from_scratch=False)
+    base = lab.fresh_copy()
+    assert fork_server.wait(lab.index(base)).status == {"exit": 0}
+    manifest = base.read_manifest()
+    assert len(manifest["segments"]) >= 5 and manifest["files"]["deleted"]  # checkpoints, a removal and a change
+    lab.base = base.path
+
+    def compact(collection: Collection, kill_at: int | None = None) -> Child:
+        home, name = collection.path.parent, collection.path.name
+        return fork_server.wait(fork_server.start("compact", "--home", home, "--name", name, kill_at=kill_at))
+
+    census = compact(lab.fresh_copy())
+    assert census.status == {"exit": 0}, census.output()
+    assert census.events()[-1] == "removed stale files"
+    for kill_at in range(len(census.events())):
+        collection = lab.fresh_copy()
+        child = compact(collection, kill_at=kill_at)
+        assert child.killed and child.events()[-1] == census.events()[kill_at]
+        rows = rows_of(consistent_snapshot(collection))
+        assert {p: r[1:] for p, r in rows.items()} == {p: r[1:] for p, r in lab.after.items()}
+        again = compact(collection)
+        assert again.status == {"exit": 0}, again.output()
+        done = consistent_snapshot(collection)
+        assert rows_of(done) == rows and len(done.manifest["segments"]) == 1 and not done.manifest["files"]["deleted"]
+        only_current_files(collection)

@@ -27,7 +27,7 @@ from simsearch.models.autoencoder import ConvEncoder
 from simsearch.models.encoder import Encoder
 from simsearch.search import Searcher
 from simsearch.store.collection import Collection
-from tests.conftest import consistent_snapshot
+from tests.conftest import consistent_snapshot, current_files, to_format_1
 from tests.helpers import Payload, invoke
 
 REMEDY = ("--rebuild", "re-train", "re-copy", "made by training")
@@ -44,10 +44,29 @@ def tiny_model(folder: Path, seed: int = 0) -> Path:
 
 @pytest.fixture
 def home(image_folder: Path, tmp_path: Path) -> Path:
-    """A home with the collection 'c': the 15 images of image_folder, embedded by a small autoencoder."""
+    """A home with the collection 'c': the 15 images of image_folder, embedded by a small autoencoder, in one
+    segment, with an HNSW index (so that it has a FAISS file too)."""
     model = tiny_model(tmp_path / "model")
-    index_folder(image_folder, Collection(tmp_path / "home" / "c"), IndexConfig(model=str(model), device="cpu"))
+    config = IndexConfig(model=str(model), device="cpu", index_type="hnsw")
+    index_folder(image_folder, Collection(tmp_path / "home" / "c"), config)
     return tmp_path / "home"
+
+
+def file_of(manifest: dict[str, Any], key: str) -> str:
+    """The file a manifest names for ``key``: ``segment`` (format 2's first segment) or ``meta`` (format 1's
+    metadata), ``skipped``, ``vectors``, ``encoder``."""
+    if key == "segment" and manifest["format"].endswith("/2"):
+        return str(manifest["segments"][0]["name"])
+    return str(manifest["files"]["meta" if key == "segment" else key])
+
+
+def named_by(manifest_text: bytes) -> set[str]:
+    from simsearch.store.formats import manifest_files
+
+    try:
+        return set(manifest_files(json.loads(manifest_text)))
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return set()  # a manifest too damaged to read: what it named cannot be known
 
 
 def listing(folder: Path) -> dict[str, bytes]:
@@ -55,13 +74,16 @@ def listing(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def assert_refused(home: Path, image_folder: Path, *expected: str, encoder: bool = False) -> None:
+def assert_refused(
+    home: Path, image_folder: Path, *expected: str, encoder: bool = False, info: bool | None = None
+) -> None:
     """query, info and index all fail with one clear line naming ``expected``, and change nothing.
-    (``info`` does not load the encoder: with ``encoder``, it is not asked.)"""
+    (``info`` reads the manifest alone, and checks that the files it names are there — never the encoder, the
+    segments, the skipped list or the index file: with ``encoder``, or ``info=False``, it is not asked.)"""
     before = listing(home / "c")
     names_before = {p.name for p in (home / "c").iterdir()}
     commands = [("query", image_folder / "blob" / "1.png"), ("index", image_folder)]
-    for args in commands if encoder else [*commands, ("info",)]:
+    for args in [*commands, ("info",)] if (not encoder if info is None else info) else commands:
         result = invoke(*args, "--home", home, "--name", "c")
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.exit_code == 1, (args, result.output)
@@ -78,13 +100,8 @@ def assert_refused(home: Path, image_folder: Path, *expected: str, encoder: bool
     collection = Collection(home / "c")
     assert consistent_snapshot(collection).meta.num_rows == 15
     assert Searcher(collection, use_gpu=False).query_files([image_folder / "blob" / "1.png"], k=1)[0].vote == "blob"
-    files = collection.read_manifest()["files"]
-    left = {p.name for p in collection.path.iterdir()} - {".lock", ".simsearch.json", "manifest.json", *files.values()}
-    try:
-        named = set(json.loads(before["manifest.json"])["files"].values())
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        named = set()  # a manifest too damaged to read: what it named cannot be known
-    assert left <= names_before - named, left
+    left = {p.name for p in collection.path.iterdir()} - set(current_files(collection))
+    assert left <= names_before - named_by(before["manifest.json"]), left
 
 
 def edit_manifest(home: Path, change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
@@ -107,18 +124,28 @@ def fix_weights_hash(model: Path) -> None:
 # the manifest
 
 
-@pytest.mark.parametrize("key", ["meta", "skipped", "vectors", "encoder"])
+@pytest.mark.parametrize("key", ["segment", "skipped", "vectors", "encoder"])
 def test_a_manifest_naming_missing_files(home: Path, image_folder: Path, key: str) -> None:
-    manifest = edit_manifest(home, lambda m: m["files"].update({key: f"{key}-999999"}))
+    def rename(m: dict[str, Any]) -> None:
+        if key == "segment":
+            m["segments"][0]["name"] = f"{key}-999999"
+        else:
+            m["files"][key] = f"{key}-999999"
+
+    manifest = edit_manifest(home, rename)
     assert_refused(home, image_folder, f"{key}-999999", encoder=key == "encoder")
-    assert manifest["files"][key] == f"{key}-999999"  # and index deleted none of the files it does not name
+    assert file_of(manifest, key) == f"{key}-999999"  # and index deleted none of the files it does not name
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda m: m["files"].update(meta="../../outside.parquet"), "files.meta is missing or not a plain file name"),
-        (lambda m: m["files"].update(vectors="manifest.json"), "files.vectors is missing or not a plain file name"),
+        (lambda m: m["files"].update(skipped="../../x.parquet"), "files.skipped is missing or not a plain file name"),
+        (lambda m: m["files"].update(vectors="manifest.json"), "files.vectors is not a plain file name"),
+        (lambda m: m["segments"][0].update(name="../../outside.parquet"), "a segment lacks its name"),
+        (lambda m: m["segments"][0].pop("sha256"), "a segment lacks its name, rows or sha256"),
+        (lambda m: m["segments"].append(m["segments"][0]), "a segment is named twice"),
+        (lambda m: m.pop("segments"), "'segments' is missing or not a list"),
         (lambda m: m.update(files=["meta.parquet"]), "'files' is missing or not an object"),
         (lambda m: m.update(generation="7"), "'generation' is missing or not an integer"),
         (lambda m: m.update(count=True), "'count' is missing or not an integer"),
@@ -165,8 +192,9 @@ def flip(data: bytes, at: int) -> bytes:
 def other_index(home: Path, image_folder: Path, tmp_path: Path) -> bytes:
     """A valid .faiss from another collection: 10 vectors of the same size."""
     other = Collection(tmp_path / "other")
-    index_folder(image_folder / "hbars", other, IndexConfig(model=str(tmp_path / "model"), device="cpu"))
-    index_folder(image_folder / "vbars", other, IndexConfig(device="cpu"))
+    config = IndexConfig(model=str(tmp_path / "model"), device="cpu", index_type="hnsw")
+    index_folder(image_folder / "hbars", other, config)
+    index_folder(image_folder / "vbars", other, config)
     return (other.path / other.read_manifest()["files"]["vectors"]).read_bytes()
 
 
@@ -183,35 +211,37 @@ TAMPERED_VECTORS = {
 }
 
 
-@pytest.mark.parametrize("checksums", [True, False], ids=["with-checksums", "old-manifest-without-checksums"])
+@pytest.mark.parametrize("checksums", [True, False], ids=["with-checksums", "format-1-without-checksums"])
 @pytest.mark.parametrize("tamper", sorted(TAMPERED_VECTORS))
 def test_a_tampered_faiss_file(home: Path, image_folder: Path, tmp_path: Path, tamper: str, checksums: bool) -> None:
-    manifest = edit_manifest(home, lambda m: m if checksums else m.pop("sha256"))
+    manifest = edit_manifest(home, lambda m: m) if checksums else to_format_1(Collection(home / "c"), checksums=False)
     path = home / "c" / manifest["files"]["vectors"]
     path.write_bytes(TAMPERED_VECTORS[tamper](path.read_bytes(), other_index(home, image_folder, tmp_path)))
     if tamper == "flipped-vector-byte" and not checksums:
         # Without a checksum, the changed float is found by comparing the vectors with the stored embeddings.
-        assert_refused(home, image_folder, manifest["files"]["vectors"], "differs from its embedding")
+        assert_refused(home, image_folder, manifest["files"]["vectors"], "differs from its embedding", info=False)
         return
     if checksums:
-        assert_refused(home, image_folder, manifest["files"]["vectors"], "sha256 does not match manifest.json")
+        assert_refused(
+            home, image_folder, manifest["files"]["vectors"], "sha256 does not match manifest.json", info=False
+        )
     else:
-        assert_refused(home, image_folder, "c")
+        assert_refused(home, image_folder, "c", info=False)
 
 
-@pytest.mark.parametrize("key", ["meta", "skipped"])
-@pytest.mark.parametrize("checksums", [True, False], ids=["with-checksums", "old-manifest-without-checksums"])
+@pytest.mark.parametrize("key", ["segment", "skipped"])
+@pytest.mark.parametrize("checksums", [True, False], ids=["with-checksums", "format-1-without-checksums"])
 def test_tampered_parquet_files(home: Path, image_folder: Path, tmp_path: Path, key: str, checksums: bool) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    manifest = edit_manifest(home, lambda m: m if checksums else m.pop("sha256"))
-    path = home / "c" / manifest["files"][key]
+    manifest = edit_manifest(home, lambda m: m) if checksums else to_format_1(Collection(home / "c"), checksums=False)
+    path = home / "c" / file_of(manifest, key)
     table = pq.read_table(path)
     pq.write_table(
         table.drop_columns([table.column_names[-1]]).append_column("x", pa.array([1] * table.num_rows)), path
     )
-    assert_refused(home, image_folder, manifest["files"][key])
+    assert_refused(home, image_folder, file_of(manifest, key), info=False)  # info reads the manifest alone
 
 
 @pytest.mark.parametrize("damage", ["nan", "infinity", "differs-from-its-vector"])
@@ -224,21 +254,21 @@ def test_damaged_embeddings_that_checksums_cannot_see(home: Path, image_folder: 
     from simsearch.store.collection import embeddings_of
 
     manifest = json.loads((home / "c" / "manifest.json").read_text())
-    path = home / "c" / manifest["files"]["meta"]
+    path = home / "c" / file_of(manifest, "segment")
     table = pq.read_table(path)
     embeddings, row = embeddings_of(table).copy(), 7
     embeddings[row, 1] = {"nan": np.nan, "infinity": -np.inf}.get(damage, embeddings[row, 1] + 0.5)
     column = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.ravel(), pa.float32()), embeddings.shape[1])
     table = table.set_column(table.schema.get_field_index("embedding"), table.schema.field("embedding"), column)
     pq.write_table(table, path)
-    edit_manifest(home, lambda m: m["sha256"].update(meta=hashlib.sha256(path.read_bytes()).hexdigest()))
+    edit_manifest(home, lambda m: m["segments"][0].update(sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
     row_id, name = table.column("id")[row].as_py(), table.column("path")[row].as_py()
     if damage == "differs-from-its-vector":
         expected = f"the vector of id {row_id} ({name!r}) differs from its embedding in {path.name}"
-        assert_refused(home, image_folder, manifest["files"]["vectors"], expected)
+        assert_refused(home, image_folder, manifest["files"]["vectors"], expected, info=False)
     else:
         expected = f"{path}: row {row} (id {row_id}, {name!r}) holds a NaN or infinite embedding (1 rows in all)"
-        assert_refused(home, image_folder, expected)
+        assert_refused(home, image_folder, expected, info=False)
 
 
 def test_index_checks_know_every_index_that_keeps_ids() -> None:

@@ -118,7 +118,7 @@ def test_an_empty_folder_becomes_a_collection_and_keeps_its_marker(image_folder:
     target.mkdir()
     assert invoke("index", image_folder, "--name", target, "--model", "pixels").exit_code == 0
     marker = json.loads((target / ".simsearch.json").read_text())
-    assert marker["format"] == "simsearch.collection/1"
+    assert marker["format"] == "simsearch.collection/2"
     assert consistent_snapshot(Collection(target)).meta.num_rows == 15
     # Files a user leaves in a collection are not simsearch's: commits never remove them.
     (target / "meta-000099.parquet").write_bytes(b"mine")

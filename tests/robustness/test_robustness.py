@@ -213,16 +213,24 @@ def failing(real, errno_: int, nth: int = 1):
     return wrapper
 
 
-# (what fails, its nth call, errno) → the file the error names
+def add_changes(folder: Path) -> None:
+    """Three new images and an unreadable file: a commit that writes a segment, the skipped list, and (in an HNSW
+    collection) the index file, then the manifest."""
+    add_images(folder, 3, seed=1)
+    (folder / "blob" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+
+
+# (what fails, its nth call, errno) → the file the error names. The commit writes, in order: the journal, the new
+# segment, the skipped list, the HNSW index, the manifest.
 WRITE_FAILURES = {
-    "meta-parquet-disk-full": ("pyarrow.parquet.write_table", 1, errno.ENOSPC, "meta-000003.parquet"),
+    "segment-parquet-disk-full": ("pyarrow.parquet.write_table", 1, errno.ENOSPC, "segment-000003.parquet"),
     "skipped-parquet-quota": ("pyarrow.parquet.write_table", 2, errno.EDQUOT, "skipped-000003.parquet"),
     "vectors-disk-full": ("faiss.write_index", 1, errno.ENOSPC, "vectors-000003.faiss"),
     "manifest-disk-full": ("pathlib.Path.write_text", 1, errno.ENOSPC, "manifest.json"),
     "journal-read-only": ("os.open", 1, errno.EROFS, ".pending.json"),
     "fsync-io-error": ("os.fsync", 5, errno.EIO, "skipped-000003.parquet"),
-    "rename-read-only": ("os.replace", 1, errno.EROFS, "meta-000003.parquet"),
-    "create-read-only": ("os.open", 3, errno.EROFS, "meta-000003.parquet"),
+    "rename-read-only": ("os.replace", 1, errno.EROFS, "segment-000003.parquet"),
+    "create-read-only": ("os.open", 3, errno.EROFS, "segment-000003.parquet"),
     "create-permission-denied": ("os.open", 7, errno.EACCES, "vectors-000003.faiss"),
     "manifest-rename-read-only": ("os.replace", 4, errno.EROFS, "manifest.json"),
 }
@@ -234,14 +242,14 @@ def test_a_failing_write_keeps_the_previous_generation(
 ) -> None:
     target, nth, code, name = WRITE_FAILURES[case]
     collection = Collection(tmp_path / "default")
-    index_folder(image_folder, collection, pixels_config())
+    index_folder(image_folder, collection, pixels_config(index_type="hnsw"))
     before = files_of(collection.path)
-    add_images(image_folder, 3, seed=1)
+    add_changes(image_folder)
     module, attribute = target.rsplit(".", 1)
     owner = Path if module == "pathlib.Path" else importlib.import_module(module)
     with monkeypatch.context() as patch:
         patch.setattr(owner, attribute, failing(getattr(owner, attribute), code, nth))
-        result = invoke("index", image_folder, "--home", tmp_path)
+        result = invoke("index", image_folder, "--home", tmp_path, "--type", "hnsw")
     assert result.exit_code == 1
     assert error_lines(result) == [
         f"Error: {collection.path}: could not write {name} ({os.strerror(code)}) — the collection is as it was "
@@ -249,7 +257,9 @@ def test_a_failing_write_keeps_the_previous_generation(
     ]
     assert files_of(collection.path) == before  # byte for byte: no new generation, no temporary file
     assert consistent_snapshot(collection).meta.num_rows == 15
-    again = invoke("index", image_folder, "--home", tmp_path)  # the problem fixed, the same command resumes
+    again = invoke(
+        "index", image_folder, "--home", tmp_path, "--type", "hnsw"
+    )  # the problem fixed, the same command resumes
     assert again.exit_code == 0, again.output
     assert consistent_snapshot(collection).meta.num_rows == 18
 
@@ -258,12 +268,12 @@ def test_a_failure_after_the_switch_says_the_generation_was_committed(
     image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     collection = Collection(tmp_path / "default")
-    index_folder(image_folder, collection, pixels_config())
-    add_images(image_folder, 3, seed=1)
+    index_folder(image_folder, collection, pixels_config(index_type="hnsw"))
+    add_changes(image_folder)
     # The journal and each of the four files is fsynced, then its folder: the 10th fsync is the folder's, after the
     # manifest swap.
     monkeypatch.setattr(os, "fsync", failing(os.fsync, errno.EIO, nth=10))
-    result = invoke("index", image_folder, "--home", tmp_path)
+    result = invoke("index", image_folder, "--home", tmp_path, "--type", "hnsw")
     assert result.exit_code == 1
     assert error_lines(result) == [
         f"Error: {collection.path}: generation 3 was committed, but then {os.strerror(errno.EIO)} (manifest.json) "
@@ -377,19 +387,19 @@ def test_ctrl_c_in_the_middle_of_a_commit_keeps_the_previous_generation(
     image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     collection = Collection(tmp_path / "default")
-    index_folder(image_folder, collection, pixels_config())
+    index_folder(image_folder, collection, pixels_config(index_type="hnsw"))
     before = files_of(collection.path)
-    add_images(image_folder, 3, seed=1)
+    add_changes(image_folder)
     real = vectors.write_file
 
-    def interrupted(index, path):  # the vectors file: after meta and skipped were renamed into place
+    def interrupted(index, path):  # the vectors file: after the segment and skipped were renamed into place
         real(index, path)
         with open(path, "r+b") as f:
             f.truncate(path.stat().st_size // 2)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(vectors, "write_file", interrupted)
-    result = invoke("index", image_folder, "--home", tmp_path)
+    result = invoke("index", image_folder, "--home", tmp_path, "--type", "hnsw")
     assert result.exit_code == 130
     assert error_lines(result) == ["Interrupted: work committed so far is kept; run the same command again to resume."]
     assert files_of(collection.path) == before

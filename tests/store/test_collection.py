@@ -13,6 +13,7 @@ from simsearch import vectors
 from simsearch.collection import SKIPPED_SCHEMA, Collection, meta_table
 from simsearch.errors import CollectionError, CollectionNotFound
 from simsearch.io import Preprocess
+from simsearch.store.formats import manifest_files
 from simsearch.training import pixels_encoder
 
 
@@ -32,11 +33,14 @@ def generation(
         x,
         16,
     )  # fmt: skip
-    index = vectors.new_index(16)
-    vectors.add_vectors(index, x, ids)
-    return collection.commit(
-        table, SKIPPED_SCHEMA.empty_table(), index, encoder, previous, ["/r"], write_encoder=write_encoder
+    manifest, _ = collection.commit(
+        table, [], SKIPPED_SCHEMA.empty_table(), encoder, previous, ["/r"], segments=None, write_encoder=write_encoder
     )
+    return manifest
+
+
+def named(manifest: dict) -> set[str]:
+    return set(manifest_files(manifest))
 
 
 def test_a_killed_commit_is_cleaned_up_by_the_next_writer_and_nothing_else(tmp_path: Path) -> None:
@@ -44,16 +48,17 @@ def test_a_killed_commit_is_cleaned_up_by_the_next_writer_and_nothing_else(tmp_p
     with collection.lock():
         first = generation(collection, 5)
     # What a writer killed mid-commit leaves: its journal, a half-written file, a generation never switched to.
-    (collection.path / ".meta-000002.parquet.tmp").write_bytes(b"half")
-    (collection.path / "vectors-000002.faiss").write_bytes(b"orphan")
+    (collection.path / ".segment-000002.parquet.tmp").write_bytes(b"half")
+    (collection.path / "deleted-000002.parquet").write_bytes(b"orphan")
+    segment = first["segments"][0]["name"]
     (collection.path / ".pending.json").write_text(
-        json.dumps({"files": [".meta-000002.parquet.tmp", "vectors-000002.faiss", first["files"]["meta"]]})
+        json.dumps({"files": [".segment-000002.parquet.tmp", "deleted-000002.parquet", segment]})
     )
-    (collection.path / "meta-000009.parquet").write_bytes(b"the user's, named like ours")
+    (collection.path / "segment-000009.parquet").write_bytes(b"the user's, named like ours")
     with collection.lock():
         pass
     names = {p.name for p in collection.path.iterdir()}
-    assert names == {".lock", ".simsearch.json", "manifest.json", *first["files"].values(), "meta-000009.parquet"}
+    assert names == {".lock", ".simsearch.json", "manifest.json", *named(first), "segment-000009.parquet"}
     assert collection.load().meta.num_rows == 5  # the journal named a current file too: kept
 
 
@@ -80,12 +85,12 @@ def test_a_rebuild_is_invisible_until_adopted_and_can_be_dropped(tmp_path: Path)
         staging = live.staging()
         staged = generation(staging, 6, previous=first, seed=1, write_encoder=True)  # as index --rebuild does
         assert staged["generation"] > first["generation"]
-        assert not set(staged["files"].values()) & set(first["files"].values())  # never the same names
+        assert not named(staged) & named(first)  # never the same names
         assert live.load().meta.num_rows == 4 and live.rebuild_summary()["count"] == 6
         adopted = live.adopt_staging()
     assert live.load().meta.num_rows == 6 and adopted["generation"] == staged["generation"]
     assert live.rebuild_summary() is None
-    assert not any((live.path / name).exists() for name in first["files"].values())
+    assert not any((live.path / name).exists() for name in named(first))
     with live.lock():
         generation(live.staging(), 2, previous=adopted, seed=2)
         live.discard_staging()
@@ -94,7 +99,7 @@ def test_a_rebuild_is_invisible_until_adopted_and_can_be_dropped(tmp_path: Path)
         ".lock",
         ".simsearch.json",
         "manifest.json",
-        *adopted["files"].values(),
+        *named(adopted),
     }
 
 
@@ -123,7 +128,10 @@ def test_embeddings_that_disagree_with_the_faiss_vectors_are_refused(tmp_path: P
     )  # fmt: skip
     index = vectors.new_index(16)
     vectors.add_vectors(index, x, np.array([0, 2, 1]))  # ids 1 and 2 given each other's vectors
-    with collection.lock():
-        collection.commit(table, SKIPPED_SCHEMA.empty_table(), index, encoder, None, ["/r"])
+    with collection.lock():  # an HNSW collection keeps its FAISS file, checked against the embeddings on load
+        info = {"type": "hnsw", "exact": False, "factory": "IDMap2,HNSW32"}
+        collection.commit(
+            table, [], SKIPPED_SCHEMA.empty_table(), encoder, None, ["/r"], segments=None, index=index, index_info=info
+        )
     with pytest.raises(CollectionError, match="differs from its embedding"):
         collection.load()

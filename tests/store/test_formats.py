@@ -65,16 +65,28 @@ def good_manifest() -> dict:
         "dim": 8,
         "metric": "l2",
         "encoder": {"fingerprint": "ab" * 32, "family": "pixels"},
-        "files": {
-            "meta": "meta-000003.parquet",
-            "skipped": "skipped-000003.parquet",
-            "vectors": "vectors-000003.faiss",
-            "encoder": "encoder",
-        },
+        "files": {"skipped": "skipped-000003.parquet", "deleted": None, "vectors": None, "encoder": "encoder"},
+        "segments": [
+            {"name": "segment-000001.parquet", "rows": 10, "bytes": 100, "sha256": "00"},
+            {"name": "segment-000003.parquet", "rows": 5, "bytes": 50, "sha256": "01"},
+        ],
         "roots": ["/images"],
         "next_id": 15,
-        "sha256": {"meta": "00"},
+        "sha256": {"skipped": "00"},
     }
+
+
+def format_1_manifest() -> dict:
+    manifest = good_manifest()
+    del manifest["segments"]
+    manifest["format"] = "simsearch.collection/1"
+    manifest["files"] = {
+        "meta": "meta-000003.parquet",
+        "skipped": "skipped-000003.parquet",
+        "vectors": "vectors-000003.faiss",
+        "encoder": "encoder",
+    }
+    return manifest
 
 
 @pytest.mark.parametrize(
@@ -87,8 +99,13 @@ def good_manifest() -> dict:
         (lambda m: m.update(metric="dot"), "unknown metric"),
         (lambda m: m.update(encoder=[]), "'encoder' is missing or not an object"),
         (lambda m: m["encoder"].pop("fingerprint"), "encoder.fingerprint is missing"),
-        (lambda m: m["files"].update(meta="../../etc/passwd"), "files.meta is missing or not a plain file name"),
-        (lambda m: m["files"].update(vectors=".lock"), "files.vectors is missing or not a plain file name"),
+        (lambda m: m["files"].update(skipped="../../etc/passwd"), "files.skipped is missing or not a plain file name"),
+        (lambda m: m["files"].update(vectors=".lock"), "files.vectors is not a plain file name"),
+        (lambda m: m["files"].update(deleted="a/b"), "files.deleted is not a plain file name"),
+        (lambda m: m.pop("segments"), "'segments' is missing or not a list"),
+        (lambda m: m["segments"][1].update(rows=-1), "a segment lacks its name, rows or sha256"),
+        (lambda m: m["segments"][1].update(name="manifest.json"), "a segment lacks its name, rows or sha256"),
+        (lambda m: m["segments"].append(m["segments"][0]), "a segment is named twice"),
         (lambda m: m["files"].update(encoder="rebuild.json"), "files.encoder is missing or not a plain file name"),
         (lambda m: m.update(roots=["/a", 3]), "'roots' has the wrong type"),
         (lambda m: m.update(next_id="15"), "'next_id' has the wrong type"),
@@ -98,6 +115,20 @@ def good_manifest() -> dict:
 def test_the_manifest_check_names_what_is_wrong(change, problem: str) -> None:
     assert manifest_problems(good_manifest()) == ""
     manifest = copy.deepcopy(good_manifest())
+    change(manifest)
+    assert problem in manifest_problems(manifest)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda m: m["files"].update(meta="../../etc/passwd"), "files.meta is missing or not a plain file name"),
+        (lambda m: m["files"].update(vectors=None), "files.vectors is missing or not a plain file name"),
+    ],
+)
+def test_a_format_1_manifest_is_checked_as_format_1_was(change, problem: str) -> None:
+    assert manifest_problems(format_1_manifest()) == ""
+    manifest = copy.deepcopy(format_1_manifest())
     change(manifest)
     assert problem in manifest_problems(manifest)
 

@@ -11,6 +11,7 @@ import pytest
 from simsearch.collection import Collection
 from simsearch.errors import CollectionError, CollectionLocked, CollectionNotFound
 from simsearch.store.collection import collection_names, list_collections, remove_collection
+from simsearch.store.formats import manifest_files
 from tests.store.test_collection import generation
 
 
@@ -28,9 +29,9 @@ def test_list_collections_reads_each_manifest_only(tmp_path: Path) -> None:
     (home / "notes").mkdir()  # not a collection: left out
     (home / "notes" / "x.txt").write_text("x")
     (home / "file.txt").write_text("x")
-    # Only the manifest is read: a collection whose index file is damaged is listed as it was committed.
+    # Only the manifest is read: a collection whose segment is damaged is listed as it was committed.
     manifest = json.loads((a.path / "manifest.json").read_text())
-    (a.path / manifest["files"]["vectors"]).write_bytes(b"damaged")
+    (a.path / manifest["segments"][0]["name"]).write_bytes(b"damaged")
     found = list_collections(home)
     assert [c.name for c in found] == ["a", "b"] and collection_names(home) == ["a", "b"]
     first = found[0]
@@ -124,9 +125,9 @@ def test_remove_of_an_unknown_name_lists_the_collections(tmp_path: Path) -> None
 
 def test_an_interrupted_removal_is_finished_by_the_next_one(tmp_path: Path) -> None:
     collection = make(tmp_path, "c")
-    files = json.loads((collection.path / "manifest.json").read_text())["files"]
+    files = manifest_files(json.loads((collection.path / "manifest.json").read_text()))
     # What a removal killed after the manifest went leaves: the journal naming the files, the files, the marker.
-    (collection.path / ".pending.json").write_text(json.dumps({"files": sorted(files.values())}))
+    (collection.path / ".pending.json").write_text(json.dumps({"files": sorted(files)}))
     (collection.path / "manifest.json").unlink()
     assert [c.problem for c in list_collections(tmp_path)] == [
         "nothing committed: an interrupted first index or removal"
