@@ -5,6 +5,7 @@ each type, building one over vectors, and the search parameters each takes.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -149,6 +150,7 @@ def build_index(
     train_size: int | None = None,
     holdout: np.ndarray | None = None,
     on_gpu: bool = False,
+    workers: int = 0,
 ) -> Any:
     """An index of ``spec`` holding ``vectors`` under ``ids``; IVF types are first trained on a random sample
     of them (at most ``train_size``: default 64 per cell, at least 100,000) that leaves out the rows
@@ -157,7 +159,8 @@ def build_index(
 
     With ``on_gpu``, IVF types are trained and filled on the GPU and the GPU index is returned (``on_cpu``
     copies it back); ``cagra`` is always built on the GPU, and returned there only with ``on_gpu``. Without a
-    GPU, a ``cagra`` spec is built as the HNSW graph it is searched as on a CPU."""
+    GPU, a ``cagra`` spec is built as the HNSW graph it is searched as on a CPU. An IVF index of
+    ``SHARDED_MIN`` vectors or more is filled in shards on ``workers`` threads (``add_sharded``)."""
     x = prepare(vectors, metric)
     spec = buildable(spec, len(x), x.shape[1])
     if spec.type == "cagra":
@@ -174,10 +177,42 @@ def build_index(
         pool = np.setdiff1d(np.arange(len(x)), holdout) if holdout is not None else np.arange(len(x))
         size = train_size or max(100_000, 64 * (spec.nlist or 1))
         index.train(x[np.sort(rng.choice(pool, size, replace=False))] if len(pool) > size else x[pool])
-    for start in range(0, len(x), 100_000):
-        add_vectors(index, x[start : start + 100_000], ids[start : start + 100_000], "l2")
+    if spec.type in ("ivf", "ivfpq") and not is_on_gpu(index) and len(x) >= SHARDED_MIN:
+        add_sharded(index, x, ids, workers)
+    else:
+        for start in range(0, len(x), 100_000):
+            add_vectors(index, x[start : start + 100_000], ids[start : start + 100_000], "l2")
     set_search_params(index, spec)
     return index
+
+
+#: Vectors from which an IVF index is filled in shards (``add_sharded``).
+SHARDED_MIN = 1_000_000
+
+
+def add_sharded(index: Any, vectors: np.ndarray, ids: np.ndarray, workers: int = 0, shard: int = 1_000_000) -> None:
+    """Fill a trained, empty IVF ``index`` in shards: each shard of ``shard`` vectors is added to a copy of the
+    trained index on its own thread (``workers``; 0: one per core), and the shards are merged into ``index``
+    with FAISS's ``merge_from`` (the inverted lists appended, nothing computed again). The quantiser is trained
+    once; every vector lands in the same cell as a plain ``add`` would put it."""
+    import concurrent.futures
+
+    starts = list(range(0, len(vectors), shard))
+    workers = workers or max(1, min(len(starts), os.cpu_count() or 1))
+
+    if index.ntotal:
+        raise ValueError("add_sharded fills an empty index")
+    parts: list[Any] = [faiss.clone_index(index) for _ in starts]  # copies of the trained, empty index
+
+    def fill(n: int) -> int:
+        add_vectors(parts[n], vectors[starts[n] : starts[n] + shard], ids[starts[n] : starts[n] + shard], "l2")
+        return n
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # FAISS releases the GIL while it adds
+        for done in concurrent.futures.as_completed([pool.submit(fill, n) for n in range(len(starts))]):
+            n = done.result()
+            index.merge_from(parts[n], 0)  # moves the shard's lists: it is empty afterwards
+            parts[n] = None
 
 
 def buildable(spec: IndexSpec, n: int, dim: int) -> IndexSpec:
