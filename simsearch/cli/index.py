@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -12,6 +13,9 @@ from simsearch.cli.core import KEPT, _errors, _unchanged, app
 from simsearch.cli.options import NAME_HELP, _channels_option, _home_option, _train_config
 from simsearch.cli.render import _describe_index, _print_json, _render_index_report, _RichProgress, out, shown
 from simsearch.models.registry import family_names
+
+if TYPE_CHECKING:  # imported inside the command: --help imports no Ray (nor torch)
+    from simsearch.engines.ray import RayEngine
 
 
 @app.command()
@@ -72,12 +76,25 @@ def index(
         help="Let a folder that holds no images now remove its images from the collection (refused by default: an "
         "unmounted drive looks empty).",
     ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="Where files are decoded and embedded: local (worker processes here) or ray (Ray actors: a local Ray, "
+        "or the cluster at --address; needs pip install 'simsearch[ray]').",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="With --engine ray: the Ray cluster to join (HOST:PORT, auto, ray://HOST:PORT). Every node must see "
+        "the images at the same absolute paths (shared storage).",
+    ),
 ) -> None:
     """Index a folder of images into a collection; re-runs only embed new or changed files.
 
     Example: simsearch index ./images --name photos
     """
     with _errors(KEPT) as stop:
+        chosen = _engine(engine, address, batch_size, device)
         from simsearch.indexing import IndexConfig, index_folder
         from simsearch.store.collection import Collection, resolve_path
 
@@ -110,8 +127,50 @@ def index(
             train=_train_config("autoencoder", dim, size, epochs, max_seconds, seed, device),
         )
         with _RichProgress() as progress:
-            report = index_folder(images, collection, config, progress, training_saved=training_saved)
+            report = index_folder(images, collection, config, progress, engine=chosen, training_saved=training_saved)
         _render_index_report(report)
+        if chosen is not None and report.embedded:
+            _render_ray_spread(chosen)
+
+
+#: ``--engine`` values: the local engine (the default), and Ray.
+ENGINES = ("local", "ray")
+
+
+def _engine(engine: str, address: str | None, batch_size: int, device: str) -> RayEngine | None:
+    """The engine ``--engine`` and ``--address`` ask for: None for the local one (``index_folder``'s default), or a
+    ``RayEngine`` (imported here: ``--help`` imports no Ray)."""
+    from simsearch.errors import UsageError, option
+
+    if engine not in ENGINES:
+        raise UsageError(f"{option('engine')} must be {' or '.join(ENGINES)}, not {engine!r}")
+    if engine == "local":
+        if address is not None:
+            raise UsageError(
+                f"{option('address')} names a Ray cluster, which only the Ray engine uses",
+                remedy=f"add {option('engine', 'ray')}, or drop {option('address')}",
+            )
+        return None
+    from simsearch.engines.ray import RayEngine
+
+    return RayEngine(address, batch_size=batch_size, device=device)
+
+
+def _render_ray_spread(engine: RayEngine) -> None:
+    """One line: how many batches each Ray node read and embedded, and with how many actors."""
+    batches, actors = engine.batches_per_node, engine.actors_per_node
+    if not batches:
+        return
+
+    def plural(n: int, word: str, many: str) -> str:
+        return f"{n:,} {word if n == 1 else many}"
+
+    nodes = sorted(set(batches) | set(actors))
+    spread = ", ".join(
+        f"{node[:8]} {batches.get(node, 0):,} ({plural(actors.get(node, 0), 'actor', 'actors')})" for node in nodes
+    )
+    embedded = plural(sum(batches.values()), "batch", "batches")
+    out.print(f"Ray: {embedded} embedded on {plural(len(nodes), 'node', 'nodes')}: {spread}.")
 
 
 @app.command()

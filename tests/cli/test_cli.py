@@ -124,7 +124,7 @@ from simsearch.cli import app
 for args in (["--help"], ["query", "--help"], ["index", "--help"], ["serve", "--help"]):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-heavy = sorted(m for m in ("torch", "faiss", "numpy", "pyarrow", "PIL", "fastapi", "uvicorn") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "faiss", "numpy", "pyarrow", "PIL", "fastapi", "uvicorn", "ray") if m in sys.modules)
 print(",".join(heavy))
 """
 
