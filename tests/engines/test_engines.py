@@ -157,18 +157,23 @@ def test_the_local_engine_keeps_job_order_and_reasons(image_folder: Path) -> Non
     engine: Embedder = LocalEngine(workers=2, batch_size=3)
     got = list(engine.embed(encoder, iter(jobs), len(entries)))
     want = list(InlineEmbedder().embed(encoder, iter(jobs), len(entries)))
+    assert_same_batches(got, want, jobs)
+
+
+def assert_same_batches(got: list[EmbeddedBatch], want: list[EmbeddedBatch], jobs: list[LoadJob], atol: float = 0.0):
+    """Two engines' batches for ``jobs``: in order, one result per file, the same facts and skip reasons, and the
+    same embeddings (bit for bit; within ``atol`` where the engines may batch differently)."""
     assert [b.job for b in got] == jobs
     for a, b in zip(got, want, strict=True):
         assert [type(r) for r in a.results] == [type(r) for r in b.results]
         for x, y in zip(a.results, b.results, strict=True):
             if isinstance(x, Row):
-                assert isinstance(y, Row) and (x.sha256, x.bytes, x.width, x.height) == (
-                    y.sha256,
-                    y.bytes,
-                    y.width,
-                    y.height,
-                )
-                assert x.embedding.tobytes() == y.embedding.tobytes()
+                assert isinstance(y, Row)
+                assert (x.sha256, x.bytes, x.width, x.height) == (y.sha256, y.bytes, y.width, y.height)
+                if atol:
+                    np.testing.assert_allclose(x.embedding, y.embedding, rtol=0, atol=atol)
+                else:
+                    assert x.embedding.tobytes() == y.embedding.tobytes()
             else:
                 assert x == y
 

@@ -31,7 +31,7 @@ from simsearch.indexing import IndexConfig, index_folder
 from simsearch.io import LoadJob, Preprocess, find_images
 from simsearch.store.collection import Collection, embeddings_of
 from tests.conftest import consistent_snapshot, pattern
-from tests.engines.test_engines import summary
+from tests.engines.test_engines import assert_same_batches, summary
 from tests.helpers import error_lines, invoke
 from tests.indexing.test_indexing import write_broken_files
 
@@ -142,21 +142,9 @@ def test_jobs_come_back_in_order_and_closing_early_ends_the_actors(image_folder:
     engine = RayEngine(batch_size=3)
     got = list(engine.embed(encoder, iter(jobs), len(entries)))
     want = list(LocalEngine(workers=2, batch_size=3).embed(encoder, iter(jobs), len(entries)))
-    assert [b.job for b in got] == jobs
-    for a, b in zip(got, want, strict=True):
-        assert [type(r) for r in a.results] == [type(r) for r in b.results]
-        for x, y in zip(a.results, b.results, strict=True):
-            if isinstance(x, Row):
-                assert isinstance(y, Row) and (x.sha256, x.bytes, x.width, x.height) == (
-                    y.sha256,
-                    y.bytes,
-                    y.width,
-                    y.height,
-                )
-                np.testing.assert_allclose(x.embedding, y.embedding, rtol=0, atol=1e-5)
-                assert x.embedding.flags.writeable  # a copy, not a view of Ray's object store
-            else:
-                assert x == y
+    assert_same_batches(got, want, jobs, atol=1e-5)
+    for batch in got:  # copies, not views of Ray's object store
+        assert all(r.embedding.flags.writeable for r in batch.results if isinstance(r, Row))
     assert wait_for_free_cpus() == CPUS
 
     # Closed after its first batch (the caller's error or Ctrl-C): outstanding work cancelled, actors killed.

@@ -263,7 +263,8 @@ def test_stored_vectors_are_the_vectors_added(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
 def test_an_ivf_index_filled_in_shards_equals_one_filled_at_once(kind: str) -> None:
     """``add_sharded``: the quantiser trained once, shards added to copies on threads and merged with FAISS's
-    ``merge_from``: every vector in the cell a plain add puts it in, with the same code, so searches agree."""
+    ``merge_from``: here every vector is in the cell a plain add puts it in, with the same code, so searches agree
+    (on a cell's border, batches of other sizes may round a vector into the next cell: not among these)."""
     import faiss
 
     from simsearch.vectors.types import add_sharded
