@@ -580,9 +580,10 @@ class _Run:
             index_info=self.info, write_encoder=self.write_encoder, merges=[merged] if merged else [],
         )  # fmt: skip
         self.unwritten = (self.meta.schema.empty_table(), [])
-        if merge is not None and not merge.running():
+        if merge is not None and (merged is not None or merge.error is not None):
             self.target.merge_done(merge)  # installed, or failed: the next merge tries again
             self.merge = None
+        # else it is still running, or finished since it was asked: the next commit installs it
         if self.merge is None and not final and self.config.merge_factor:
             self.merge = self.target.start_merge(self.segments, self.config.merge_factor)
         self.write_encoder = False

@@ -230,3 +230,37 @@ def test_damaged_deletions_are_refused(tmp_path: Path) -> None:
     (collection.path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(Exception, match=r"deletes rows that segment 'nowhere\.parquet' does not hold"):
         collection.load()
+
+
+def test_a_merge_that_finishes_while_a_commit_runs_is_installed_by_the_next(tmp_path: Path, monkeypatch) -> None:
+    """A merge asked for at a commit's start may finish before the commit ends: it must wait for the next commit
+    (installed), not be dropped as if it had failed and written again."""
+    from simsearch import progress
+    from simsearch.store.collection import Collection as Store
+    from simsearch.store.collection import Merge
+
+    images = tmp_path / "images"
+    write_folder(images, per_class=8, seed=0)
+    real_result, late = Merge.result, []
+
+    def result(self, wait: bool = False):
+        if not wait and self.name not in late:  # "still running" the first time it is asked
+            late.append(self.name)
+            self._thread.join()  # ... and done by the time the commit ends
+            return None
+        return real_result(self, wait)
+
+    monkeypatch.setattr(Merge, "result", result)
+    installed, written = [], []
+    real_commit = Store.commit
+
+    def commit(self, *args, **kwargs):
+        installed.extend(m.segment.name for m in kwargs.get("merges", []))
+        return real_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "commit", commit)
+    config = IndexConfig(model="pixels", device="cpu", workers=1, batch_size=2, checkpoint_every=2, merge_factor=3)
+    with progress.observing(lambda e, s: written.append(s) if e == progress.RENAMED and "-merged" in s else None):
+        index_folder(images, Collection(tmp_path / "c"), config)
+    assert late and written and sorted(written) == sorted(set(written)) and set(written) <= set(installed)
+    assert consistent_snapshot(Collection(tmp_path / "c")).meta.num_rows == 24
