@@ -385,6 +385,46 @@ def section_cluster(args: argparse.Namespace, work: Path, images: Path, model_di
     return out
 
 
+def section_warm(args: argparse.Namespace, work: Path, images: Path, model_dir: Path) -> dict[str, Any]:
+    """The engines on the same images when Ray is already running, as on a cluster a user has: one node of 2 CPUs
+    started once (``ray start --head --num-cpus=2``), joined by each ``index --engine ray --address``; the local
+    engine beside it, the runs alternating (median of ``--repeats``). What remains of Ray's start-up is its actors'
+    (they import torch and load the encoder), and the connection."""
+    home = work / "home"
+    port = free_port()
+    head = f"127.0.0.1:{port}"
+    start = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false"]
+    start += ["--num-cpus=2", "--disable-usage-stats"]
+    out: dict[str, Any] = {"commands": ["ray " + " ".join(start[1:])]}
+    try:
+        run(start)
+        for label, model in (("pixels", "pixels"), ("autoencoder", str(model_dir))):
+            walls: dict[str, list[float]] = {"local": [], "ray": []}
+            for repeat in range(args.repeats):
+                for engine in ("local", "ray") if repeat % 2 == 0 else ("ray", "local"):
+                    name = f"warm-{label}-{engine}"
+                    shutil.rmtree(home / name, ignore_errors=True)
+                    command = ["index", str(images), "--home", str(home), "--name", name, "--model", model]
+                    command += ["--device", "cpu", "--engine", engine]
+                    seconds, _ = run([*SIMSEARCH, *command, *(["--address", head] if engine == "ray" else [])])
+                    walls[engine].append(seconds)
+            row: dict[str, Any] = {
+                engine: {
+                    "wall_s": round(statistics.median(walls[engine]), 2),
+                    "walls_s": [round(w, 2) for w in walls[engine]],
+                    "images_per_s": round(args.images / statistics.median(walls[engine])),
+                }
+                for engine in ("local", "ray")
+            }
+            row["ratio_ray_over_local"] = round(row["ray"]["images_per_s"] / row["local"]["images_per_s"], 3)
+            row["compared"] = compare(home / f"warm-{label}-local", home / f"warm-{label}-ray")
+            out[label] = row
+            print("warm", label, json.dumps(row), flush=True)
+    finally:
+        subprocess.run([RAY, "stop"], capture_output=True, env=env())
+    return out
+
+
 def section_large(args: argparse.Namespace, work: Path, images: Path, model_dir: Path) -> dict[str, Any]:
     """Where Ray's fixed start-up is paid back: ``--large-images`` images (the 10,000, and shifted copies of them)
     indexed once with each engine and the autoencoder."""
@@ -420,6 +460,7 @@ SECTIONS = {
     "data": section_data,
     "cluster": section_cluster,
     "large": section_large,
+    "warm": section_warm,
 }
 
 
@@ -501,6 +542,25 @@ def markdown(result: dict[str, Any]) -> str:
                 f"difference {cmp['embeddings_max_abs_diff']:.1e})."
             )
         lines.append("")
+    warm = result.get("warm")
+    if warm:
+        lines += [
+            "## c) Ray already running (one node of 2 CPUs, started once), joined by each run",
+            "",
+            *[f"    {c}" for c in warm["commands"]],
+            "",
+            "| model | local: wall s (images/s) | ray --address: wall s (images/s) | ray/local | same collection |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for label in ("pixels", "autoencoder"):
+            row = warm.get(label)
+            if row:
+                lines.append(
+                    f"| {label} | {row['local']['wall_s']} ({row['local']['images_per_s']:,}) | "
+                    f"{row['ray']['wall_s']} ({row['ray']['images_per_s']:,}) | {row['ratio_ray_over_local']} | "
+                    f"{'yes' if row['compared']['identical'] else 'NO'} |"
+                )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -535,10 +595,11 @@ def main() -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         target = RESULTS / "scale.json"
         merged: dict[str, Any] = json.loads(target.read_text()) if target.exists() else {}
-        merged["ray"] = result  # only this key: another script owns the others
+        merged["ray"] = {**merged.get("ray", {}), **result}  # only this key (another script owns the others); the
+        # sections not run now keep their last figures
         target.write_text(json.dumps(merged, indent=2) + "\n")
-        (RESULTS / "scale-ray.md").write_text(markdown(result))
-        print(markdown(result))
+        (RESULTS / "scale-ray.md").write_text(markdown(merged["ray"]))
+        print(markdown(merged["ray"]))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

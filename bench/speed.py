@@ -220,12 +220,16 @@ def section_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def search_ratio(searcher: Any, queries: np.ndarray, repeats: int) -> dict[str, Any]:
-    """Raw FAISS QPS on the searcher's own index against ``search_embeddings``, alternated, medians."""
+    """Raw FAISS QPS on the searcher's own index (an ``IndexFlatL2`` over its embeddings where it searches them
+    without an index) against ``search_embeddings``, alternated, medians."""
     import faiss
 
     from simsearch import vectors
 
     raw = searcher.index  # the very index the searcher uses (on the GPU when it is there)
+    if raw is None:  # an exact L2 collection on the CPU is searched over its embeddings: raw FAISS gets a flat index
+        raw = faiss.IndexFlatL2(searcher.embeddings.shape[1])
+        raw.add(np.ascontiguousarray(searcher.embeddings))
     raw.search(queries[:10], 10)
     searcher.search_embeddings(queries[:10], 10)
     t_raw, t_api = [], []
