@@ -528,7 +528,7 @@ class Searcher:
         index: Any = None  # exact L2 on the CPU: FAISS's brute force over the stored embeddings, no second copy
         if gpu:
             index = vectors.to_gpu(snapshot.index, float16=bool(float16))
-            if float16 is None and not vectors.is_on_gpu(index) and vectors.gpu_count():  # float32 did not fit
+            if float16 is None and not vectors.is_on_gpu(index):  # float32 did not fit
                 index = vectors.to_gpu(snapshot.index, float16=True)
                 float16 = True
         elif not (spec.exact and snapshot.metric == "l2"):

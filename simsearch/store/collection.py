@@ -90,6 +90,7 @@ from simsearch.store.segments import (
     OpenedFile,
     Segment,
     SegmentSet,
+    live_mask,
     live_rows,
     sorted_ids,
     write_parquet,
@@ -346,8 +347,8 @@ class Collection:
         return self._load_segmented(manifest)
 
     def _load_segmented(self, manifest: dict[str, Any]) -> Snapshot:
-        """Format 2: every file named is mapped (opened straight after the manifest was read), its sha256
-        checked, then parsed; the live rows are the segments' rows less the deletions, and the FAISS index is
+        """Format 2: every file named is opened straight after the manifest was read, its sha256 checked,
+        then parsed; the live rows are the segments' rows less the deletions, and the FAISS index is
         built from them (flat) or read and brought up to date with them (the approximate types, whose file is
         written when a run finishes)."""
 
@@ -357,27 +358,22 @@ class Collection:
         for key in SEGMENTED_KEYS:
             if files.get(key):
                 expected[files[key]] = str(checksums.get(key, ""))
-        mapped: dict[str, OpenedFile] = {}
+        opened: dict[str, OpenedFile] = {}
         try:
             for name in expected:
-                mapped[name] = OpenedFile(self.path / name)
+                opened[name] = OpenedFile(self.path / name)
         except FileNotFoundError:
-            _close_all(mapped)
+            _close_all(opened)
             raise  # removed by a commit since the manifest was read: load() reads the new one
         except (OSError, ValueError) as exc:
-            _close_all(mapped)
+            _close_all(opened)
             raise CollectionError(f"a collection file is unreadable ({exc})", file=self.path, remedy=REBUILD) from None
         try:
-            for name, file in mapped.items():
-                if file.sha256() != expected[name]:
-                    raise CollectionError(
-                        f"its sha256 does not match {MANIFEST}",
-                        file=file.path,
-                        remedy=f"the file was changed or damaged; {REBUILD}",
-                    )
-            skipped = self._parse(mapped[files["skipped"]], SKIPPED_SCHEMA)
-            deletions = self._parse(mapped[files["deleted"]], DELETED_SCHEMA) if files.get("deleted") else None
-            meta, segments, deleted = self._read_segments(manifest, mapped, deletions)
+            for name, file in opened.items():
+                _check_sha256(file, expected[name])
+            skipped = self._parse(opened[files["skipped"]], SKIPPED_SCHEMA)
+            deletions = self._parse(opened[files["deleted"]], DELETED_SCHEMA) if files.get("deleted") else None
+            meta, segments, deleted = self._read_segments(manifest, opened, deletions)
             ids = int64_column(meta, "id")
             if meta.num_rows != manifest["count"] or not all_distinct(ids):
                 raise CollectionError(
@@ -386,17 +382,17 @@ class Collection:
                     file=self.path,
                     remedy=REBUILD,
                 )
-            paths = {"meta": mapped[segments[0].name].path if segments else self.path}
+            paths = {"meta": opened[segments[0].name].path if segments else self.path}
             if files.get("vectors"):
-                paths["vectors"] = mapped[files["vectors"]].path
-                index = self._read_index(mapped[files["vectors"]], dim, metric)
+                paths["vectors"] = opened[files["vectors"]].path
+                index = self._read_index(opened[files["vectors"]], dim, metric)
                 index, stale = _brought_up_to_date(index, meta, ids, manifest, paths)
                 _check_embeddings(meta, index, ids, metric, paths)
             else:  # flat: the index is made from the embeddings when it is asked for (Snapshot.index)
                 _check_embeddings(meta, None, ids, metric, paths)
                 index, stale = None, False
         finally:
-            _close_all(mapped)
+            _close_all(opened)
         self._small = {"skipped": (skipped, files["skipped"], expected[files["skipped"]])}
         if deletions is not None:
             self._small["deleted"] = (deletions, files["deleted"], expected[files["deleted"]])
@@ -416,10 +412,7 @@ class Collection:
             file = files[entry["name"]]
             try:
                 reader = file.parquet()
-                if not reader.schema_arrow.equals(schema):
-                    raise CollectionError(
-                        "its columns are not those of a simsearch collection", file=file.path, remedy=REBUILD
-                    )
+                _check_schema(reader.schema_arrow, schema, file)
                 table = reader.read(columns=others)
             except (OSError, pa.ArrowException) as exc:
                 raise CollectionError(
@@ -436,10 +429,7 @@ class Collection:
             del reader  # the embeddings are read by a reader of their own, below: this one's buffers go now
             segments.append(Segment(entry["name"], table.num_rows, int(entry.get("bytes", 0)), entry["sha256"], ids))
         deleted = self._deletions(deletions, segments, files.get(manifest["files"].get("deleted") or ""))
-        keep = [
-            ~np.isin(int64_column(t, "id"), deleted[s.name]) if s.name in deleted else None
-            for t, s in zip(parts, segments, strict=True)
-        ]
+        keep = [live_mask(t, deleted.get(s.name)) for t, s in zip(parts, segments, strict=True)]
         live = sum(t.num_rows if k is None else int(k.sum()) for t, k in zip(parts, keep, strict=True))
         embeddings = np.empty((live, dim), np.float32)
         at = 0
@@ -469,8 +459,7 @@ class Collection:
             table = file.table()
         except (OSError, pa.ArrowException) as exc:
             raise CollectionError(f"a collection file is unreadable ({exc})", file=file.path, remedy=REBUILD) from None
-        if not table.schema.equals(schema):
-            raise CollectionError("its columns are not those of a simsearch collection", file=file.path, remedy=REBUILD)
+        _check_schema(table.schema, schema, file)
         return table
 
     def _read_index(self, file: OpenedFile, dim: int, metric: str) -> Any:
@@ -595,12 +584,8 @@ class Collection:
         file = OpenedFile(self.path / manifest["files"]["skipped"])
         try:
             expected = (manifest.get("sha256") or {}).get("skipped")
-            if expected is not None and file.sha256() != expected:
-                raise CollectionError(
-                    f"its sha256 does not match {MANIFEST}",
-                    file=file.path,
-                    remedy=f"the file was changed or damaged; {REBUILD}",
-                )
+            if expected is not None:  # absent from format-1 manifests written before checksums were kept
+                _check_sha256(file, expected)
             return manifest, self._parse(file, SKIPPED_SCHEMA)
         finally:
             file.close()
@@ -1168,8 +1153,7 @@ class Merge:
             for segment in self._segments:
                 file = OpenedFile(self.collection.path / segment.name)
                 try:
-                    if file.sha256() != segment.sha256:
-                        raise CollectionError(f"its sha256 does not match {MANIFEST}", file=file.path, remedy=REBUILD)
+                    _check_sha256(file, segment.sha256)
                     tables.append(live_rows(file.table(), self.deleted_before[segment.name]))
                 finally:
                     file.close()
@@ -1180,9 +1164,6 @@ class Merge:
             self._result = MergedSegment(segment, self.sources, self.deleted_before)
         except BaseException as exc:  # told to the writer, which drops the merge: the next one tries again
             self.error = exc
-
-    def running(self) -> bool:
-        return self._thread.is_alive()
 
     def result(self, wait: bool = False) -> MergedSegment | None:
         """The merged segment when the merge is done (waiting for it with ``wait``); None while it runs, or when
@@ -1284,6 +1265,21 @@ def _write_now(path: Path, text: str) -> None:
     finally:
         os.close(fd)
     _fsync_dir(path.parent)
+
+
+def _check_sha256(file: OpenedFile, expected: str) -> None:
+    """Refuse a file whose content is not what the manifest vouches for (before anything parses it)."""
+    if file.sha256() != expected:
+        raise CollectionError(
+            f"its sha256 does not match {MANIFEST}",
+            file=file.path,
+            remedy=f"the file was changed or damaged; {REBUILD}",
+        )
+
+
+def _check_schema(schema: pa.Schema, expected: pa.Schema, file: OpenedFile) -> None:
+    if not schema.equals(expected):
+        raise CollectionError("its columns are not those of a simsearch collection", file=file.path, remedy=REBUILD)
 
 
 def _close_all(files: dict[str, OpenedFile]) -> None:
