@@ -264,9 +264,7 @@ def test_lazy_caches_are_built_once_under_threads(built: tuple[Collection, Path]
 
     def first_use() -> None:
         start.wait()
-        tables.append(
-            (id(generation.row_of_sha()), id(generation.rerank())) if use_gpu else (id(generation.row_of_sha()),)
-        )
+        tables.append((id(generation.content()), id(generation.rerank())) if use_gpu else (id(generation.content()),))
 
     threads = [threading.Thread(target=first_use) for _ in range(8)]
     for thread in threads:

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from simsearch import search, vectors
 from simsearch.collection import SKIPPED_SCHEMA, Collection, meta_table
-from simsearch.errors import UsageError
+from simsearch.errors import CollectionError, UsageError
 from simsearch.io import Preprocess
 from simsearch.search import (
     Condition,
@@ -29,15 +30,18 @@ from simsearch.training import pixels_encoder
 LABELS = ("ant", "bee", "cat", "dog", None)
 
 
-def collection_of(path: Path, kind: str, n: int = 400, seed: int = 0) -> tuple[Collection, np.ndarray, list]:
+def collection_of(
+    path: Path, kind: str, n: int = 400, seed: int = 0, ids: np.ndarray | None = None
+) -> tuple[Collection, np.ndarray, list]:
     """A collection of ``n`` clustered 16-d vectors (a pixels encoder of 4×4 grey images) with an index of type
     ``kind`` built and tuned as ``index`` builds it; labels cycle through ``LABELS`` (one in five unlabelled),
-    paths through three folders, widths 10..19. Rows 0 and 1 hold the same content (a duplicate)."""
+    paths through three folders, widths 10..19. Rows 0 and 1 hold the same content (a duplicate), whose sha256
+    ends in zero bytes. Row r's id is 2r + 5 unless ``ids`` are given."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1, (12, 16)).astype(np.float32)
     x = (centres[rng.integers(0, 12, n)] + rng.normal(0, 0.3, (n, 16))).astype(np.float32)
     x[1] = x[0]
-    ids = np.arange(n, dtype=np.int64) * 2 + 5  # ids that are not row numbers
+    ids = np.arange(n, dtype=np.int64) * 2 + 5 if ids is None else ids  # ids that are not row numbers
     labels = [LABELS[i % len(LABELS)] for i in range(n)]
     sha = [f"{i:064x}" for i in range(n)]
     sha[1] = sha[0]
@@ -80,11 +84,21 @@ def flat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Collection, np.ndarr
 # --- filters ---------------------------------------------------------------------------------------------------
 
 
-def test_conditions_test_their_column(flat: tuple[Collection, np.ndarray, list]) -> None:
+@pytest.mark.parametrize("searching", [False, True], ids=["as-written", "as-searched"])
+def test_conditions_test_their_column(flat: tuple[Collection, np.ndarray, list], searching: bool) -> None:
     collection, _, labels = flat
-    meta = collection.load().meta
+    meta = collection.load(searching=searching).meta
     n = meta.num_rows
+    sha = [f"{0 if i == 1 else i:064x}" for i in range(n)]
     cases = {
+        f"sha256={sha[7]}": [i == 7 for i in range(n)],
+        f"sha256={sha[0]}": [i < 2 for i in range(n)],
+        "sha256=nothex": [False] * n,
+        "sha256~18f": ["18f" in s for s in sha],
+        "sha256!~0000000a": ["0000000a" not in s for s in sha],
+        "root=/r": [True] * n,
+        "root~r": [True] * n,
+        "root!=/r": [False] * n,
         "label=cat": [label == "cat" for label in labels],
         "label!=cat": [label != "cat" for label in labels],  # unlabelled images included
         "label=": [label is None for label in labels],
@@ -205,6 +219,48 @@ def test_an_id_query_uses_the_stored_embedding_and_leaves_the_image_out(
     assert all(n.path.startswith("dir2/") for n in within.neighbours) and 9 not in [n.id for n in within.neighbours]
     with pytest.raises(UsageError, match=r"no image with id 6 \(its ids run from 5 to 803\)"):
         searcher.query_ids([6], 3)
+
+
+def test_a_searcher_keeps_the_rows_lean_and_finds_them_by_content_and_by_id(tmp_path: Path) -> None:
+    """What ``Collection.load(searching=True)`` keeps (no file times; each sha256 as 32 bytes; roots as a
+    dictionary), content found by hash (duplicates and a hash that ends in zero bytes included), and ids in any
+    order found by id (a sorted copy is made only when they are not increasing)."""
+    n = 50
+    for ids in (np.arange(n, dtype=np.int64) * 2 + 5, np.random.default_rng(1).permutation(n).astype(np.int64) * 3):
+        collection, x, _ = collection_of(tmp_path / f"c{int(ids[0])}", "flat", n=n, ids=ids)
+        written, searched = collection.load().meta, collection.load(searching=True).meta
+        assert "mtime" in written.schema.names and "mtime" not in searched.schema.names
+        assert searched.schema.field("sha256").type == pa.binary(32)
+        assert searched.column("sha256").to_pylist() == [bytes.fromhex(s) for s in written.column("sha256").to_pylist()]
+        assert pa.types.is_dictionary(searched.schema.field("root").type)
+        assert searched.column("root").to_pylist() == written.column("root").to_pylist()
+        g = Searcher(collection, use_gpu=False).current
+        assert (g.order is None) == bool((np.diff(ids) > 0).all())
+        np.testing.assert_array_equal(g.rows_with_content(f"{0:064x}"), [0, 1])  # ends in 32 zero bytes
+        np.testing.assert_array_equal(g.rows_with_content(f"{7:064x}"), [7])
+        assert len(g.rows_with_content(f"{n + 1:064x}")) == 0 and len(g.rows_with_content(None)) == 0
+        np.testing.assert_array_equal(g.stored_embedding(f"{9:064x}"), x[9])
+        assert g.stored_embedding(f"{n + 1:064x}") is None
+        rows = np.random.default_rng(2).permutation(n)
+        np.testing.assert_array_equal(g.rows_of(ids[rows]), rows)
+        assert [g.row_of_id(int(i)) for i in ids[rows]] == list(rows)
+        with pytest.raises(UsageError, match="no image with id"):
+            g.row_of_id(int(ids.max()) + 1)
+
+
+@pytest.mark.parametrize("sha256", ["z" * 64, "ab" * 31, "ab " * 21 + "a"])
+def test_a_searcher_refuses_a_sha256_that_is_not_one(tmp_path: Path, sha256: str) -> None:
+    collection, _, _ = collection_of(tmp_path / "c", "flat", n=3)
+    table = collection.load().meta
+    at = table.schema.get_field_index("sha256")
+    table = table.set_column(at, table.schema.field("sha256"), pa.array([sha256] * 3))
+    with collection.lock():
+        collection.commit(
+            table, [], SKIPPED_SCHEMA.empty_table(), collection.load_encoder(), None, ["/r"], segments=None
+        )
+    assert collection.load().meta.column("sha256")[0].as_py() == sha256  # a writer reads it as it is
+    with pytest.raises(CollectionError, match=r"a collection file is unreadable .*sha256"):
+        collection.load(searching=True)
 
 
 def test_capacity_counts_the_images_a_query_can_reach(flat: tuple[Collection, np.ndarray, list]) -> None:

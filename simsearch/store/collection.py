@@ -72,6 +72,7 @@ from simsearch.store.formats import (
     LOCK,
     MANIFEST,
     MARKER,
+    NOT_SEARCHED,
     SEGMENTED_KEYS,
     SKIPPED_SCHEMA,
     STAGING,
@@ -84,6 +85,7 @@ from simsearch.store.formats import (
     manifest_problems,
     meta_schema,
     meta_table,
+    searching_table,
 )
 from simsearch.store.segments import (
     MergedSegment,
@@ -147,7 +149,7 @@ class Snapshot:
     #: when it is first asked for (a searcher that needs no FAISS copy of them never makes one).
     stored_index: Any
     #: Format 2: the segments the rows came from, and their deletions (None for a format-1 collection, whose
-    #: next write converts it).
+    #: next write converts it, and for a load for searching, which no commit follows).
     segments: SegmentSet | None = None
     #: An approximate index whose file did not hold exactly the live rows (checkpoints since a run finished, or
     #: an interrupted run): brought up to date in memory; ``compact`` writes it.
@@ -313,15 +315,18 @@ class Collection:
                 self.path.rmdir()  # fails only if a new writer has just created its lock: the folder stays
         return Removal(str(self.path), images, size, kept)
 
-    def load(self, attempts: int = 50) -> Snapshot:
+    def load(self, attempts: int = 50, *, searching: bool = False) -> Snapshot:
         """Load the current generation.
+
+        ``searching``: the rows as a searcher keeps them (``formats.searching_table``: no file times, sha256 as
+        32 bytes, roots dictionary-encoded), made segment by segment; a writer needs them whole (the default).
 
         A commit removes the previous generation's files right after switching the manifest. The files are
         opened straight after the manifest is read (an open file stays readable after it is removed), so a
         reader loses the race only when a whole commit lands in between; it then reads the new manifest and
         tries again, as long as commits keep coming.
         """
-        return self._read_current(self._load_generation, attempts)
+        return self._read_current(lambda manifest: self._load_generation(manifest, searching), attempts)
 
     def _read_current(self, read: Callable[[dict[str, Any]], T], attempts: int = 50) -> T:
         """``read`` of the current manifest; when a file it names is gone, the manifest is read again: a commit
@@ -341,12 +346,12 @@ class Collection:
                 time.sleep(0.001 * attempt)
         raise AssertionError("unreachable")
 
-    def _load_generation(self, manifest: dict[str, Any]) -> Snapshot:
+    def _load_generation(self, manifest: dict[str, Any], searching: bool = False) -> Snapshot:
         if manifest["format"] == FORMAT_1:
-            return self._load_format_1(manifest)
-        return self._load_segmented(manifest)
+            return self._load_format_1(manifest, searching)
+        return self._load_segmented(manifest, searching)
 
-    def _load_segmented(self, manifest: dict[str, Any]) -> Snapshot:
+    def _load_segmented(self, manifest: dict[str, Any], searching: bool = False) -> Snapshot:
         """Format 2: every file named is opened straight after the manifest was read, its sha256 checked,
         then parsed; the live rows are the segments' rows less the deletions, and the FAISS index is
         built from them (flat) or read and brought up to date with them (the approximate types, whose file is
@@ -373,7 +378,7 @@ class Collection:
                 _check_sha256(file, expected[name])
             skipped = self._parse(opened[files["skipped"]], SKIPPED_SCHEMA)
             deletions = self._parse(opened[files["deleted"]], DELETED_SCHEMA) if files.get("deleted") else None
-            meta, segments, deleted = self._read_segments(manifest, opened, deletions)
+            meta, segments, deleted = self._read_segments(manifest, opened, deletions, searching)
             ids = int64_column(meta, "id")
             if meta.num_rows != manifest["count"] or not all_distinct(ids):
                 raise CollectionError(
@@ -396,17 +401,23 @@ class Collection:
         self._small = {"skipped": (skipped, files["skipped"], expected[files["skipped"]])}
         if deletions is not None:
             self._small["deleted"] = (deletions, files["deleted"], expected[files["deleted"]])
-        return Snapshot(self.path, manifest, meta, skipped, index, SegmentSet(tuple(segments), deleted), stale)
+        segment_set = None if searching else SegmentSet(tuple(segments), deleted)
+        return Snapshot(self.path, manifest, meta, skipped, index, segment_set, stale)
 
     def _read_segments(
-        self, manifest: dict[str, Any], files: dict[str, OpenedFile], deletions: pa.Table | None
+        self,
+        manifest: dict[str, Any],
+        files: dict[str, OpenedFile],
+        deletions: pa.Table | None,
+        searching: bool = False,
     ) -> tuple[pa.Table, list[Segment], dict[str, np.ndarray]]:
         """The live rows of every segment as one table, its embeddings in one array made to size: the other
-        columns are read first, then the embeddings a row group at a time into that array, so that loading
-        holds the embeddings once (no copy of a whole segment's, nor a concatenation)."""
+        columns are read first (``searching``: made a searcher's, segment by segment), then the embeddings a row
+        group at a time into that array, so that loading holds the embeddings once (no copy of a whole
+        segment's, nor a concatenation). The ids are one array (``int64_column`` is then a view of it)."""
         dim = int(manifest["dim"])
         schema = meta_schema(dim)
-        others = [name for name in schema.names if name != "embedding"]
+        others = [name for name in schema.names if name != "embedding" and not (searching and name in NOT_SEARCHED)]
         parts, segments = [], []
         for entry in manifest["segments"]:
             file = files[entry["name"]]
@@ -414,7 +425,8 @@ class Collection:
                 reader = file.parquet()
                 _check_schema(reader.schema_arrow, schema, file)
                 table = reader.read(columns=others)
-            except (OSError, pa.ArrowException) as exc:
+                table = searching_table(table) if searching else table
+            except (OSError, pa.ArrowException, ValueError) as exc:
                 raise CollectionError(
                     f"a collection file is unreadable ({exc})", file=file.path, remedy=REBUILD
                 ) from None
@@ -429,10 +441,12 @@ class Collection:
             del reader  # the embeddings are read by a reader of their own, below: this one's buffers go now
             segments.append(Segment(entry["name"], table.num_rows, int(entry.get("bytes", 0)), entry["sha256"], ids))
         deleted = self._deletions(deletions, segments, files.get(manifest["files"].get("deleted") or ""))
+        if searching:  # each segment's ids are for a writer's next commit: a searcher lets them go (80 MB at 10M)
+            segments = [replace(segment, ids=np.zeros(0, np.int64)) for segment in segments]
         keep = [live_mask(t, deleted.get(s.name)) for t, s in zip(parts, segments, strict=True)]
         live = sum(t.num_rows if k is None else int(k.sum()) for t, k in zip(parts, keep, strict=True))
         embeddings = np.empty((live, dim), np.float32)
-        at = 0
+        at = unreleased = 0
         for entry, mask in zip(manifest["segments"], keep, strict=True):
             file, start = files[entry["name"]], 0
             try:
@@ -445,12 +459,29 @@ class Collection:
                         values = values[mask[start : start + len(values)]]
                     embeddings[at : at + len(values)] = values
                     start, at = start + batch.num_rows, at + len(values)
+                    unreleased += batch.nbytes
+                    if unreleased > RELEASE_BYTES:
+                        # Arrow's allocator keeps the pages of the batches read for a next use that does not come
+                        # (a segment's embeddings, 0.26 GB at 1M × 64, held until the file was read): handed back
+                        # to the system as they go, they stay out of the peak.
+                        pa.default_memory_pool().release_unused()
+                        unreleased = 0
             except (OSError, pa.ArrowException) as exc:
                 raise CollectionError(
                     f"a collection file is unreadable ({exc})", file=file.path, remedy=REBUILD
                 ) from None
         tables = [t if k is None else t.filter(arrow_array(k)) for t, k in zip(parts, keep, strict=True)]
-        rest = pa.concat_tables(tables) if tables else schema.empty_table().drop_columns(["embedding"])
+        del parts
+        if not tables:
+            empty = schema.empty_table().drop_columns(["embedding"])
+            tables = [searching_table(empty) if searching else empty]
+        rest = pa.concat_tables(tables)
+        del tables
+        at = rest.schema.get_field_index("id")
+        rest = rest.set_column(at, schema.field("id"), rest.column("id").combine_chunks())
+        # Arrow's allocator keeps what it freed (the ids' chunks, just copied) for a next use that may not come:
+        # handed back to the system, it stays out of the peak.
+        pa.default_memory_pool().release_unused()
         column = pa.FixedSizeListArray.from_arrays(arrow_array(embeddings.reshape(-1)), dim)
         return rest.append_column(schema.field("embedding"), column), segments, deleted
 
@@ -496,7 +527,7 @@ class Collection:
             deleted[name] = mine
         return deleted
 
-    def _load_format_1(self, manifest: dict[str, Any]) -> Snapshot:
+    def _load_format_1(self, manifest: dict[str, Any], searching: bool = False) -> Snapshot:
         from simsearch import vectors
 
         files = manifest["files"]
@@ -547,6 +578,13 @@ class Collection:
         if not np.array_equal(np.sort(vectors.index_ids(index)), np.sort(ids)) or not all_distinct(ids):
             raise CollectionError("the ids of the vectors and of the metadata differ", file=self.path, remedy=REBUILD)
         _check_embeddings(meta, index, ids, str(manifest["metric"]), paths)
+        if searching:
+            try:
+                meta = searching_table(meta)
+            except ValueError as exc:
+                raise CollectionError(
+                    f"a collection file is unreadable ({exc})", file=paths["meta"], remedy=REBUILD
+                ) from None
         self._small = {}
         return Snapshot(self.path, manifest, meta, skipped, index)
 
@@ -1224,6 +1262,8 @@ def folder_bytes(path: Path) -> int:
 
 #: Rows of embeddings decoded at a time when a collection is loaded (a few MB: the loader's transient memory).
 EMBEDDING_BATCH_ROWS = 2048
+#: How many bytes of embeddings a load reads before handing Arrow's freed pages back to the system.
+RELEASE_BYTES = 32 << 20
 
 #: What ``simsearch map`` writes into a collection's folder (``latent.map.MAP_FOLDER``).
 MAP_FOLDER = "map"
