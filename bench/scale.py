@@ -199,10 +199,13 @@ def section_query(work: Path, old: Path | None) -> dict[str, Any]:
         home = work / f"query-home-{name}"
         shutil.rmtree(home, ignore_errors=True)
         index = measure(simsearch_argv("index", str(images), "--home", str(home), "--model", "pixels"), path)
+        again = measure(simsearch_argv("index", str(images), "--home", str(home), "--model", "pixels"), path)
         query = measure(simsearch_argv("query", str(probe), "-k", "5", "--home", str(home)), path)
         info = measure_median(simsearch_argv("info", "--home", str(home)), path, runs=5 if path == ROOT else 1)
         result[name] = {
             "index_seconds": index["seconds"],
+            "index": {k: index[k] for k in ("seconds", "peak_rss_bytes")},
+            "index_unchanged": {k: again[k] for k in ("seconds", "peak_rss_bytes")},
             "query": {k: query[k] for k in ("seconds", "peak_rss_bytes")},
             "info": {k: info[k] for k in ("seconds", "peak_rss_bytes")},
             "query_rss_over_vectors": query["peak_rss_bytes"] / result["vector_bytes"],
@@ -211,7 +214,7 @@ def section_query(work: Path, old: Path | None) -> dict[str, Any]:
         }
         print(name, result[name], flush=True)
     result["commands"] = [
-        "simsearch index IMAGES --model pixels",
+        "simsearch index IMAGES --model pixels (twice: a new collection, then nothing changed)",
         "simsearch query IMAGE -k 5",
         "simsearch info",
     ]
@@ -400,6 +403,23 @@ def render(results: dict[str, Any]) -> str:
                     f"{r['query_rss_over_vectors']:.2f}× | {r.get('query_rss_less_baseline_over_vectors', 0):.2f}× | "
                     f"{r['info']['seconds']:.2f} s | "
                     f"{r['info']['peak_rss_bytes'] / gb:.2f} GB |"
+                )
+        lines += [
+            "",
+            "The writer, `index` on the same images: a new collection, then again with nothing changed (peak RSS "
+            "/ vectors, the constant included).",
+            "",
+            "| version | new: time | peak RSS | / vectors | unchanged: time | peak RSS | / vectors |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name in ("segments", "format_1"):
+            r = query.get(name)
+            if r and "index" in r:
+                a, b = r["index"], r["index_unchanged"]
+                lines.append(
+                    f"| {name} | {a['seconds']:.1f} s | {a['peak_rss_bytes'] / gb:.2f} GB | "
+                    f"{a['peak_rss_bytes'] / query['vector_bytes']:.2f}× | {b['seconds']:.1f} s | "
+                    f"{b['peak_rss_bytes'] / gb:.2f} GB | {b['peak_rss_bytes'] / query['vector_bytes']:.2f}× |"
                 )
         lines.append("")
     big = results.get("tenmillion")

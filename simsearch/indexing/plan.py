@@ -49,7 +49,8 @@ class Plan:
 
 def rows_of_root(meta: pa.Table, root: str) -> dict[str, tuple[int, str]]:
     """path → (id, sha256) for the rows that came from the folder ``root``."""
-    mine = meta.filter(pc.equal(meta.column("root"), root))
+    # The columns read, then the rows: filtering the whole table would copy every embedding.
+    mine = meta.select(["path", "id", "sha256"]).filter(pc.equal(meta.column("root"), root))
     return {
         path: (int(row_id), sha)
         for path, row_id, sha in zip(

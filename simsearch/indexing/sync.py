@@ -217,21 +217,23 @@ class _Pending:
     def apply(
         self, meta: pa.Table, index: Any, metric: str, spec: vectors.IndexSpec
     ) -> tuple[pa.Table, Any, pa.Table, list[int]]:
-        """Apply to ``index`` (in place, or rebuilt from the embeddings when its type cannot remove vectors)
-        and return the new metadata table and index, with the rows added (a table) and the ids removed; then
-        empty self."""
+        """Apply to ``index`` (in place, or rebuilt from the embeddings when its type cannot remove vectors; None,
+        a flat collection's, stays None) and return the new metadata table and index, with the rows added (a
+        table) and the ids removed; then empty self."""
         rebuild = False
         added, removed = meta.schema.empty_table(), list(self.remove)
         if self.remove:
             gone = np.asarray(self.remove, dtype=np.int64)
-            if vectors.supports_removal(index):
+            if index is None:
+                pass
+            elif vectors.supports_removal(index):
                 vectors.remove_ids(index, gone)
             else:
                 rebuild = True
             meta = meta.filter(pc.invert(pc.is_in(meta.column("id"), pa.array(gone))))
         if self.rows["id"]:
             emb = np.concatenate(self.embeddings)
-            if not rebuild:
+            if index is not None and not rebuild:
                 vectors.add_vectors(index, emb, np.asarray(self.rows["id"], dtype=np.int64), metric)
             added = meta_table(self.rows, emb, self.dim)
             meta = pa.concat_tables([meta, added])
@@ -345,7 +347,9 @@ class _Run:
             self.base = previous.manifest
             report.rebuild_waiting = staging.exists()
         if previous is not None:
-            self.meta, self.index, self.skipped_table = previous.meta, previous.index, previous.skipped
+            # A flat collection's writer keeps no FAISS copy of the embeddings (nothing writes one, and
+            # a re-typed index is built from the embeddings): an approximate one is kept up to date.
+            self.meta, self.index, self.skipped_table = previous.meta, previous.stored_index, previous.skipped
             self.roots = list(previous.manifest.get("roots", []))
             self.segments = previous.segments
         plan = plan_sync(
@@ -378,11 +382,10 @@ class _Run:
         info: dict[str, Any] = dict(previous.manifest.get("index") or {}) if previous else {}
         if previous is None:
             self.meta = meta_schema(encoder.dim).empty_table()
-            self.index, self.skipped_table = (
-                vectors.new_index(encoder.dim, encoder.metric),
-                SKIPPED_SCHEMA.empty_table(),
-            )
+            self.index, self.skipped_table = None, SKIPPED_SCHEMA.empty_table()
         self.spec = vectors.IndexSpec.from_json(info) if info.get("type") else vectors.IndexSpec("flat")
+        if self.spec.type == "flat":
+            self.index = None  # a format-1 collection's flat index file, read: not kept either
         self.info: dict[str, Any] | None = info or None
         self.pending = _Pending(encoder.dim)
         #: Rows added and ids removed that are applied to ``meta`` and the index but not yet committed.
@@ -500,10 +503,16 @@ class _Run:
             self.report.removed += 1
 
     def embedded_by_path(self) -> dict[str, np.ndarray]:
-        """The committed embedding of each image of this run's root, by its relative path."""
-        paths, roots = self.meta.column("path").to_pylist(), self.meta.column("root").to_pylist()
-        z = embeddings_of(self.meta)
-        return {path: z[n] for n, (path, root) in enumerate(zip(paths, roots, strict=True)) if root == self.root_key}
+        """The committed embedding of each image of this run's root, by its relative path (views of the table's
+        chunks: no copy of the embeddings)."""
+        found: dict[str, np.ndarray] = {}
+        for batch in self.meta.select(["path", "root", "embedding"]).to_batches():
+            z = embeddings_of(pa.Table.from_batches([batch]))
+            paths, roots = batch.column("path").to_pylist(), batch.column("root").to_pylist()
+            found.update(
+                (path, z[n]) for n, (path, root) in enumerate(zip(paths, roots, strict=True)) if root == self.root_key
+            )
+        return found
 
     # --- the end: the index type, the last commit, the rebuild swapped in ----------------------------------------
 

@@ -130,6 +130,31 @@ def test_add_delete_change_update_exactly_those_rows(image_folder: Path, tmp_pat
     assert len(snapshot.manifest["segments"]) == 2 and snapshot.manifest["files"]["deleted"]
 
 
+def test_a_flat_collection_is_written_without_a_faiss_copy_of_its_embeddings(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing writes a flat collection's index (a reader fills one from the segments): its writer keeps none."""
+    from simsearch import vectors
+    from simsearch.store.collection import Snapshot
+
+    def refused(*args: object) -> None:
+        raise AssertionError("a flat collection's writer made a FAISS copy of its embeddings")
+
+    monkeypatch.setattr(vectors, "new_index", refused)
+    monkeypatch.setattr(vectors, "add_vectors", refused)
+    monkeypatch.setattr(Snapshot, "index", property(refused))
+    collection, _ = build(image_folder, tmp_path)
+    (image_folder / "blob" / "0.png").unlink()
+    Image.fromarray(pattern("blob", np.random.default_rng(3))).save(image_folder / "blob" / "new.png")
+    _, report = build(image_folder, tmp_path)
+    assert (report.added, report.removed, report.unchanged) == (1, 1, 14)
+    monkeypatch.undo()
+    snapshot = collection.load()
+    assert snapshot.manifest["index"]["type"] == "flat" and snapshot.meta.num_rows == 15
+    [answer] = Searcher(collection).query_files([image_folder / "blob" / "new.png"], 1)
+    assert (answer.neighbours[0].path, answer.neighbours[0].distance) == ("blob/new.png", 0.0)
+
+
 def write_broken_files(root: Path) -> None:
     (root / "broken").mkdir()
     (root / "broken" / "empty.png").write_bytes(b"")
