@@ -45,7 +45,7 @@ from simsearch.store.collection import (
     meta_schema,
     meta_table,
 )
-from simsearch.store.segments import MERGE_FACTOR
+from simsearch.store.segments import MERGE_FACTOR, without_ids
 from simsearch.training import TRAINABLE, TrainConfig, TrainingCheckpoint, train_encoder
 
 #: Why a file whose embedding came back NaN or infinite is skipped.
@@ -230,7 +230,7 @@ class _Pending:
                 vectors.remove_ids(index, gone)
             else:
                 rebuild = True
-            meta = meta.filter(pc.invert(pc.is_in(meta.column("id"), pa.array(gone))))
+            meta = without_ids(meta, gone)
         if self.rows["id"]:
             emb = np.concatenate(self.embeddings)
             if index is not None and not rebuild:
