@@ -48,6 +48,12 @@ def train(
         "characters, signatures on a plain sheet), or auto (trim on light backgrounds, else letterbox).",
     ),
     invert: str = typer.Option("auto", "--invert", help="auto (invert light backgrounds), yes or no."),
+    gamma: float = typer.Option(
+        1.0,
+        "--gamma",
+        help="Raise the [0, 1] intensities to this power first: 0.5 (the square root) makes distances weigh where "
+        "there is ink or fabric more than how bright it is; 1 keeps them as they are.",
+    ),
     epochs: int = typer.Option(60, "--epochs", min=1, help="Most epochs (training also stops early)."),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=2, help="Images per training batch (default: 256 for siamese, else 128)."
@@ -154,7 +160,7 @@ def train(
             raise UsageError(f"--folds must be auto or a whole number (1: no cross-fitting), not {folds!r}")
         config = TrainConfig(
             family=family, loss=loss, margin=margin, beta=beta, contrastive_weight=contrastive_weight, dim=dim,
-            size=size, resize=resize, invert=invert, epochs=epochs, batch_size=batch_size, augment=augment,
+            size=size, resize=resize, invert=invert, gamma=gamma, epochs=epochs, batch_size=batch_size, augment=augment,
             class_augment=class_augment, mirror=mirror, discriminant=discriminant, patience=patience, ema=ema,
             projection=projection,
             similar_labels=similar_labels, folds=n_folds, max_seconds=max_seconds, seed=seed,

@@ -43,7 +43,16 @@ from simsearch.io.pipeline import (
     load_images,
     source_names,
 )
-from simsearch.io.preprocess import MAX_SIDE, RESIZE_MODES, Preprocess, border_colour, letterbox, to_array, trim
+from simsearch.io.preprocess import (
+    MAX_GAMMA,
+    MAX_SIDE,
+    RESIZE_MODES,
+    Preprocess,
+    border_colour,
+    letterbox,
+    to_array,
+    trim,
+)
 
 __all__ = [
     "A_FOLDER",
@@ -51,6 +60,7 @@ __all__ = [
     "EMPTY",
     "IMAGE_SUFFIXES",
     "MAX_FILE_BYTES",
+    "MAX_GAMMA",
     "MAX_PIXELS",
     "MAX_SIDE",
     "MISSING",

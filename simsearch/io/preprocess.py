@@ -14,17 +14,23 @@ from PIL import Image
 MAX_SIDE = 1024
 
 
+#: The largest ``Preprocess.gamma``.
+MAX_GAMMA = 4.0
 #: How an image is fitted to the encoder's input size (see ``Preprocess``).
 RESIZE_MODES = ("letterbox", "trim")
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How an image becomes an encoder input: ``(channels, H, W)`` float32 ``(x/255 [inverted] - mean) / std``.
+    """How an image becomes an encoder input: ``(channels, H, W)`` float32 ``((x/255 [inverted])^gamma - mean) / std``.
 
     ``resize`` is ``letterbox``: scale to fit inside H×W keeping the aspect ratio, pad the rest with the
     median colour of the image's border; or ``trim``: first crop away the margin of that border colour (see
     ``trim``), then letterbox — the drawing, not the sheet it is on, fills the input.
+
+    ``gamma`` (0 < gamma ≤ 4, default 1: the intensities as they are) raises the [0, 1] intensities to a power:
+    0.5, the square root, makes a faint mark nearly as present as a strong one, so that distances weigh where
+    there is something more than how bright it is (``train --gamma``).
     """
 
     size: tuple[int, int]
@@ -33,6 +39,7 @@ class Preprocess:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     resize: str = "letterbox"
+    gamma: float = 1.0
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -46,6 +53,8 @@ class Preprocess:
                 raise ValueError(f"{name} must be 1 or {self.channels} finite numbers, not {values}")
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, not {self.std}")
+        if not (math.isfinite(self.gamma) and 0 < self.gamma <= MAX_GAMMA):
+            raise ValueError(f"gamma must be above 0 and at most {MAX_GAMMA:g}, not {self.gamma}")
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -55,6 +64,9 @@ class Preprocess:
             "invert": self.invert,
             "mean": list(self.mean),
             "std": list(self.std),
+            # Written only when it does something: every model made before gamma existed keeps its JSON, and
+            # so its fingerprint.
+            **({"gamma": self.gamma} if self.gamma != 1.0 else {}),
         }
 
     @classmethod
@@ -65,6 +77,9 @@ class Preprocess:
         size, channels = data.get("size"), data.get("channels")
         mean, std = data.get("mean", [0.0]), data.get("std", [1.0])
         invert, resize = data.get("invert", False), data.get("resize", "letterbox")
+        gamma = data.get("gamma", 1.0)
+        if not _is_number(gamma):
+            raise ValueError(f"preprocess.gamma must be a number, not {str(gamma)[:40]}")
         if not (isinstance(size, list) and len(size) == 2 and all(_is_int(side) for side in size)):
             raise ValueError(f"preprocess.size must be [H, W], not {str(size)[:40]}")
         if not _is_int(channels):
@@ -81,6 +96,7 @@ class Preprocess:
             mean=tuple(float(m) for m in mean),
             std=tuple(float(s) for s in std),
             resize=resize,
+            gamma=float(gamma),
         )
 
 
@@ -162,6 +178,8 @@ def to_array(img: Image.Image, spec: Preprocess) -> np.ndarray:
     arr = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     if spec.invert:
         arr = 1.0 - arr
+    if spec.gamma != 1.0:
+        arr = np.power(arr, np.float32(spec.gamma), dtype=np.float32)
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
     return np.ascontiguousarray((arr - mean) / std, dtype=np.float32)

@@ -178,11 +178,13 @@ def read_images(encoder: Encoder, paths: Sequence[Path], strict: bool = True) ->
 
 
 def to_unit(images: np.ndarray, spec: Preprocess) -> np.ndarray:
-    """Undo the normalisation (and inversion) of images in an encoder's input space: (n, C, H, W) → the same in
+    """Undo the normalisation (gamma and inversion) of images in an encoder's input space: (n, C, H, W) → the same in
     [0, 1] intensities as the files had them (not clipped: a decoder may overshoot)."""
     mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
     unit = np.asarray(images, np.float32) * std + mean
+    if spec.gamma != 1.0:  # a decoder may overshoot below 0, where the power has no real inverse
+        unit = np.power(np.maximum(unit, 0.0), np.float32(1.0 / spec.gamma), dtype=np.float32)
     return 1.0 - unit if spec.invert else unit
 
 
@@ -191,6 +193,8 @@ def from_unit(unit: np.ndarray, spec: Preprocess) -> np.ndarray:
     unit = np.asarray(unit, np.float32)
     if spec.invert:
         unit = 1.0 - unit
+    if spec.gamma != 1.0:
+        unit = np.power(np.maximum(unit, 0.0), np.float32(spec.gamma), dtype=np.float32)
     mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
     return np.ascontiguousarray((unit - mean) / std, dtype=np.float32)

@@ -260,12 +260,14 @@ def _round(value: float | None, digits: int = 6) -> float | None:
 
 def pixel_spec(spec: Preprocess) -> Preprocess:
     """The model's preprocessing without its normalisation: [0, 1] pixels at its size and channels, resized and
-    inverted as the model does (where the noise is added)."""
-    return replace(spec, mean=(0.0,), std=(1.0,))
+    inverted as the model does, its gamma not applied (where the noise is added)."""
+    return replace(spec, mean=(0.0,), std=(1.0,), gamma=1.0)
 
 
 def normalise(pixels: np.ndarray, spec: Preprocess) -> np.ndarray:
-    """[0, 1] pixels (n, C, H, W) → the model's input: (x − mean) / std, float32."""
+    """[0, 1] pixels (n, C, H, W) → the model's input: (x^gamma − mean) / std, float32."""
+    if spec.gamma != 1.0:
+        pixels = np.power(np.maximum(pixels, 0.0), np.float32(spec.gamma), dtype=np.float32)
     mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
     return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
@@ -275,7 +277,8 @@ def to_pixels(inputs: np.ndarray, spec: Preprocess) -> np.ndarray:
     """The model's input space (what ``Encoder.decode`` gives) → [0, 1] pixels, clipped."""
     mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
-    return np.clip(inputs * std + mean, 0.0, 1.0)
+    unit = np.clip(inputs * std + mean, 0.0, 1.0)
+    return unit if spec.gamma == 1.0 else np.power(unit, np.float32(1.0 / spec.gamma), dtype=np.float32)
 
 
 def add_noise(pixels: np.ndarray, sigma: float, draw: np.ndarray) -> np.ndarray:

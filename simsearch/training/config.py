@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from simsearch.errors import UsageError, option
 from simsearch.io import (
+    MAX_GAMMA,
     MAX_SIDE,
     RESIZE_MODES,
 )
@@ -39,6 +41,8 @@ class TrainConfig:
     resize: str = "auto"
     max_side: int = 64
     invert: str = "auto"
+    #: The power the [0, 1] intensities are raised to before normalising (``Preprocess.gamma``); 1: as they are.
+    gamma: float = 1.0
     epochs: int = 60
     batch_size: int | None = None
     learning_rate: float = 2e-3
@@ -70,6 +74,12 @@ class TrainConfig:
             )
         if self.invert not in ("auto", "yes", "no"):
             raise UsageError(f"{option('invert')} must be auto, yes or no, not {self.invert!r}")
+        if not (math.isfinite(self.gamma) and 0 < self.gamma <= MAX_GAMMA):
+            raise UsageError(
+                f"{option('gamma')} must be above 0 and at most {MAX_GAMMA:g}, not {self.gamma}",
+                remedy="0.5 (the square root) weighs where there is ink or fabric more than how bright it is; 1 "
+                "keeps the intensities as they are",
+            )
         if self.batch_size is not None and self.batch_size < 2:
             raise UsageError(f"{option('batch_size')} must be at least 2, not {self.batch_size}")
         if self.dim < 1:

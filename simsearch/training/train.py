@@ -80,7 +80,7 @@ def load_training_images(
     # Ink on paper (a light background) is cropped to its strokes: where a signature or character sits on the
     # sheet says nothing of who drew it.
     resize = config.resize if config.resize != "auto" else ("trim" if survey.background > 0.5 else "letterbox")
-    raw = Preprocess(size=size, channels=1 if survey.grey else 3, invert=invert, resize=resize)
+    raw = Preprocess(size=size, channels=1 if survey.grey else 3, invert=invert, resize=resize, gamma=config.gamma)
     arrays: list[np.ndarray] = []
     labels: list[str | None] = []
     loaded_all = load_images([e.path for e in sample], raw, names=[e.rel for e in sample])
@@ -438,7 +438,7 @@ def train_encoder(
         return encoder
     if config.family == "pixels":
         # Pixels keep the plain [0, 1] scale so that distances are the familiar raw-pixel distances.
-        return pixels_encoder(Preprocess(size=spec.size, channels=spec.channels, resize=spec.resize))
+        return pixels_encoder(Preprocess(size=spec.size, channels=spec.channels, resize=spec.resize, gamma=spec.gamma))
     if config.family == "pca":
         return fit_pca(images, spec, config)
     raise UsageError(f"the {config.family} family is neither trained nor one of the baselines simsearch fits")

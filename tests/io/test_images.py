@@ -943,3 +943,21 @@ def test_load_batches_gives_load_images_results_in_order(
             np.testing.assert_array_equal(mine.array, theirs.array)
             assert (mine.sha256, mine.width, mine.height) == (theirs.sha256, theirs.width, theirs.height)
     assert sum(isinstance(r, ImageError) for r in got) == 3
+
+
+def test_gamma_raises_the_intensities_to_its_power_and_is_stored_only_when_used(tmp_path: Path) -> None:
+    grey = np.random.default_rng(5).integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    plain = Preprocess(size=(8, 8), channels=1)
+    sqrt = Preprocess(size=(8, 8), channels=1, mean=(0.2,), std=(0.5,), gamma=0.5)
+    (a,) = load_images([tmp_path / "g.png"], plain)
+    (b,) = load_images([tmp_path / "g.png"], sqrt)
+    np.testing.assert_allclose(b.array, (np.sqrt(a.array) - 0.2) / 0.5, atol=1e-6)  # type: ignore[union-attr]
+    # A spec without gamma is written as before (a model's fingerprint hashes it); one with it round-trips.
+    assert "gamma" not in plain.to_json() and Preprocess.from_json(plain.to_json()) == plain
+    assert sqrt.to_json()["gamma"] == 0.5 and Preprocess.from_json(sqrt.to_json()) == sqrt
+    for bad in (0.0, -1.0, float("nan"), 4.5):
+        with pytest.raises(ValueError, match="gamma must be above 0 and at most 4"):
+            Preprocess(size=(8, 8), gamma=bad)
+    with pytest.raises(ValueError, match=r"preprocess\.gamma must be a number"):
+        Preprocess.from_json({**sqrt.to_json(), "gamma": "half"})

@@ -87,6 +87,7 @@ def test_to_pixels_undoes_the_preprocessing_inversion_included(tmp_path: Path) -
     for path, pixels, spec in (
         (tmp_path / "g.png", grey, Preprocess(size=(16, 16), channels=1, invert=True, mean=(0.3,), std=(0.2,))),
         (tmp_path / "c.png", colour, Preprocess(size=(16, 16), channels=3, mean=(0.1, 0.5, 0.9), std=(0.5, 1, 2))),
+        (tmp_path / "g.png", grey, Preprocess(size=(16, 16), channels=1, invert=True, mean=(0.3,), gamma=0.5)),
     ):
         (item,) = load_images([path], spec)
         array = item.array[None]  # type: ignore[union-attr]

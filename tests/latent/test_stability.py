@@ -262,3 +262,11 @@ def test_command_refuses_a_folder_it_cannot_read(models: dict[str, Path], tmp_pa
     (tmp_path / "empty").mkdir()
     result = invoke("stability", tmp_path / "empty", "--model", models["autoencoder"])
     assert result.exit_code == 1 and "no images found" in error_lines(result)[0]
+
+
+def test_noise_is_added_to_the_intensities_and_the_model_gets_them_with_its_gamma() -> None:
+    spec = Preprocess(size=(4, 4), channels=1, mean=(0.3,), std=(0.5,), gamma=0.5)
+    assert pixel_spec(spec).gamma == 1.0 and pixel_spec(spec).mean == (0.0,)
+    x = np.random.default_rng(0).random((2, 1, 4, 4), dtype=np.float32)
+    np.testing.assert_allclose(normalise(x, spec), (np.sqrt(x) - 0.3) / 0.5, atol=1e-6)
+    np.testing.assert_allclose(to_pixels(normalise(x, spec), spec), x, atol=1e-5)
