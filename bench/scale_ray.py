@@ -70,6 +70,14 @@ def env() -> dict[str, str]:
     return {**os.environ, "SIMSEARCH_PROGRESS": "off", "RAY_AUTH_MODE": "token"}
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds this machine has spent busy since boot, all processes together (``/proc/stat``): a Ray run's
+    work happens in processes that are not the command's children (raylet, its workers), so only the machine-wide
+    count sees it."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
 def run(args: list[str], timeout: float = 1800) -> tuple[float, str]:
     """Run a command; its wall seconds and stdout (its stderr shown and an error raised when it fails)."""
     started = time.perf_counter()
@@ -400,19 +408,25 @@ def section_warm(args: argparse.Namespace, work: Path, images: Path, model_dir: 
         run(start)
         for label, model in (("pixels", "pixels"), ("autoencoder", str(model_dir))):
             walls: dict[str, list[float]] = {"local": [], "ray": []}
+            cpus: dict[str, list[float]] = {"local": [], "ray": []}
             for repeat in range(args.repeats):
                 for engine in ("local", "ray") if repeat % 2 == 0 else ("ray", "local"):
                     name = f"warm-{label}-{engine}"
                     shutil.rmtree(home / name, ignore_errors=True)
                     command = ["index", str(images), "--home", str(home), "--name", name, "--model", model]
                     command += ["--device", "cpu", "--engine", engine]
+                    time.sleep(2)  # what the last run left behind settles first
+                    before = busy_cpu_seconds()
                     seconds, _ = run([*SIMSEARCH, *command, *(["--address", head] if engine == "ray" else [])])
+                    time.sleep(0.5)  # the actors' exit is part of the run's cost
+                    cpus[engine].append(busy_cpu_seconds() - before)
                     walls[engine].append(seconds)
             row: dict[str, Any] = {
                 engine: {
                     "wall_s": round(statistics.median(walls[engine]), 2),
                     "walls_s": [round(w, 2) for w in walls[engine]],
                     "images_per_s": round(args.images / statistics.median(walls[engine])),
+                    "machine_cpu_s": round(statistics.median(cpus[engine]), 2),
                 }
                 for engine in ("local", "ray")
             }
@@ -549,8 +563,12 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             *[f"    {c}" for c in warm["commands"]],
             "",
-            "| model | local: wall s (images/s) | ray --address: wall s (images/s) | ray/local | same collection |",
-            "| --- | --- | --- | --- | --- |",
+            "Machine CPU: the CPU seconds the whole machine spent busy from the command's start to half a second after"
+            " its end (`/proc/stat`; Ray's own processes included, the idle cluster's upkeep too), median of the runs.",
+            "",
+            "| model | local: wall s (images/s) | ray --address: wall s (images/s) | ray/local | machine CPU s: local, ray "
+            "| same collection |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for label in ("pixels", "autoencoder"):
             row = warm.get(label)
@@ -558,6 +576,7 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(
                     f"| {label} | {row['local']['wall_s']} ({row['local']['images_per_s']:,}) | "
                     f"{row['ray']['wall_s']} ({row['ray']['images_per_s']:,}) | {row['ratio_ray_over_local']} | "
+                    f"{row['local'].get('machine_cpu_s', '–')}, {row['ray'].get('machine_cpu_s', '–')} | "
                     f"{'yes' if row['compared']['identical'] else 'NO'} |"
                 )
         lines.append("")
