@@ -37,7 +37,7 @@ def fit(
     """Minimise ``objective.loss`` over its batches; keep the weights with the best ``objective.validate()``.
 
     Stops at ``config.epochs``, at ``config.max_seconds``, or after ``config.patience`` epochs without a
-    better validation score, whichever comes first. Returns the history, one dict per epoch. With
+    better validation score once the learning-rate cycle is ``EARLY_STOP_FROM`` done, whichever comes first. Returns the history, one dict per epoch. With
     ``config.ema``, the moving average of the weights is what is validated and kept. The learning rate follows
     one cycle (``OneCycle``) over ``config.epochs``, or over the epochs that fit in ``config.max_seconds`` when
     fewer do, so that a run the time limit cuts short has still cooled down.
@@ -122,7 +122,8 @@ def fit(
         history.append(record)
         shown = f" · {objective.metric_name} {score:.4f}" if score is not None else ""
         progress(task, epoch, last, f"loss {record['loss']:.4f}{shown}")
-        if stale >= config.patience or time.monotonic() - started > config.max_seconds or schedule.done:
+        patient = stale >= config.patience and schedule.progress >= EARLY_STOP_FROM
+        if patient or time.monotonic() - started > config.max_seconds or schedule.done:
             break
         if checkpoint is not None and epoch < last and checkpoint.due():
             checkpoint.save(
@@ -154,6 +155,13 @@ def fit(
         model.load_state_dict(best[1])
     model.eval()
     return history
+
+
+#: Early stopping waits until the learning-rate cycle is this far through. Before, the rate is near its peak, where
+#: validation scores wander, and a run stopped there keeps weights from its first epochs: the Fashion-MNIST Siamese
+#: benchmark with seed 2 stopped after 16 of 60 epochs, k=9 vote accuracy 0.821; waiting, 0.861 (seeds 0, 1, 3, 4
+#: stopped past half-way and were unchanged; faces' cross-fitted EER unchanged, 0.100).
+EARLY_STOP_FROM = 0.5
 
 
 class OneCycle:

@@ -84,3 +84,22 @@ def test_fit_records_no_score_when_there_is_nothing_to_validate(fast_train: Trai
     assert len(history) == 3 and all(set(h) == {"epoch", "loss", "seconds"} for h in history)
     history = fit(rows_objective([6, 7]), fast_train)
     assert all("val_loss" in h for h in history)
+
+
+def test_early_stopping_waits_until_the_learning_rate_cycle_is_half_done(fast_train: TrainConfig) -> None:
+    """Scores that only get worse after the first epoch: with patience 1, the run still goes on until half of the
+    one-cycle schedule is behind it (``EARLY_STOP_FROM``), then stops, keeping the first epoch's weights."""
+    scores = iter(range(100))
+    kept: list[dict] = []
+    objective = rows_objective([6, 7])
+
+    def validate() -> float:
+        kept.append({k: v.clone() for k, v in objective.model.state_dict().items()})
+        return float(next(scores))
+
+    config = replace(fast_train, epochs=10, patience=1, max_seconds=600)
+    history = fit(objective, config, validate=validate)
+    steps_per_epoch = sum(1 for _ in objective.batches())
+    assert len(history) == 5 and steps_per_epoch >= 1  # 5 of 10 epochs: half the cycle, not 2 (patience 1)
+    first = kept[0]
+    assert all((objective.model.state_dict()[k] == first[k]).all() for k in first)  # the best, first epoch's
