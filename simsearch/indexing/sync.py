@@ -45,7 +45,7 @@ from simsearch.store.collection import (
     meta_schema,
     meta_table,
 )
-from simsearch.store.segments import MERGE_FACTOR, without_ids
+from simsearch.store.segments import MERGE_FACTOR, live_rows
 from simsearch.training import TRAINABLE, TrainConfig, TrainingCheckpoint, train_encoder
 
 #: Why a file whose embedding came back NaN or infinite is skipped.
@@ -230,7 +230,7 @@ class _Pending:
                 vectors.remove_ids(index, gone)
             else:
                 rebuild = True
-            meta = without_ids(meta, gone)
+            meta = live_rows(meta, gone)
         if self.rows["id"]:
             emb = np.concatenate(self.embeddings)
             if index is not None and not rebuild:

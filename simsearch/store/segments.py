@@ -234,18 +234,14 @@ def live_mask(table: pa.Table, deleted: np.ndarray | None) -> np.ndarray | None:
     return ~np.isin(int64_column(table, "id"), deleted)
 
 
-def without_ids(table: pa.Table, ids: np.ndarray) -> pa.Table:
-    """The rows of ``table`` whose id is not one of ``ids``, in order; its record batches that hold none of them
-    are kept as they are, not copied (a writer's table is one batch per segment and checkpoint: a removal copies
-    the batches it touches, not every embedding)."""
+def live_rows(table: pa.Table, deleted: np.ndarray | None) -> pa.Table:
+    """The rows of ``table`` whose id is not one of ``deleted``, in order; its record batches that hold none of
+    them are kept as they are, not copied (a writer's table is one batch per segment and checkpoint: a removal
+    copies the batches it touches, not every embedding)."""
+    if deleted is None or not len(deleted):
+        return table
     batches = []
     for batch in table.to_batches():
-        mask = live_mask(pa.Table.from_batches([batch]), ids)
+        mask = live_mask(pa.Table.from_batches([batch]), deleted)
         batches.append(batch if mask is None or mask.all() else batch.filter(arrow_array(mask)))
     return pa.Table.from_batches(batches, schema=table.schema)
-
-
-def live_rows(table: pa.Table, deleted: np.ndarray | None) -> pa.Table:
-    """The rows of a segment's table that are not deleted."""
-    mask = live_mask(table, deleted)
-    return table if mask is None else table.filter(arrow_array(mask))

@@ -19,7 +19,7 @@ from simsearch.collection import SKIPPED_SCHEMA, Collection, embeddings_of, meta
 from simsearch.indexing import IndexConfig, index_folder
 from simsearch.io import Preprocess
 from simsearch.store import segments as seg
-from simsearch.store.segments import MergedSegment, Segment, SegmentSet, tier, without_ids
+from simsearch.store.segments import MergedSegment, Segment, SegmentSet, live_rows, tier
 from simsearch.training import pixels_encoder
 from tests.conftest import consistent_snapshot, current_files, to_format_1, write_folder
 from tests.helpers import invoke
@@ -63,14 +63,14 @@ def test_tiers_and_what_the_policy_merges() -> None:
 
 def test_rows_without_some_ids_copy_only_the_batches_that_held_them() -> None:
     table = pa.concat_tables([rows(0, 5), rows(5, 5), rows(10, 5)])
-    kept = without_ids(table, np.array([6, 7, 14, 99]))
+    kept = live_rows(table, np.array([6, 7, 14, 99]))
     assert kept.column("id").to_pylist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13]
     np.testing.assert_array_equal(embeddings_of(kept), embeddings_of(table)[[0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13]])
     before, after = table.to_batches(), kept.to_batches()
     assert [b.num_rows for b in after] == [5, 3, 4]
     untouched = before[0].column("embedding").values.buffers()[1].address
     assert after[0].column("embedding").values.buffers()[1].address == untouched  # the same memory, not a copy
-    assert without_ids(table, np.array([], np.int64)).column("id").to_pylist() == list(range(15))
+    assert live_rows(table, np.array([], np.int64)).column("id").to_pylist() == list(range(15))
 
 
 def test_deletions_name_their_segment_and_merges_carry_later_ones_over() -> None:
