@@ -178,8 +178,26 @@ def to_array(img: Image.Image, spec: Preprocess) -> np.ndarray:
     arr = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     if spec.invert:
         arr = 1.0 - arr
+    return normalise(arr, spec)
+
+
+def normalise(unit: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """[0, 1] intensities, inverted already where ``spec`` inverts, ``(C, H, W)`` or ``(n, C, H, W)`` → the
+    encoder's input: ``(x^gamma - mean) / std``, float32."""
+    x = np.asarray(unit, np.float32)
     if spec.gamma != 1.0:
-        arr = np.power(arr, np.float32(spec.gamma), dtype=np.float32)
+        x = np.power(np.maximum(x, 0.0), np.float32(spec.gamma), dtype=np.float32)
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
-    return np.ascontiguousarray((arr - mean) / std, dtype=np.float32)
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def denormalise(inputs: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """``normalise``'s inverse: the encoder's input space (a decoder's output too) → intensities, not clipped (a
+    decoder may overshoot; below 0, where the power has no real inverse, gamma's undoing gives 0)."""
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
+    unit = np.asarray(inputs, np.float32) * std + mean
+    if spec.gamma != 1.0:
+        unit = np.power(np.maximum(unit, 0.0), np.float32(1.0 / spec.gamma), dtype=np.float32)
+    return unit

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from simsearch.errors import ImageError, ModelError, UsageError, option
-from simsearch.io import Preprocess, find_images, load_images, save_png
+from simsearch.io import Preprocess, denormalise, find_images, load_images, normalise, save_png
 from simsearch.models.encoder import Encoder
 from simsearch.models.registry import REGISTRY, get_family
 from simsearch.store.collection import Collection, resolve_path
@@ -178,26 +178,16 @@ def read_images(encoder: Encoder, paths: Sequence[Path], strict: bool = True) ->
 
 
 def to_unit(images: np.ndarray, spec: Preprocess) -> np.ndarray:
-    """Undo the normalisation (gamma and inversion) of images in an encoder's input space: (n, C, H, W) → the same in
-    [0, 1] intensities as the files had them (not clipped: a decoder may overshoot)."""
-    mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
-    unit = np.asarray(images, np.float32) * std + mean
-    if spec.gamma != 1.0:  # a decoder may overshoot below 0, where the power has no real inverse
-        unit = np.power(np.maximum(unit, 0.0), np.float32(1.0 / spec.gamma), dtype=np.float32)
+    """Undo the normalisation (gamma and inversion) of images in an encoder's input space: (n, C, H, W) → the same
+    in [0, 1] intensities as the files had them (not clipped: a decoder may overshoot)."""
+    unit = denormalise(images, spec)
     return 1.0 - unit if spec.invert else unit
 
 
 def from_unit(unit: np.ndarray, spec: Preprocess) -> np.ndarray:
     """``to_unit``'s inverse: [0, 1] intensities (n, C, H, W) → the encoder's input space."""
     unit = np.asarray(unit, np.float32)
-    if spec.invert:
-        unit = 1.0 - unit
-    if spec.gamma != 1.0:
-        unit = np.power(np.maximum(unit, 0.0), np.float32(spec.gamma), dtype=np.float32)
-    mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
-    return np.ascontiguousarray((unit - mean) / std, dtype=np.float32)
+    return normalise(1.0 - unit if spec.invert else unit, spec)
 
 
 def to_pixels(images: np.ndarray, spec: Preprocess) -> np.ndarray:

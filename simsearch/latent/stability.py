@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from simsearch.errors import DataError, UsageError, option
-from simsearch.io import ImageError, LoadedImage, Preprocess, find_images, load_images
+from simsearch.io import ImageError, LoadedImage, Preprocess, denormalise, find_images, load_images, normalise
 from simsearch.models.encoder import Encoder
 from simsearch.progress import Progress, no_progress
 
@@ -264,21 +264,9 @@ def pixel_spec(spec: Preprocess) -> Preprocess:
     return replace(spec, mean=(0.0,), std=(1.0,), gamma=1.0)
 
 
-def normalise(pixels: np.ndarray, spec: Preprocess) -> np.ndarray:
-    """[0, 1] pixels (n, C, H, W) → the model's input: (x^gamma − mean) / std, float32."""
-    if spec.gamma != 1.0:
-        pixels = np.power(np.maximum(pixels, 0.0), np.float32(spec.gamma), dtype=np.float32)
-    mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
-    return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
-
-
 def to_pixels(inputs: np.ndarray, spec: Preprocess) -> np.ndarray:
     """The model's input space (what ``Encoder.decode`` gives) → [0, 1] pixels, clipped."""
-    mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
-    unit = np.clip(inputs * std + mean, 0.0, 1.0)
-    return unit if spec.gamma == 1.0 else np.power(unit, np.float32(1.0 / spec.gamma), dtype=np.float32)
+    return np.clip(denormalise(inputs, spec), 0.0, 1.0)
 
 
 def add_noise(pixels: np.ndarray, sigma: float, draw: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simsearch.io import Preprocess
+from simsearch.io import Preprocess, denormalise
 
 if TYPE_CHECKING:
     from simsearch.models.encoder import Encoder
@@ -121,10 +121,8 @@ class Reference:
 
 def statistics(images: np.ndarray, spec: Preprocess) -> np.ndarray:
     """(n, 3): mean intensity, contrast (std) and mean absolute gradient of each preprocessed image, measured on
-    its [0, 1] pixels (after inversion: undone is only the normalisation by ``spec``'s mean and std)."""
-    std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
-    mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
-    pixels = np.asarray(images, np.float32) * std + mean
+    its [0, 1] pixels (after inversion: undone are only the normalisation and gamma, ``io.denormalise``)."""
+    pixels = denormalise(images, spec)
     n = len(pixels)
     gradient = np.zeros(n, np.float32)
     if pixels.shape[3] > 1:
