@@ -100,7 +100,7 @@ def fit(
             schedule.step(time.monotonic() - started)
             steps += 1
             if average is not None:
-                average.update(model)
+                average.update(model, steps)
             total += float(loss.detach()) * len(batch)
             seen += len(batch)
             if time.monotonic() - started > config.max_seconds or schedule.done:

@@ -359,13 +359,30 @@ def test_weight_average_follows_the_weights_and_swaps_them_in() -> None:
     with torch.no_grad():
         module[0].weight.add_(4.0)
         module[1].num_batches_tracked.fill_(7)
-    average.update(module)
+    average.update(module, step=1000)  # past the warm-up: the decay as given
     np.testing.assert_allclose(average.state["0.weight"], start["0.weight"] + 1.0)  # 0.75·w + 0.25·(w + 4)
     assert int(average.state["1.num_batches_tracked"]) == 7  # integer buffers are copied
     own = module[0].weight.detach().clone()
     with average.applied(module):
         np.testing.assert_allclose(module[0].weight.detach(), start["0.weight"] + 1.0)
     np.testing.assert_array_equal(module[0].weight.detach(), own)
+
+
+def test_weight_average_warms_up_over_the_first_steps() -> None:
+    from simsearch.training import WeightAverage
+    from simsearch.training.ema import warmed_decay
+
+    assert warmed_decay(0.995, 1) == pytest.approx(2 / 11)
+    assert warmed_decay(0.995, 90) == pytest.approx(0.91)
+    assert warmed_decay(0.995, 10_000) == 0.995 and warmed_decay(0.5, 20) == 0.5
+    assert warmed_decay(0.5, 3) == pytest.approx(4 / 13)
+    module = torch.nn.Linear(2, 2)
+    start = module.weight.detach().clone()
+    average = WeightAverage(module, decay=0.995)
+    with torch.no_grad():
+        module.weight.add_(11.0)
+    average.update(module, step=1)  # (2/11)·w + (9/11)·(w + 11): the random start mostly forgotten at once
+    np.testing.assert_allclose(average.state["weight"], start + 9.0, rtol=1e-6)
 
 
 def test_siamese_options_validate_and_train(tmp_path: Path, fast_train: TrainConfig) -> None:
