@@ -74,6 +74,7 @@ from simsearch.latent.stability import (
 )
 from simsearch.models.encoder import Encoder
 from simsearch.training import TrainConfig, pixels_encoder, train_neural
+from simsearch.training.recipe import PLAIN, RECIPES
 
 DATASETS = ["mnist", "fashion"]
 #: Anomaly rows: ``model:score``; the model is a family (``siamese:ntxent`` with its loss) or a baseline.
@@ -174,7 +175,7 @@ EPOCH_COST: dict[str, float] = {}
 
 def planned_epochs(key: str, x: np.ndarray, labels: list[str | None], args: argparse.Namespace) -> int:
     """``--epochs``, or with ``--epochs auto`` as many epochs as fit in 90% of ``--max-seconds`` at the speed last
-    measured for ``key`` (a one-epoch probe the first time), between 3 and ``TrainConfig.epochs``.
+    measured for ``key`` (a one-epoch probe the first time), between 3 and the plain recipe's epochs.
 
     The one-cycle learning-rate schedule spans ``epochs`` and warms up over its first 15%: a run cut short by the
     clock long before ``epochs`` stops while the rate is still rising (with 60 epochs planned and five run in 25 s,
@@ -186,7 +187,7 @@ def planned_epochs(key: str, x: np.ndarray, labels: list[str | None], args: argp
         probe, _ = train_model(key, x, labels, args, epochs=1)
         EPOCH_COST[key] = probe.history[0]["seconds"] / len(x)
     fits = int(0.9 * args.max_seconds / max(EPOCH_COST[key] * len(x), 1e-6))
-    return max(3, min(TrainConfig.epochs, fits))
+    return max(3, min(RECIPES[PLAIN]["epochs"], fits))
 
 
 def train_model(

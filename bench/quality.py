@@ -122,6 +122,7 @@ def train_row(row: str, folder: Path, args: argparse.Namespace) -> tuple[Encoder
         "invert": encoder.preprocess.invert,
         "dim": encoder.dim,
         "device": encoder.training.get("device", "cpu"),
+        "recipe": encoder.training.get("recipe", {}).get("name"),  # what the options left on auto took
     }
 
 
@@ -412,7 +413,7 @@ def main() -> None:
     )
     parser.add_argument("--datasets", nargs="*", default=["fashion", "omniglot"], choices=DATASETS)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's (training.recipe)")
     parser.add_argument("--max-seconds", type=float, default=TrainConfig.max_seconds)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -54,7 +54,13 @@ def train(
         help="Raise the [0, 1] intensities to this power first: 0.5 (the square root) makes distances weigh where "
         "there is ink or fabric more than how bright it is; 1 keeps them as they are.",
     ),
-    epochs: int = typer.Option(60, "--epochs", min=1, help="Most epochs (training also stops early)."),
+    epochs: int | None = typer.Option(
+        None,
+        "--epochs",
+        min=1,
+        help="Most epochs (training also stops early). Default: 60, or 20 with the character recipe, whose epochs "
+        "hold eight times the images.",
+    ),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=2, help="Images per training batch (default: 256 for siamese, else 128)."
     ),
@@ -62,10 +68,12 @@ def train(
         0.5, "--augment", min=0, help="Siamese: strength of the random warps, noise and erasing."
     ),
     class_augment: str = typer.Option(
-        "none",
+        "auto",
         "--class-augment",
         help="Labelled losses: none, rot4 (each label turned by 90°, 180°, 270° is a new label) or rot4flip "
-        "(mirror images too). For characters and symbols, not for faces or signatures; needs square inputs.",
+        "(mirror images too). For characters and symbols, not for faces or signatures; needs square inputs. "
+        "auto: rot4flip with the character recipe (siamese, labels, ink on a light background in square images), "
+        "else none.",
     ),
     mirror: str = typer.Option(
         "no",
@@ -84,18 +92,20 @@ def train(
     patience: int = typer.Option(
         12, "--patience", min=1, help="Stop after this many epochs without a better validation score."
     ),
-    ema: float = typer.Option(
-        0.0,
+    ema: float | None = typer.Option(
+        None,
         "--ema",
         min=0,
-        help="Validate and keep a moving average of the weights, with this decay per step (0.995, say; 0: off).",
+        help="Validate and keep a moving average of the weights, with this decay per step (0.995, say; 0: off). "
+        "Default: 0.995 with the character recipe, else off.",
     ),
-    projection: int = typer.Option(
-        0,
+    projection: int | None = typer.Option(
+        None,
         "--projection",
         min=0,
         help="Siamese: compute the loss on a head of this many hidden units over the "
-        "embedding, dropped after training (helps with labels never seen in training; 0: off).",
+        "embedding, dropped after training (helps with labels never seen in training; 0: off). Default: 256 with "
+        "the character recipe, else off.",
     ),
     similar_labels: int = typer.Option(
         0,
@@ -179,6 +189,8 @@ def train(
             )
         spec = encoder.preprocess
         out.print(_describe_training(encoder.family, encoder.dim, (spec.channels, *spec.size), encoder.training))
+        if encoder.family == "siamese" and encoder.training.get("recipe"):
+            out.print(_describe_recipe(encoder.training["recipe"]))
         if encoder.threshold:
             from simsearch.verification import describe_calibration
 
@@ -209,3 +221,11 @@ def _describe_discriminant(cross_fit: dict | None) -> str:
         f"Discriminant back-end: not kept: pooled EER of the unseen identities {through:.3f} with it, {plain:.3f} "
         f"without (epoch {epoch})."
     )
+
+
+def _describe_recipe(recipe: dict) -> str:
+    """Which recipe the options left on auto took (``training.recipe``), why, and what it set."""
+    names = {"class_augment": "--class-augment", "projection": "--projection", "ema": "--ema", "epochs": "--epochs"}
+    chosen = ", ".join(f"{names.get(k, k)} {v}" for k, v in recipe.get("set", {}).items())
+    what = f": {chosen}" if chosen else " (every option it sets was given)"
+    return f"Recipe: {recipe['name']} ({recipe['why']}){what}."

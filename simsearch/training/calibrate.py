@@ -99,11 +99,12 @@ def fold_count(n_groups: int, n_images: int, requested: int | None = None) -> in
 
 
 def plan_calibration(
-    y: np.ndarray, classes: Sequence[str], uses_labels: bool, folds: int | None = None
+    y: np.ndarray, classes: Sequence[str], uses_labels: bool, folds: int | None = None, grown: int = 1
 ) -> CalibrationPlan:
     """The calibration method for labels ``y`` (codes into ``classes``): see the module's docstring.
     ``uses_labels``: whether training reads the labels (else a held-out model is honest without cross-fitting);
-    ``folds``: None (choose K), 1 (no cross-fitting: one split) or K."""
+    ``folds``: None (choose K), 1 (no cross-fitting: one split) or K; ``grown``: how many times class augmentation
+    multiplies the images a model trains on (the work ``fold_count`` bounds)."""
     groups, forged = identity_groups(classes), forged_labels(classes)
     labelled = y[y >= 0]
     if len(np.unique(labelled)) < 2:
@@ -115,7 +116,7 @@ def plan_calibration(
     if n_groups >= MIN_GROUPS_TO_CROSS_FIT:
         if uses_labels and folds != 1:
             return CalibrationPlan(
-                METHOD_CROSS_FITTED, fold_count(n_groups, len(labelled), folds), groups, forged, True
+                METHOD_CROSS_FITTED, fold_count(n_groups, len(labelled) * grown, folds), groups, forged, True
             )
         return CalibrationPlan(METHOD_IDENTITIES, 1, groups, forged, True)
     reason = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 from simsearch.errors import UsageError, option
 from simsearch.io import (
@@ -18,6 +19,8 @@ from simsearch.training.losses import LOSSES
 #: The families ``train`` makes (all of the registry's), and those the training loop fits, as registered when
 #: this module was imported. ``TrainConfig`` reads the registry itself.
 TRAINABLE = family_names()
+T = TypeVar("T")
+
 NEURAL = tuple(family.name for family in REGISTRY.values() if family.trained)
 
 
@@ -35,7 +38,8 @@ class TrainConfig:
     beta: float = 1.0
     contrastive_weight: float = 0.0
     augment: float = 0.5
-    class_augment: str = "none"
+    #: ``auto`` (and None for ``epochs``, ``ema`` and ``projection``): chosen from the data by ``training.recipe``.
+    class_augment: str = "auto"
     dim: int = 64
     size: str = "auto"
     resize: str = "auto"
@@ -43,7 +47,7 @@ class TrainConfig:
     invert: str = "auto"
     #: The power the [0, 1] intensities are raised to before normalising (``Preprocess.gamma``); 1: as they are.
     gamma: float = 1.0
-    epochs: int = 60
+    epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float = 2e-3
     max_seconds: float = 300.0
@@ -53,8 +57,8 @@ class TrainConfig:
     #: Folds of the cross-fitted threshold calibration (``calibrate.plan_calibration``): None chooses K from the
     #: identities; 1 turns it off (one validation split, as a quick run); K ≥ 2 asks for K (two groups a fold).
     folds: int | None = None
-    ema: float = 0.0
-    projection: int = 0
+    ema: float | None = None
+    projection: int | None = None
     similar_labels: int = 0
     mirror: str = "no"
     #: Siamese, cross-fitted: ``auto`` scores the folds through the discriminant back-end too and keeps it when
@@ -84,11 +88,11 @@ class TrainConfig:
             raise UsageError(f"{option('batch_size')} must be at least 2, not {self.batch_size}")
         if self.dim < 1:
             raise UsageError(f"{option('dim')} must be at least 1, not {self.dim}")
-        if not 0 <= self.ema < 1:
+        if self.ema is not None and not 0 <= self.ema < 1:
             raise UsageError(f"{option('ema')} must be in [0, 1) (0: off; 0.995, say), not {self.ema}")
-        if self.projection < 0 or self.similar_labels < 0:
+        if (self.projection or 0) < 0 or self.similar_labels < 0:
             raise UsageError(f"{option('projection')} and {option('similar_labels')} must be ≥ 0")
-        if self.projection > 0 and self.family_record.objective != "siamese":
+        if (self.projection or 0) > 0 and self.family_record.objective != "siamese":
             raise UsageError(
                 f"{option('projection')} is a head for the Siamese losses: use it with {option('family', 'siamese')}"
             )
@@ -108,11 +112,12 @@ class TrainConfig:
                 f"{option('discriminant')} is a back-end of the Siamese family: use it with "
                 f"{option('family', 'siamese')}"
             )
-        if self.class_augment not in CLASS_AUGMENTS:
+        if self.class_augment not in ("auto", *CLASS_AUGMENTS):
             raise UsageError(
-                f"{option('class_augment')} must be one of {', '.join(CLASS_AUGMENTS)}, not {self.class_augment!r}"
+                f"{option('class_augment')} must be auto or one of {', '.join(CLASS_AUGMENTS)}, not "
+                f"{self.class_augment!r}"
             )
-        if self.class_augment != "none" and not self.uses_labels:
+        if self.class_augment not in ("auto", "none") and not self.uses_labels:
             raise UsageError(
                 f"{option('class_augment')} makes new labels, so it needs a labelled loss: "
                 f"{option('family', 'siamese')} with {option('loss', 'contrastive')} or triplet, or "
@@ -120,7 +125,7 @@ class TrainConfig:
             )
         if self.folds is not None and self.folds < 1:
             raise UsageError(f"{option('folds')} must be auto or at least 1 (1: no cross-fitting), not {self.folds}")
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise UsageError(f"{option('epochs')} must be at least 1, not {self.epochs}")
         if self.max_seconds <= 0:
             raise UsageError(f"the training time limit must be positive, not {self.max_seconds}")
@@ -129,6 +134,21 @@ class TrainConfig:
                 f"{option('beta')} and {option('contrastive_weight')} must be ≥ 0, and {option('margin')} > 0"
             )
         parse_size(self.size)
+
+    @property
+    def epoch_count(self) -> int:
+        """``epochs``, once chosen (``training.recipe.resolve``, or ``settled``)."""
+        return _chosen(self.epochs, "epochs")
+
+    @property
+    def ema_decay(self) -> float:
+        """``ema``, once chosen (0: off)."""
+        return _chosen(self.ema, "ema")
+
+    @property
+    def projection_units(self) -> int:
+        """``projection``, once chosen (0: off)."""
+        return _chosen(self.projection, "projection")
 
     @property
     def family_record(self) -> Family:
@@ -140,6 +160,12 @@ class TrainConfig:
         """Whether training reads the labels: a family that needs them (the Siamese labelled losses; NT-Xent needs
         none), or an autoencoder's contrastive term."""
         return (self.family_record.needs_labels and self.loss != "ntxent") or self.contrastive_weight > 0
+
+
+def _chosen(value: T | None, name: str) -> T:
+    if value is None:
+        raise ValueError(f"{name} is still on auto: training.recipe.resolve chooses it from the data")
+    return value
 
 
 def parse_size(text: str) -> tuple[int, int] | None:

@@ -20,6 +20,7 @@ from simsearch.training.checkpoint import TrainingCheckpoint, rng_state, set_rng
 from simsearch.training.config import TrainConfig
 from simsearch.training.ema import WeightAverage
 from simsearch.training.objectives import Objective
+from simsearch.training.recipe import settled
 
 
 def fit(
@@ -56,18 +57,19 @@ def fit(
     (``nothing_to_validate``), the epochs have no score either, rather than a meaningless 0. A run that takes no
     optimiser step at all (too few training images to make a batch) raises ``DataError``.
     """
+    config = settled(config)
     model = objective.model
     device = objective.images.device
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     steps_per_epoch = max(1, sum(1 for _ in objective.batches()))
-    schedule = OneCycle(optimiser, config.learning_rate, config.epochs * steps_per_epoch, config.max_seconds)
+    schedule = OneCycle(optimiser, config.learning_rate, config.epoch_count * steps_per_epoch, config.max_seconds)
     amp = device.type == "cuda"
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     history: list[dict[str, Any]] = []
     started = time.monotonic()
     stale = 0
-    average = WeightAverage(model, config.ema) if config.ema > 0 else None
-    last = min(config.epochs, epochs) if epochs is not None else config.epochs
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
+    last = min(config.epoch_count, epochs) if epochs is not None else config.epoch_count
     unmeasured = validate is None and nothing_to_validate(objective)
     steps = 0
     first = 1

@@ -31,7 +31,7 @@ from simsearch.models.encoder import Encoder, resolve_device
 from simsearch.models.novelty import fit_reference
 from simsearch.models.registry import arch_of
 from simsearch.progress import Progress, no_progress
-from simsearch.training.augment import add_transformed_classes
+from simsearch.training.augment import add_transformed_classes, class_symmetries
 from simsearch.training.calibrate import (
     DISCRIMINANT,
     METHOD_CROSS_FITTED,
@@ -47,6 +47,7 @@ from simsearch.training.config import TrainConfig, choose_size, parse_size
 from simsearch.training.discriminant import fit_discriminant
 from simsearch.training.loop import fit
 from simsearch.training.objectives import Objective, objective_class
+from simsearch.training.recipe import resolve, settled
 from simsearch.training.sampling import Split, encode_labels, split_for_validation
 
 #: The percentile of the training images' reconstruction errors that is the stored anomaly threshold.
@@ -120,6 +121,7 @@ def build_objective(
 ) -> Objective:
     """The family's encoder (and decoder, when it has one) made as its registry record says, new, and the
     objective that trains them."""
+    config = settled(config)
     family, objective = config.family_record, objective_for(config)
     options: dict[str, Any] = {"normalize": True} if objective.normalize else {}
     encoder = family.encoder_class(channels=spec.channels, size=spec.size, dim=config.dim, **options)
@@ -139,11 +141,14 @@ def train_neural(
     """Fit one of the neural families on normalised ``images`` (n, C, H, W); return its encoder, with the
     verification threshold calibrated as ``calibrate.plan_calibration`` decides when the images are labelled:
     cross-fitted over identities (one model per fold, then the final model on every identity), or on a single
-    held-out split. ``config.max_seconds`` bounds all of it (the time of interrupted runs included).
+    held-out split. ``config.max_seconds`` bounds all of it (the time of interrupted runs included). Options left
+    on auto are set first by the recipe the data call for (``training.recipe``), recorded in
+    ``encoder.training["recipe"]``.
 
     With ``checkpoint``, training resumes from what an interrupted run of the same training saved there, and
     saves its own state as it goes; the caller removes the file once the encoder is safely written."""
     started = time.monotonic()
+    config, recipe = resolve(config, spec)
     if checkpoint is not None:
         checkpoint.open(training_key(images, labels, config))
         started -= checkpoint.elapsed_before
@@ -155,14 +160,19 @@ def train_neural(
             f"{option('family', config.family)} with this loss needs labels: put each class in its own sub-folder "
             f"(at least 2), or use {option('loss', 'ntxent')}, which needs none"
         )
-    plan = plan_calibration(y, classes, config.uses_labels, config.folds)
+    # Class augmentation multiplies the images each model trains on: fewer folds keep the work bounded.
+    grown = len(class_symmetries(config.class_augment))
+    plan = plan_calibration(y, classes, config.uses_labels, config.folds, grown)
     if plan.method == METHOD_CROSS_FITTED:
-        return train_cross_fitted(images, y, classes, plan, spec, config, device, progress, started, checkpoint)
+        encoder = train_cross_fitted(images, y, classes, plan, spec, config, device, progress, started, checkpoint)
+        encoder.training["recipe"] = recipe
+        return encoder
     split = split_for_validation(y, config.val_fraction, config.seed, plan.groups, plan.method == METHOD_IDENTITIES)
     objective = training_objective(images, y, split, spec, config, device)
     history = fit(objective, config, progress, objective.task(config), checkpoint=checkpoint)
     encoder = encoder_of(objective, config, spec, history)
     encoder.training = provenance(config, len(images), classes, split, history, device)
+    encoder.training["recipe"] = recipe
     note_resumed(encoder, checkpoint)
     add_augment_record(encoder, objective, config)
     encoder.threshold = calibrate_threshold(encoder, images, y, split, plan)
@@ -245,7 +255,7 @@ def train_cross_fitted(
         fold_started = time.monotonic()
         left = config.max_seconds - (fold_started - started)
         budget = max(left * share / ((k_total - k) * share + 1), 1e-3)
-        patience = config.patience if cross.folds[k].patient else config.epochs + 1
+        patience = config.patience if cross.folds[k].patient else config.epoch_count + 1
         fold_config = replace(config, max_seconds=budget, patience=patience)
         torch.manual_seed(config.seed + 1 + k)
         objective = training_objective(images, y, Split(train_rows, held_rows, "identities"), spec, fold_config, device)
@@ -272,7 +282,7 @@ def train_cross_fitted(
         if checkpoint is not None:
             checkpoint.finish_stage(stage, {"distances": get(), "seconds": fold_seconds[-1]})
 
-    cross.run(train_fold, config.epochs)
+    cross.run(train_fold, config.epoch_count)
     variant, epoch = cross.choose()
     curve = cross.curve(variant)
     torch.manual_seed(config.seed)

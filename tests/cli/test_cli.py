@@ -99,7 +99,7 @@ def test_bad_usage_exits_2(indexed: Path, image_folder: Path) -> None:
     result = invoke("train", image_folder, "--family", "gan")
     assert result.exit_code == 2 and "unknown family" in result.stderr
     result = invoke("train", image_folder, "--family", "siamese", "--class-augment", "rot3")
-    assert result.exit_code == 2 and "--class-augment must be one of none, rot4, rot4flip" in result.stderr
+    assert result.exit_code == 2 and "--class-augment must be auto or one of none, rot4, rot4flip" in result.stderr
 
 
 def test_train_writes_a_model_folder_that_index_uses(image_folder: Path, tmp_path: Path) -> None:

@@ -312,7 +312,7 @@ def test_autoencoder_with_contrastive_term(image_folder: Path, fast_train: Train
 
 
 def test_class_augment_needs_a_labelled_loss_and_square_inputs(tmp_path: Path, fast_train: TrainConfig) -> None:
-    with pytest.raises(UsageError, match="class_augment must be one of"):
+    with pytest.raises(UsageError, match="class_augment must be auto or one of"):
         TrainConfig(family="siamese", class_augment="rot3")
     for family, loss in (("autoencoder", "contrastive"), ("siamese", "ntxent"), ("pca", "contrastive")):
         with pytest.raises(UsageError, match="labelled loss"):

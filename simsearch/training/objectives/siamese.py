@@ -98,7 +98,7 @@ class Siamese(Objective):
             loss=config.loss,
             margin=config.margin,
             augment=config.augment,
-            projection=config.projection,
+            projection=config.projection_units,
             similar_labels=config.similar_labels,
             mirror=mirror_for(config.mirror, images),
             batch_size=cls.batch_size_for(config),

@@ -1,0 +1,75 @@
+"""The options a training run leaves on ``auto``, chosen from the data once its images are read.
+
+A Siamese model trained with labels on **characters** — ink on a light background (``Preprocess.invert``) in
+square inputs, such as handwritten characters, symbols or glyphs — gets the character recipe:
+
+- ``class_augment`` rot4flip: each label turned by 90°, 180° and 270°, and mirrored, becomes a new label (a
+  character upside down is another character), eight times the labels to tell apart;
+- ``projection`` 256: the loss is computed on a head over the embedding, dropped after training;
+- ``ema`` 0.995: the moving average of the weights is what is validated and kept;
+- ``epochs`` 20: each epoch holds eight times the images, so 20 of them are 160 passes over the originals.
+
+On Omniglot's unseen alphabets (trained on three others) the recipe took the EER from 0.178 to the figure in
+``bench/results/quality.md``; ``bench/results/eer-exploration.md`` has how each part was chosen. Everything else
+(photos, faces, clothes, digits in white on black, and signatures, whose inputs are wide) keeps the plain recipe:
+no class augmentation, no head, no averaging, 60 epochs. An option the user set is kept as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from simsearch.io import Preprocess
+from simsearch.training.config import TrainConfig
+
+CHARACTERS = "characters"
+PLAIN = "plain"
+
+#: What each recipe sets, option by option (only the options left on auto take it).
+RECIPES: dict[str, dict[str, Any]] = {
+    CHARACTERS: {"class_augment": "rot4flip", "projection": 256, "ema": 0.995, "epochs": 20},
+    PLAIN: {"class_augment": "none", "projection": 0, "ema": 0.0, "epochs": 60},
+}
+
+#: The options a recipe may set: a config holds None (``class_augment``: "auto") where the user left them.
+AUTO_OPTIONS = tuple(RECIPES[PLAIN])
+
+
+def is_auto(config: TrainConfig, name: str) -> bool:
+    value = getattr(config, name)
+    return value == "auto" if name == "class_augment" else value is None
+
+
+def recipe_for(config: TrainConfig, spec: Preprocess) -> tuple[str, str]:
+    """The recipe for ``config`` on images read as ``spec``, and why, in a few words."""
+    if config.family_record.objective != "siamese":
+        return PLAIN, "the character recipe is for the Siamese family"
+    if not config.uses_labels:
+        return PLAIN, f"the character recipe needs labels, which the {config.loss} loss does not read"
+    if spec.invert and spec.size[0] == spec.size[1]:
+        return CHARACTERS, "ink on a light background in square images, with labels: characters or symbols"
+    if not spec.invert:
+        return PLAIN, "not ink on a light background"
+    return PLAIN, f"ink on a light background, but {spec.size[0]}×{spec.size[1]} inputs are not square"
+
+
+def resolve(config: TrainConfig, spec: Preprocess) -> tuple[TrainConfig, dict[str, Any]]:
+    """``config`` with every option left on auto set by the recipe the data call for, and the record of it that
+    ``encoder.training["recipe"]`` keeps: the recipe, why, and which options it set (the user's are kept)."""
+    name, why = recipe_for(config, spec)
+    chosen = {k: v for k, v in RECIPES[name].items() if is_auto(config, k)}
+    return replace(config, **chosen), {"name": name, "why": why, "set": chosen}
+
+
+def resolved(config: TrainConfig) -> bool:
+    """Whether no option is left on auto (``resolve`` has run, or the user set them all)."""
+    return not any(is_auto(config, k) for k in AUTO_OPTIONS)
+
+
+def settled(config: TrainConfig) -> TrainConfig:
+    """``config`` as the training loop and the objectives read it: options still on auto (no data was surveyed,
+    as when a caller builds an objective itself) take the plain recipe's values."""
+    if resolved(config):
+        return config
+    return replace(config, **{k: v for k, v in RECIPES[PLAIN].items() if is_auto(config, k)})
