@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,8 +95,9 @@ def index(
 
     Example: simsearch index ./images --name photos
     """
-    with _errors(KEPT) as stop:
+    with _errors(KEPT) as stop, contextlib.ExitStack() as stack:
         chosen = _engine(engine, address, batch_size, device)
+        stack.enter_context(_early(chosen))  # before the imports below, which take a second or more
         from simsearch.indexing import IndexConfig, index_folder
         from simsearch.store.collection import Collection, resolve_path
 
@@ -154,6 +157,22 @@ def _engine(engine: str, address: str | None, batch_size: int, device: str) -> R
     from simsearch.engines.ray import RayEngine
 
     return RayEngine(address, batch_size=batch_size, device=device)
+
+
+@contextlib.contextmanager
+def _early(engine: RayEngine | None) -> Iterator[None]:
+    """With a cluster to join (``--address``), start the Ray engine's actors before this process plans the run
+    (``RayEngine.start``: they import torch meanwhile), and release them if the run never used them. Without one,
+    Ray starts only when there is something to embed: starting a local Ray costs seconds that an unchanged folder
+    should not pay."""
+    if engine is None or engine.address is None:
+        yield
+        return
+    engine.start()
+    try:
+        yield
+    finally:
+        engine.close()
 
 
 def _render_ray_spread(engine: RayEngine) -> None:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from simsearch.errors import ImageError
 from simsearch.io import LoadedImage, LoadJob
-from simsearch.models.encoder import Encoder
+
+if TYPE_CHECKING:  # torch only where an engine embeds: the Ray engine starts its actors before importing it
+    from simsearch.models.encoder import Encoder
 
 
 @dataclass(frozen=True)

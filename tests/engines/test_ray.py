@@ -159,6 +159,65 @@ def test_jobs_come_back_in_order_and_closing_early_ends_the_actors(image_folder:
     assert list(engine.embed(encoder, iter([]), 0)) == [] and engine.batches_per_node == {}
 
 
+def test_actors_started_early_are_used_then_released(image_folder: Path, tmp_path: Path) -> None:
+    """``start`` places the actors before the encoder is known; ``embed`` gives them the encoder and uses them
+    (those beyond the jobs killed); ``close`` releases actors no run used."""
+    config = IndexConfig(model="pixels", device="cpu", batch_size=4)
+    engine = RayEngine(batch_size=4)
+    engine.start()
+    assert placed()  # both actors placed, with no encoder yet
+    started = index_folder(image_folder, Collection(tmp_path / "early"), config, engine=engine)
+    assert started.added == 15 and sum(engine.actors_per_node.values()) == CPUS
+    assert wait_for_free_cpus() == CPUS and ray.is_initialized()
+    assert_equivalent_collection(Collection(tmp_path / "early"), index_local(image_folder, tmp_path / "local", config))
+
+    engine.start()
+    small = tmp_path / "small"
+    small.mkdir()
+    for name in ("1.png", "2.png"):
+        shutil.copy(image_folder / "blob" / name, small / name)
+    index_folder(small, Collection(tmp_path / "one"), config, engine=engine)  # one job: one actor kept
+    assert engine.actors_per_node and sum(engine.actors_per_node.values()) == 1
+    assert wait_for_free_cpus() == CPUS
+
+    engine.start()
+    engine.start()  # a second call keeps the actors it has
+    assert placed() and len(engine._pool[0]) == CPUS if engine._pool else False
+    engine.close()  # nothing embedded: the actors are let go
+    engine.close()
+    assert wait_for_free_cpus() == CPUS and ray.is_initialized()
+
+
+def test_index_with_an_address_starts_the_actors_first(image_folder: Path, tmp_path: Path) -> None:
+    """``--address``: the actors are started before the run plans (``cli.index._early``), then used."""
+    address = ray.get_runtime_context().gcs_address  # this module's Ray, joined as a cluster would be
+    home = tmp_path / "home"
+    result = invoke(
+        "index", image_folder, "--model", "pixels", "--engine", "ray", "--address", address, "--home", home,
+        "--batch-size", "4",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Ray: 4 batches embedded on 1 node: " in result.stdout and "(2 actors)." in result.stdout
+    assert wait_for_free_cpus() == CPUS
+    again = invoke("index", image_folder, "--engine", "ray", "--address", address, "--home", home)
+    assert again.exit_code == 0 and "Nothing to embed" in again.stdout  # the early actors let go unused
+    assert wait_for_free_cpus() == CPUS and ray.is_initialized()
+
+
+def placed(seconds: float = 30.0) -> bool:
+    """Whether every CPU of the instance is taken (actors are placed a moment after they are asked for)."""
+    deadline = time.monotonic() + seconds
+    while free_cpus() > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return free_cpus() == 0
+
+
+def index_local(images: Path, path: Path, config: IndexConfig) -> Collection:
+    collection = Collection(path)
+    index_folder(images, collection, config)
+    return collection
+
+
 def test_index_engine_ray_on_the_command_line(image_folder: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     result = invoke("index", image_folder, "--model", "pixels", "--engine", "ray", "--home", home, "--batch-size", "4")
