@@ -226,6 +226,9 @@ def _describe_discriminant(cross_fit: dict | None) -> str:
 def _describe_recipe(recipe: dict) -> str:
     """Which recipe the options left on auto took (``training.recipe``), why, and what it set."""
     names = {"class_augment": "--class-augment", "projection": "--projection", "ema": "--ema", "epochs": "--epochs"}
-    chosen = ", ".join(f"{names.get(k, k)} {v}" for k, v in recipe.get("set", {}).items())
+    chosen = ", ".join(
+        f"inputs at most {v} pixels a side" if k == "max_side" else f"{names.get(k, k)} {v}"
+        for k, v in recipe.get("set", {}).items()
+    )
     what = f": {chosen}" if chosen else " (every option it sets was given)"
     return f"Recipe: {recipe['name']} ({recipe['why']}){what}."

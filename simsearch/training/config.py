@@ -43,7 +43,7 @@ class TrainConfig:
     dim: int = 64
     size: str = "auto"
     resize: str = "auto"
-    max_side: int = 64
+    max_side: int | None = None
     invert: str = "auto"
     #: The power the [0, 1] intensities are raised to before normalising (``Preprocess.gamma``); 1: as they are.
     gamma: float = 1.0

@@ -47,7 +47,7 @@ from simsearch.training.config import TrainConfig, choose_size, parse_size
 from simsearch.training.discriminant import fit_discriminant
 from simsearch.training.loop import fit
 from simsearch.training.objectives import Objective, objective_class
-from simsearch.training.recipe import resolve, settled
+from simsearch.training.recipe import max_side_for, resolve, settled
 from simsearch.training.sampling import Split, encode_labels, split_for_validation
 
 #: The percentile of the training images' reconstruction errors that is the stored anomaly threshold.
@@ -76,8 +76,9 @@ def load_training_images(
     float32, their labels, and the spec with ``mean``/``std`` fitted on the sample."""
     sample = sample_entries(entries, config.max_images, config.seed)
     survey = survey_images(e.path for e in sample_entries(sample, 200, config.seed))
-    size = parse_size(config.size) or choose_size(survey.median_height, survey.median_width, config.max_side)
     invert = survey.background > 0.5 if config.invert == "auto" else config.invert == "yes"
+    side = max_side_for(config, invert, survey.median_height == survey.median_width)
+    size = parse_size(config.size) or choose_size(survey.median_height, survey.median_width, side)
     # Ink on paper (a light background) is cropped to its strokes: where a signature or character sits on the
     # sheet says nothing of who drew it.
     resize = config.resize if config.resize != "auto" else ("trim" if survey.background > 0.5 else "letterbox")

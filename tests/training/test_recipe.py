@@ -13,7 +13,7 @@ from simsearch.errors import UsageError
 from simsearch.io import Preprocess
 from simsearch.training import TrainConfig, train_on_folder
 from simsearch.training.calibrate import plan_calibration
-from simsearch.training.recipe import CHARACTERS, PLAIN, recipe_for, resolve, resolved, settled
+from simsearch.training.recipe import CHARACTERS, PLAIN, max_side_for, recipe_for, resolve, resolved, settled
 
 INK_SQUARE = Preprocess(size=(32, 32), channels=1, invert=True)
 
@@ -23,11 +23,11 @@ def test_the_character_recipe_is_for_labelled_siamese_training_on_square_ink() -
     config, record = resolve(siamese, INK_SQUARE)
     assert record["name"] == CHARACTERS
     assert (config.class_augment, config.projection, config.ema, config.epochs) == ("rot4flip", 256, 0.995, 20)
-    assert record["set"] == {"class_augment": "rot4flip", "projection": 256, "ema": 0.995, "epochs": 20}
+    assert record["set"] == {"class_augment": "rot4flip", "projection": 256, "ema": 0.995, "epochs": 20, "max_side": 48}
     assert resolved(config)
-    plain = {"class_augment": "none", "projection": 0, "ema": 0.0, "epochs": 60}
+    plain = {"class_augment": "none", "projection": 0, "ema": 0.0, "epochs": 60, "max_side": 64}
     for cfg, spec, why in (
-        (siamese, Preprocess(size=(61, 128), channels=1, invert=True), "61×128 inputs are not square"),  # signatures
+        (siamese, Preprocess(size=(61, 128), channels=1, invert=True), "inputs are not square"),  # signatures
         (siamese, Preprocess(size=(64, 53), channels=1), "not ink"),  # faces
         (siamese, Preprocess(size=(28, 28), channels=1), "not ink"),  # digits and clothes, light on dark
         (TrainConfig(family="siamese", loss="ntxent"), INK_SQUARE, "needs labels"),
@@ -41,13 +41,18 @@ def test_the_character_recipe_is_for_labelled_siamese_training_on_square_ink() -
 def test_options_the_user_set_are_kept() -> None:
     config, record = resolve(TrainConfig(family="siamese", ema=0.0, epochs=7, class_augment="rot4"), INK_SQUARE)
     assert (config.class_augment, config.projection, config.ema, config.epochs) == ("rot4", 256, 0.0, 7)
-    assert record["set"] == {"projection": 256}
+    assert record["set"] == {"projection": 256, "max_side": 48}
     config, record = resolve(TrainConfig(family="siamese", projection=32), Preprocess(size=(8, 12), channels=1))
     assert (config.class_augment, config.projection, config.ema, config.epochs) == ("none", 32, 0.0, 60)
     # Nothing surveyed (an objective built by hand): what is left on auto takes the plain recipe.
     assert settled(TrainConfig(family="siamese", ema=0.5)) == replace(
-        TrainConfig(family="siamese"), class_augment="none", projection=0, ema=0.5, epochs=60
+        TrainConfig(family="siamese"), class_augment="none", projection=0, ema=0.5, epochs=60, max_side=64
     )
+    # The input size is chosen before the spec exists, by the same rule.
+    assert max_side_for(TrainConfig(family="siamese"), invert=True, square=True) == 48
+    assert max_side_for(TrainConfig(family="siamese"), invert=True, square=False) == 64
+    assert max_side_for(TrainConfig(family="siamese", max_side=32), invert=True, square=True) == 32
+    assert max_side_for(TrainConfig(family="autoencoder"), invert=True, square=True) == 64
     with pytest.raises(UsageError, match="class_augment must be auto or one of none, rot4, rot4flip"):
         TrainConfig(family="siamese", class_augment="rot3")
     # auto is no request: a loss without labels just gets no class augmentation.
@@ -88,6 +93,7 @@ def test_train_on_characters_takes_the_recipe_and_records_it(tmp_path: Path, fas
         "class_augment": "rot4flip",
         "projection": 256,
         "ema": 0.995,
+        "max_side": 48,
     }
     stored = encoder.training["config"]
     assert (stored["class_augment"], stored["projection"], stored["ema"], stored["epochs"]) == (
@@ -100,11 +106,11 @@ def test_train_on_characters_takes_the_recipe_and_records_it(tmp_path: Path, fas
     assert encoder.training["class_augment"] == {"images": 8 * (48 - held), "labels": 8 * (8 - held // 6)}
     assert len(encoder.history) == 2
     # The same folder with the option spelled out trains the same model (the recipe is only defaults).
-    spelled = replace(config, class_augment="rot4flip", projection=256, ema=0.995)
+    spelled = replace(config, class_augment="rot4flip", projection=256, ema=0.995, max_side=48)
     again = train_on_folder(tmp_path / "chars", spelled)
     assert again.training["recipe"]["set"] == {}
     assert again.fingerprint == encoder.fingerprint
-    assert recipe_for(config, encoder.preprocess)[0] == CHARACTERS
+    assert recipe_for(config, invert=True, square=True)[0] == CHARACTERS
 
 
 def test_train_says_which_recipe_it_took(tmp_path: Path) -> None:
@@ -118,10 +124,11 @@ def test_train_says_which_recipe_it_took(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (
         "Recipe: characters (ink on a light background in square images, with labels: characters or symbols): "
-        "--class-augment rot4flip, --projection 256, --ema 0.995." in result.output.replace("\n", " ")
+        "--class-augment rot4flip, --projection 256, --ema 0.995, inputs at most 48 pixels a side."
+        in result.output.replace("\n", " ")
     )
     result = invoke("train", tmp_path / "bars", "--out", tmp_path / "m2", "--epochs", "1", "--ema", "0.9", *common)
     assert result.exit_code == 0, result.output
-    assert "Recipe: plain (not ink on a light background): --class-augment none, --projection 0." in (
+    assert "Recipe: plain (not ink on a light background): --class-augment none, --projection 0, inputs at most " in (
         result.output.replace("\n", " ")
     )
