@@ -9,7 +9,7 @@ square inputs, such as handwritten characters, symbols or glyphs — gets the ch
 - ``ema`` 0.995: the moving average of the weights is what is validated and kept;
 - ``epochs`` 20: each epoch holds eight times the images, so 20 of them are 160 passes over the originals;
 - ``max_side`` 48: inputs of 48×48 rather than 64×64, which train in less than half the time. On Omniglot the
-  time limit then no longer binds: EER 0.103 and one-shot 0.943 in 694 s, against 0.115 and 0.925 in 1,441 s
+  time limit then no longer binds: EER 0.103 and one-shot 0.943 in 683 s, against 0.115 and 0.925 in 1,441 s
   at 64×64, where the limit cut the folds and the final model short.
 
 On Omniglot's unseen alphabets (trained on three others) the recipe took the EER from 0.178 to the figure in
