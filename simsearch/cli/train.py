@@ -9,7 +9,7 @@ import typer
 from simsearch.cli.core import _errors, app
 from simsearch.cli.options import cli_spelling
 from simsearch.cli.render import _describe_training, _RichProgress, out
-from simsearch.errors import spell
+from simsearch.errors import option, spell
 from simsearch.models.registry import REGISTRY
 
 #: --family's help: every registered family with its one-line description, options spelled as flags (the registry
@@ -225,9 +225,8 @@ def _describe_discriminant(cross_fit: dict | None) -> str:
 
 def _describe_recipe(recipe: dict) -> str:
     """Which recipe the options left on auto took (``training.recipe``), why, and what it set."""
-    names = {"class_augment": "--class-augment", "projection": "--projection", "ema": "--ema", "epochs": "--epochs"}
     chosen = ", ".join(
-        f"inputs at most {v} pixels a side" if k == "max_side" else f"{names.get(k, k)} {v}"
+        f"inputs at most {v} pixels a side" if k == "max_side" else spell(option(k, v), cli_spelling)
         for k, v in recipe.get("set", {}).items()
     )
     what = f": {chosen}" if chosen else " (every option it sets was given)"

@@ -166,17 +166,16 @@ def train_neural(
     plan = plan_calibration(y, classes, config.uses_labels, config.folds, grown)
     if plan.method == METHOD_CROSS_FITTED:
         encoder = train_cross_fitted(images, y, classes, plan, spec, config, device, progress, started, checkpoint)
-        encoder.training["recipe"] = recipe
-        return encoder
-    split = split_for_validation(y, config.val_fraction, config.seed, plan.groups, plan.method == METHOD_IDENTITIES)
-    objective = training_objective(images, y, split, spec, config, device)
-    history = fit(objective, config, progress, objective.task(config), checkpoint=checkpoint)
-    encoder = encoder_of(objective, config, spec, history)
-    encoder.training = provenance(config, len(images), classes, split, history, device)
+    else:
+        split = split_for_validation(y, config.val_fraction, config.seed, plan.groups, plan.method == METHOD_IDENTITIES)
+        objective = training_objective(images, y, split, spec, config, device)
+        history = fit(objective, config, progress, objective.task(config), checkpoint=checkpoint)
+        encoder = encoder_of(objective, config, spec, history)
+        encoder.training = provenance(config, len(images), classes, split, history, device)
+        note_resumed(encoder, checkpoint)
+        add_augment_record(encoder, objective, config)
+        encoder.threshold = calibrate_threshold(encoder, images, y, split, plan)
     encoder.training["recipe"] = recipe
-    note_resumed(encoder, checkpoint)
-    add_augment_record(encoder, objective, config)
-    encoder.threshold = calibrate_threshold(encoder, images, y, split, plan)
     return encoder
 
 

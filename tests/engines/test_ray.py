@@ -182,7 +182,8 @@ def test_actors_started_early_are_used_then_released(image_folder: Path, tmp_pat
 
     engine.start()
     engine.start()  # a second call keeps the actors it has
-    assert placed() and len(engine._pool[0]) == CPUS if engine._pool else False
+    assert engine._pool is not None and len(engine._pool[0]) == CPUS
+    assert placed()
     engine.close()  # nothing embedded: the actors are let go
     engine.close()
     assert wait_for_free_cpus() == CPUS and ray.is_initialized()
