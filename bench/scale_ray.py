@@ -17,6 +17,8 @@ Sections (issue "index --engine ray"):
               A bench-only prototype; simsearch's engine does not use Ray Data.
   large       the autoencoder row of a) once more on ``--large-images`` images (50,000: the 10,000 and copies
               rolled by a pixel or more), one command per engine: where Ray's fixed start-up is paid back.
+  actors   d) what the engine's actors cost to start on a Ray already running: wall time and CPU seconds per
+              actor process, beside a plain Ray actor's and a bare ``import torch``.
   cluster  b) a two-node Ray cluster on this one machine (``ray start --head --num-cpus=1`` and a second node
               of 1 CPU on the loopback address 127.0.0.2), ``simsearch index --engine ray --address`` into it, the
               batches and actors per node (the line the command prints), the collection compared with the local
@@ -469,12 +471,85 @@ def section_large(args: argparse.Namespace, work: Path, images: Path, model_dir:
     return out
 
 
+ACTORS = """
+import json, logging, os, sys, time
+import ray
+from simsearch.engines.ray import _model_bytes, _Worker
+from simsearch.models.encoder import Encoder
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+class Bare:  # a Ray worker and nothing else
+    def pid(self):
+        return os.getpid()
+
+ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False)
+model = ray.put(_model_bytes(Encoder.load(sys.argv[2])))
+out = {}
+for name, cls in (("bare", Bare), ("worker", _Worker)):
+    started = time.perf_counter()
+    actors = [ray.remote(num_cpus=1, max_restarts=0)(cls).remote(*([1] if cls is _Worker else [])) for _ in range(2)]
+    if cls is _Worker:
+        ray.get([a.load.remote(model, "cpu", 256) for a in actors])
+        pids = ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in actors])
+    else:
+        pids = ray.get([a.pid.remote() for a in actors])
+    out[name] = {"ready_s": time.perf_counter() - started, "cpu_s": [cpu_seconds(p) for p in pids]}
+    for a in actors:
+        ray.kill(a)
+    time.sleep(1)
+print(json.dumps(out))
+"""
+
+TORCH_CPU = """
+import resource
+import torch
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(usage.ru_utime + usage.ru_stime)
+"""
+
+
+def section_actors(args: argparse.Namespace, work: Path, images: Path, model_dir: Path) -> dict[str, Any]:
+    """What the Ray engine's actors cost to start, with nothing else running: on a Ray already running (one node
+    of 2 CPUs), a driver starts two plain actors (a Ray worker process and nothing more), then two of the
+    engine's actors (a Ray worker that imports torch and simsearch's encoder, then loads the encoder), each pair
+    at once; the wall time until both answer, and each actor process's CPU seconds (``/proc/PID/stat``), median
+    of ``--repeats``. Beside them, the CPU seconds of ``import torch`` in a bare Python process. On a machine
+    with 2 cores, these CPU seconds are what a Ray run adds to the local engine's work before it embeds."""
+    port = free_port()
+    head = f"127.0.0.1:{port}"
+    start = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false"]
+    start += ["--num-cpus=2", "--disable-usage-stats"]
+    runs: list[dict[str, Any]] = []
+    torch_cpu: list[float] = []
+    try:
+        run(start)
+        time.sleep(2)
+        for _ in range(args.repeats):
+            runs.append(json.loads(run([PYTHON, "-c", ACTORS, head, str(model_dir)])[1].strip().splitlines()[-1]))
+            torch_cpu.append(float(run([PYTHON, "-c", TORCH_CPU])[1].strip()))
+    finally:
+        subprocess.run([RAY, "stop"], capture_output=True, env=env())
+    out: dict[str, Any] = {"commands": ["ray " + " ".join(start[1:])], "repeats": args.repeats}
+    for name in ("bare", "worker"):
+        out[name] = {
+            "ready_s": round(statistics.median(r[name]["ready_s"] for r in runs), 2),
+            "cpu_s_per_actor": round(statistics.median(c for r in runs for c in r[name]["cpu_s"]), 2),
+        }
+    out["torch_import_cpu_s"] = round(statistics.median(torch_cpu), 2)
+    print("actors", json.dumps(out), flush=True)
+    return out
+
+
 SECTIONS = {
     "engines": section_engines,
     "data": section_data,
     "cluster": section_cluster,
     "large": section_large,
     "warm": section_warm,
+    "actors": section_actors,
 }
 
 
@@ -580,6 +655,27 @@ def markdown(result: dict[str, Any]) -> str:
                     f"{'yes' if row['compared']['identical'] else 'NO'} |"
                 )
         lines.append("")
+    actors = result.get("actors")
+    if actors:
+        bare, worker = actors["bare"], actors["worker"]
+        lines += [
+            "## d) What the actors cost to start (Ray already running, nothing else busy)",
+            "",
+            *[f"    {c}" for c in actors["commands"]],
+            "",
+            "| two actors started at once | wall s until both answer | CPU s per actor process |",
+            "| --- | --- | --- |",
+            f"| plain (a Ray worker, nothing more) | {bare['ready_s']} | {bare['cpu_s_per_actor']} |",
+            f"| the engine's (a Ray worker that imports torch and loads the encoder) | {worker['ready_s']} | "
+            f"{worker['cpu_s_per_actor']} |",
+            "",
+            f"`import torch` alone in a bare Python process: {actors['torch_import_cpu_s']} CPU s (median of "
+            f"{actors['repeats']}). A Ray run on this 2-core machine starts two such actors while the command "
+            "imports torch and plans, so it adds about twice the engine actor's CPU seconds to the local "
+            "engine's work before its first batch: the ratios of a) and c) on 10,000 images are that start-up "
+            "against a run of a few seconds, not the embedding rate (the steady state of a).",
+            "",
+        ]
     return "\n".join(lines)
 
 
