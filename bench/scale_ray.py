@@ -18,7 +18,8 @@ Sections (issue "index --engine ray"):
   large       the autoencoder row of a) once more on ``--large-images`` images (50,000: the 10,000 and copies
               rolled by a pixel or more), one command per engine: where Ray's fixed start-up is paid back.
   actors   d) what the engine's actors cost to start on a Ray already running: wall time and CPU seconds per
-              actor process, beside a plain Ray actor's and a bare ``import torch``.
+              actor process, beside a plain Ray actor's and a bare ``import torch``; and what starting and
+              stopping a local Ray instance takes (``ray.init``, ``ray.shutdown``).
   cluster  b) a two-node Ray cluster on this one machine (``ray start --head --num-cpus=1`` and a second node
               of 1 CPU on the loopback address 127.0.0.2), ``simsearch index --engine ray --address`` into it, the
               batches and actors per node (the line the command prints), the collection compared with the local
@@ -503,6 +504,16 @@ for name, cls in (("bare", Bare), ("worker", _Worker)):
 print(json.dumps(out))
 """
 
+LOCAL_RAY = """
+import json, logging, time
+import ray
+started = time.perf_counter()
+ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+up = time.perf_counter()
+ray.shutdown()
+print(json.dumps({"init_s": up - started, "shutdown_s": time.perf_counter() - up}))
+"""
+
 TORCH_CPU = """
 import resource
 import torch
@@ -516,7 +527,8 @@ def section_actors(args: argparse.Namespace, work: Path, images: Path, model_dir
     of 2 CPUs), a driver starts two plain actors (a Ray worker process and nothing more), then two of the
     engine's actors (a Ray worker that imports torch and simsearch's encoder, then loads the encoder), each pair
     at once; the wall time until both answer, and each actor process's CPU seconds (``/proc/PID/stat``), median
-    of ``--repeats``. Beside them, the CPU seconds of ``import torch`` in a bare Python process. On a machine
+    of ``--repeats``. Beside them, the CPU seconds of ``import torch`` in a bare Python process, and first (before
+    that Ray is started) the wall time of ``ray.init(num_cpus=2)`` and of ``ray.shutdown()``. On a machine
     with 2 cores, these CPU seconds are what a Ray run adds to the local engine's work before it embeds."""
     port = free_port()
     head = f"127.0.0.1:{port}"
@@ -524,6 +536,7 @@ def section_actors(args: argparse.Namespace, work: Path, images: Path, model_dir
     start += ["--num-cpus=2", "--disable-usage-stats"]
     runs: list[dict[str, Any]] = []
     torch_cpu: list[float] = []
+    local = [json.loads(run([PYTHON, "-c", LOCAL_RAY])[1].strip().splitlines()[-1]) for _ in range(args.repeats)]
     try:
         run(start)
         time.sleep(2)
@@ -539,6 +552,7 @@ def section_actors(args: argparse.Namespace, work: Path, images: Path, model_dir
             "cpu_s_per_actor": round(statistics.median(c for r in runs for c in r[name]["cpu_s"]), 2),
         }
     out["torch_import_cpu_s"] = round(statistics.median(torch_cpu), 2)
+    out["local_ray"] = {k: round(statistics.median(r[k] for r in local), 2) for k in ("init_s", "shutdown_s")}
     print("actors", json.dumps(out), flush=True)
     return out
 
@@ -670,7 +684,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"{worker['cpu_s_per_actor']} |",
             "",
             f"`import torch` alone in a bare Python process: {actors['torch_import_cpu_s']} CPU s (median of "
-            f"{actors['repeats']}). A Ray run on this 2-core machine starts two such actors while the command "
+            f"{actors['repeats']}). Starting a local Ray (`ray.init(num_cpus=2)`, no dashboard, before the cluster "
+            f"above is started) took {actors['local_ray']['init_s']} s and `ray.shutdown()` "
+            f"{actors['local_ray']['shutdown_s']} s, with nothing else running. A Ray run on this 2-core machine starts two such actors while the command "
             "imports torch and plans, so it adds about twice the engine actor's CPU seconds to the local "
             "engine's work before its first batch: the ratios of a) and c) on 10,000 images are that start-up "
             "against a run of a few seconds, not the embedding rate (the steady state of a).",
