@@ -1,4 +1,4 @@
-from simsearch.cli import main
+from simsearch.cli import entry
 
 if __name__ == "__main__":  # not when a worker process imports it
-    main()
+    entry()

@@ -15,7 +15,7 @@ from simsearch.cli import (  # noqa: F401 - each registers its commands
     train,
     verify,
 )
-from simsearch.cli.core import app, main
+from simsearch.cli.core import app, entry, main
 from simsearch.cli.render import shown
 
-__all__ = ["app", "main", "shown"]
+__all__ = ["app", "entry", "main", "shown"]

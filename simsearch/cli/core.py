@@ -142,5 +142,42 @@ def main() -> None:
         raise
 
 
+def entry() -> None:
+    """The ``simsearch`` executable (and ``python -m simsearch``): ``main``, then the process ends at once instead
+    of tearing down the interpreter. Unloading torch, FAISS and PyArrow module by module took 0.9 s of a 3.3 s
+    ``query`` on this project's 2-core machine, after the command had finished its work and printed its answer.
+
+    What the normal exit does that matters still happens first: other threads are waited for (when one is still
+    running, the normal exit is taken instead), the ``atexit`` handlers run (Ray's shutdown, multiprocessing's
+    clean-up, temporary folders), and standard output and error are flushed. An exception other than
+    ``SystemExit`` takes the normal path too. In-process callers (tests) call ``main``, which only raises."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = _exit_status(exc.code)
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed, or a reader gone (`… | head`)
+            stream.flush()
+    os._exit(code)
+
+
+def _exit_status(code: object) -> int:
+    """The exit status Python gives ``SystemExit(code)``: None is 0, an int itself, anything else is printed to
+    standard error and gives 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    with contextlib.suppress(OSError, ValueError):
+        print(code, file=sys.stderr)
+    return 1
+
+
 if __name__ == "__main__":
-    main()
+    entry()
