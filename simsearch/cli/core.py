@@ -144,13 +144,13 @@ def main() -> None:
 
 def entry() -> None:
     """The ``simsearch`` executable (and ``python -m simsearch``): ``main``, then the process ends at once instead
-    of tearing down the interpreter. Unloading torch, FAISS and PyArrow module by module took 0.9 s of a 3.3 s
+    of tearing down the interpreter. Unloading torch, FAISS and PyArrow module by module took 0.9 s of a 3.1 s
     ``query`` on this project's 2-core machine, after the command had finished its work and printed its answer.
 
-    What the normal exit does that matters still happens first: other threads are waited for (when one is still
-    running, the normal exit is taken instead), the ``atexit`` handlers run (Ray's shutdown, multiprocessing's
-    clean-up, temporary folders), and standard output and error are flushed. An exception other than
-    ``SystemExit`` takes the normal path too. In-process callers (tests) call ``main``, which only raises."""
+    What the normal exit does that matters still happens first: the ``atexit`` handlers run (Ray's shutdown,
+    multiprocessing's clean-up, temporary folders), and standard output and error are flushed. When another thread
+    is still running, or ``main`` raised anything but ``SystemExit``, the normal exit is taken instead (it waits
+    for the thread). In-process callers (tests) call ``main``, which only raises."""
     try:
         main()
         code = 0
