@@ -293,7 +293,8 @@ def section_data(args: argparse.Namespace, work: Path, images: Path, model_dir: 
 
         class Embed:
             def __init__(self, model: list[Any]) -> None:
-                self.worker = _Worker(1, ray.get(model[0]), "cpu", 256)
+                self.worker = _Worker(1)
+                self.worker.load(ray.get(model[0]), "cpu", 256)
 
             def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 paths, names = list(batch["path"]), list(batch["name"])

@@ -385,9 +385,7 @@ class _Worker:
     """A Ray actor (made remote by ``RayEngine``): started with torch imported, then given the encoder once
     (``load``), then jobs read, decoded and embedded."""
 
-    def __init__(
-        self, threads: int, model: dict[str, bytes] | None = None, device: str = "cpu", batch_size: int = 256
-    ) -> None:
+    def __init__(self, threads: int) -> None:
         import ray
         import torch
 
@@ -397,8 +395,6 @@ class _Worker:
         self.threads = threads
         self.node: str = ray.get_runtime_context().get_node_id()
         self.encoder: Encoder | None = None
-        if model is not None:
-            self.load(model, device, batch_size)
 
     def load(self, model: dict[str, bytes], device: str, batch_size: int) -> tuple[str, str]:
         """Load the encoder from its model folder's bytes; this actor's node, and the encoder's fingerprint."""

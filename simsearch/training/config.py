@@ -19,9 +19,9 @@ from simsearch.training.losses import LOSSES
 #: The families ``train`` makes (all of the registry's), and those the training loop fits, as registered when
 #: this module was imported. ``TrainConfig`` reads the registry itself.
 TRAINABLE = family_names()
-T = TypeVar("T")
-
 NEURAL = tuple(family.name for family in REGISTRY.values() if family.trained)
+
+T = TypeVar("T")
 
 
 #: ``--discriminant``: chosen on the unseen identities of the cross-fitted folds, or never.
