@@ -23,7 +23,7 @@ def test_the_character_recipe_is_for_labelled_siamese_training_on_square_ink() -
     config, record = resolve(siamese, INK_SQUARE)
     assert record["name"] == CHARACTERS
     assert (config.class_augment, config.projection, config.ema, config.epochs) == ("rot4flip", 256, 0.995, 20)
-    assert record["set"] == {"class_augment": "rot4flip", "projection": 256, "ema": 0.995, "epochs": 20, "max_side": 48}
+    assert record["set"] == {"class_augment": "rot4flip", "projection": 256, "ema": 0.995, "epochs": 20, "max_side": 56}
     assert resolved(config)
     plain = {"class_augment": "none", "projection": 0, "ema": 0.0, "epochs": 60, "max_side": 64}
     for cfg, spec, why in (
@@ -41,7 +41,10 @@ def test_the_character_recipe_is_for_labelled_siamese_training_on_square_ink() -
 def test_options_the_user_set_are_kept() -> None:
     config, record = resolve(TrainConfig(family="siamese", ema=0.0, epochs=7, class_augment="rot4"), INK_SQUARE)
     assert (config.class_augment, config.projection, config.ema, config.epochs) == ("rot4", 256, 0.0, 7)
-    assert record["set"] == {"projection": 256, "max_side": 48}
+    assert record["set"] == {"projection": 256, "max_side": 56}
+    # An input size the user gave is theirs: the recipe claims no long side (nor says it chose one).
+    config, record = resolve(TrainConfig(family="siamese", size="48x48"), INK_SQUARE)
+    assert "max_side" not in record["set"] and config.max_side is None and resolved(config)
     config, record = resolve(TrainConfig(family="siamese", projection=32), Preprocess(size=(8, 12), channels=1))
     assert (config.class_augment, config.projection, config.ema, config.epochs) == ("none", 32, 0.0, 60)
     # Nothing surveyed (an objective built by hand): what is left on auto takes the plain recipe.
@@ -49,7 +52,7 @@ def test_options_the_user_set_are_kept() -> None:
         TrainConfig(family="siamese"), class_augment="none", projection=0, ema=0.5, epochs=60, max_side=64
     )
     # The input size is chosen before the spec exists, by the same rule.
-    assert max_side_for(TrainConfig(family="siamese"), invert=True, square=True) == 48
+    assert max_side_for(TrainConfig(family="siamese"), invert=True, square=True) == 56
     assert max_side_for(TrainConfig(family="siamese"), invert=True, square=False) == 64
     assert max_side_for(TrainConfig(family="siamese", max_side=32), invert=True, square=True) == 32
     assert max_side_for(TrainConfig(family="autoencoder"), invert=True, square=True) == 64
@@ -93,7 +96,7 @@ def test_train_on_characters_takes_the_recipe_and_records_it(tmp_path: Path, fas
         "class_augment": "rot4flip",
         "projection": 256,
         "ema": 0.995,
-        "max_side": 48,
+        "max_side": 56,
     }
     stored = encoder.training["config"]
     assert (stored["class_augment"], stored["projection"], stored["ema"], stored["epochs"]) == (
@@ -106,7 +109,7 @@ def test_train_on_characters_takes_the_recipe_and_records_it(tmp_path: Path, fas
     assert encoder.training["class_augment"] == {"images": 8 * (48 - held), "labels": 8 * (8 - held // 6)}
     assert len(encoder.history) == 2
     # The same folder with the option spelled out trains the same model (the recipe is only defaults).
-    spelled = replace(config, class_augment="rot4flip", projection=256, ema=0.995, max_side=48)
+    spelled = replace(config, class_augment="rot4flip", projection=256, ema=0.995, max_side=56)
     again = train_on_folder(tmp_path / "chars", spelled)
     assert again.training["recipe"]["set"] == {}
     assert again.fingerprint == encoder.fingerprint
@@ -124,7 +127,7 @@ def test_train_says_which_recipe_it_took(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (
         "Recipe: characters (ink on a light background in square images, with labels: characters or symbols): "
-        "--class-augment rot4flip, --projection 256, --ema 0.995, inputs at most 48 pixels a side."
+        "--class-augment rot4flip, --projection 256, --ema 0.995, inputs at most 56 pixels a side."
         in result.output.replace("\n", " ")
     )
     result = invoke("train", tmp_path / "bars", "--out", tmp_path / "m2", "--epochs", "1", "--ema", "0.9", *common)
