@@ -6,6 +6,7 @@ Library modules (and so torch and faiss) are imported inside the commands, so ``
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -158,8 +159,6 @@ def entry() -> None:
         code = _exit_status(exc.code)
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
-    import atexit
-
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # closed, or a reader gone (`… | head`)
