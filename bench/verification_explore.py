@@ -22,6 +22,8 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,20 @@ from simsearch.training.sampling import encode_labels, split_for_validation, ver
 from simsearch.training.train import build_objective, load_training_images
 
 RESULTS = Path(__file__).parent / "results" / "verification-exploration.jsonl"
+
+
+@dataclass
+class FoldModel:
+    """One fold's model (``trained_folds``): its training and held-out images, and the held-out pairs (first,
+    second, same)."""
+
+    k: int
+    encoder: Encoder
+    history: list[dict]
+    seconds: float
+    train: list
+    test: list
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def train_once(folder: Path, config: TrainConfig) -> tuple[Encoder, list[dict]]:
@@ -122,15 +138,12 @@ def back_ends(dataset: str, encoder: Encoder, train: list, test: list, pairs: tu
     return out
 
 
-def main() -> None:
-    dataset = sys.argv[1]
-    overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    config = TrainConfig(**{"family": "siamese", "device": "cpu", **overrides})
+def trained_folds(dataset: str, config: TrainConfig) -> Iterator[FoldModel]:
+    """One model per identity fold of ``dataset`` (``bench.identity``), trained on the other folds' identities
+    (``train_once``), with the held-out pairs (``pairs_of``) it is scored on."""
     source = SHARED_DATA / ("faces-att" if dataset == "faces" else "signatures-sigcomp")
     identities = identity_folders(source)
     folds = assign_folds(sorted(identities), 4 if dataset == "faces" else 3)
-    eers, mirrored, seconds = [], [], []
-    extra: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="simsearch-explore-") as tmp:
         for k, held in enumerate(folds):
             others = [i for f in folds if f is not held for i in f]
@@ -138,21 +151,33 @@ def main() -> None:
             test = copy_identities(Path(tmp) / f"test{k}", identities, held)
             started = time.perf_counter()
             encoder, history = train_once(train, config)
-            seconds.append(time.perf_counter() - started)
-            entries, _ = find_images(test)
-            paths, labels = [e.path for e in entries], [str(e.label) for e in entries]
-            i, j, same = pairs_of(dataset, labels)
-            for out, z in ((eers, embed_files(encoder, paths, convert=True, strict=True).embeddings),
-                           (mirrored, mirrored_average(encoder, paths))):  # fmt: skip
-                out.append(metrics.equal_error_rate(vectors.distances(z[i], z[j], encoder.metric), same)[0])
+            seconds = time.perf_counter() - started
+            test_entries, _ = find_images(test)
             train_entries, _ = find_images(train)
-            for name, eer in back_ends(dataset, encoder, train_entries, entries, (i, j, same)).items():
-                extra.setdefault(name, []).append(eer)
-            print(
-                f"fold {k}: EER {eers[-1]:.3f} (mirrored average {mirrored[-1]:.3f}), {len(history)} epochs; "
-                + ", ".join(f"{name} {v[-1]:.3f}" for name, v in extra.items()),
-                flush=True,
-            )
+            pairs = pairs_of(dataset, [str(e.label) for e in test_entries])
+            yield FoldModel(k, encoder, history, seconds, train_entries, test_entries, pairs)
+
+
+def main() -> None:
+    dataset = sys.argv[1]
+    overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    config = TrainConfig(**{"family": "siamese", "device": "cpu", **overrides})
+    eers, mirrored, seconds = [], [], []
+    extra: dict[str, list[float]] = {}
+    for fold in trained_folds(dataset, config):
+        encoder, (i, j, same) = fold.encoder, fold.pairs
+        seconds.append(fold.seconds)
+        paths = [e.path for e in fold.test]
+        for out, z in ((eers, embed_files(encoder, paths, convert=True, strict=True).embeddings),
+                       (mirrored, mirrored_average(encoder, paths))):  # fmt: skip
+            out.append(metrics.equal_error_rate(vectors.distances(z[i], z[j], encoder.metric), same)[0])
+        for name, eer in back_ends(dataset, encoder, fold.train, fold.test, fold.pairs).items():
+            extra.setdefault(name, []).append(eer)
+        print(
+            f"fold {fold.k}: EER {eers[-1]:.3f} (mirrored average {mirrored[-1]:.3f}), {len(fold.history)} epochs; "
+            + ", ".join(f"{name} {v[-1]:.3f}" for name, v in extra.items()),
+            flush=True,
+        )
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "dataset": dataset,

@@ -89,6 +89,15 @@ def train(
         "their training identities, and the model ends with it when that verifies unseen identities better "
         "(on faces: EER 0.100 → 0.095, but a less exact FAR promise); no: never (the default).",
     ),
+    readout: str = typer.Option(
+        "auto",
+        "--readout",
+        help="Siamese: what the model searches and verifies with: head, the --dim numbers of its last layer; "
+        "features, the feature map under that layer, flattened (thousands of numbers; the layer is then trained "
+        "as a projection head and set aside); auto (the default): features when training is cross-fitted over "
+        "identities (people, writers, characters: verification meets new ones), which verified unseen faces "
+        "better, else head.",
+    ),
     patience: int = typer.Option(
         12, "--patience", min=1, help="Stop after this many epochs without a better validation score."
     ),
@@ -172,7 +181,7 @@ def train(
             family=family, loss=loss, margin=margin, beta=beta, contrastive_weight=contrastive_weight, dim=dim,
             size=size, resize=resize, invert=invert, gamma=gamma, epochs=epochs, batch_size=batch_size, augment=augment,
             class_augment=class_augment, mirror=mirror, discriminant=discriminant, patience=patience, ema=ema,
-            projection=projection,
+            projection=projection, readout=readout,
             similar_labels=similar_labels, folds=n_folds, max_seconds=max_seconds, seed=seed,
             device=device,
         )  # fmt: skip
@@ -199,6 +208,8 @@ def train(
             out.print(f"Verification threshold {th['value']:.4f}{rates}. {describe_calibration(th)}")
         if discriminant == "auto":
             out.print(_describe_discriminant(encoder.training.get("cross_fit")))
+        if encoder.family == "siamese" and readout == "auto" and discriminant != "auto":
+            out.print(_describe_readout(encoder.training.get("cross_fit"), encoder.dim))
         out.print(f"Saved {fingerprint[:12]} to {target}. Use it with: simsearch index {images} --model {target}")
 
 
@@ -220,6 +231,22 @@ def _describe_discriminant(cross_fit: dict | None) -> str:
     return (
         f"Discriminant back-end: not kept: pooled EER of the unseen identities {through:.3f} with it, {plain:.3f} "
         f"without (epoch {epoch})."
+    )
+
+
+def _describe_readout(cross_fit: dict | None, dim: int) -> str:
+    """What ``--readout auto`` decided, and the cross-fitted folds' pooled EER of unseen identities both ways."""
+    if not cross_fit:
+        return (
+            "Readout: head: the feature map is read out when training is cross-fitted over identities, and this one "
+            "was not (it needs 4 identity groups or more)."
+        )
+    epoch = cross_fit["chosen_epoch"]
+    head, features = cross_fit["pooled_eer_plain"][epoch - 1], cross_fit["pooled_eer_features"][epoch - 1]
+    what = f"features (the feature map under the head, {dim} numbers)" if cross_fit["readout"] == "features" else "head"
+    return (
+        f"Readout: {what}: pooled EER of the unseen identities {features:.3f} by the feature map, {head:.3f} by the "
+        f"head (epoch {epoch})."
     )
 
 

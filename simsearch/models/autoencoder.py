@@ -8,7 +8,9 @@ The decoder mirrors it and resamples to the exact input size, so odd sizes such 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,6 +29,23 @@ def n_downsamples(size: tuple[int, int], max_levels: int = 4) -> int:
     return max(levels, 1)
 
 
+#: ``ConvEncoder(readout=…)``: the embedding is the head's output, or the flattened last feature map.
+READOUTS = ("head", "features")
+
+
+def output_width(arch: dict[str, Any]) -> int:
+    """The width of the embeddings a ``ConvEncoder`` built from ``arch`` gives: the discriminant back-end's axes
+    when it ends with one, the flattened feature map's C·H·W with ``readout="features"``, else ``dim``."""
+    if arch.get("discriminant"):
+        return int(arch["discriminant"])
+    if arch.get("readout", "head") == "features":
+        h, w = (int(v) for v in arch["size"])
+        for _ in arch["widths"]:
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return int(arch["widths"][-1]) * h * w
+    return int(arch["dim"])
+
+
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
@@ -40,6 +59,12 @@ class ConvEncoder(nn.Module):
 
     ``normalize`` puts embeddings on the unit sphere (the Siamese family, whose losses compare directions);
     Euclidean distance between unit vectors orders neighbours exactly as cosine similarity does.
+
+    ``readout``: what the module gives as the embedding. ``head`` (the default): the linear head's ``dim``
+    numbers. ``features``: the last feature map itself, flattened and on the unit sphere (C·H·W numbers; the
+    head is then trained as a projection head, ``head_embedding``, and not used for search). Trained on a few
+    hundred images of a few dozen people, the head fits those people; the feature map keeps more of what tells
+    new people apart (``bench/results/verification-exploration.md``).
     """
 
     discriminant_axes: torch.Tensor
@@ -52,8 +77,12 @@ class ConvEncoder(nn.Module):
         widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS,
         normalize: bool = False,
         discriminant: int = 0,
+        readout: str = "head",
     ) -> None:
         super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; expected one of {', '.join(READOUTS)}")
+        self.readout = readout
         self.channels, self.size, self.dim = channels, (int(size[0]), int(size[1])), dim
         self.normalize = normalize
         self.discriminant = 0
@@ -83,7 +112,14 @@ class ConvEncoder(nn.Module):
         }
         if self.discriminant:  # only then: a model without one keeps the arch (and fingerprint) it always had
             arch["discriminant"] = self.discriminant
+        if self.readout != "head":  # likewise
+            arch["readout"] = self.readout
         return arch
+
+    @property
+    def out_dim(self) -> int:
+        """The width of what ``forward`` gives: ``output_width(self.arch)``."""
+        return output_width(self.arch)
 
     def set_discriminant(self, axes: torch.Tensor) -> None:
         """End the encoder with a fixed linear map to ``axes.shape[1]`` dimensions and a normalisation: the
@@ -93,9 +129,25 @@ class ConvEncoder(nn.Module):
         self.discriminant = int(axes.shape[1])
         self.register_buffer("discriminant_axes", axes.detach().float().clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @contextlib.contextmanager
+    def reading(self, readout: str) -> Iterator[None]:
+        """Give ``readout``'s embeddings inside the block (the cross-fitted folds score both), then as before."""
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; expected one of {', '.join(READOUTS)}")
+        before, self.readout = self.readout, readout
+        try:
+            yield
+        finally:
+            self.readout = before
+
+    def head_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's output (on the unit sphere with ``normalize``): what a metric loss trains on."""
         z = self.head(self.features(x).flatten(1))
-        z = F.normalize(z, dim=1) if self.normalize else z
+        return F.normalize(z, dim=1) if self.normalize else z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.readout == "features"
+        z = F.normalize(self.features(x).flatten(1), dim=1) if features else self.head_embedding(x)
         if self.discriminant:
             z = F.normalize(z @ self.discriminant_axes, dim=1)
         return z

@@ -40,6 +40,7 @@ from simsearch import __version__
 from simsearch.errors import ModelError, UsageError, option
 from simsearch.io import Preprocess
 from simsearch.metrics import METRICS
+from simsearch.models.autoencoder import output_width
 from simsearch.models.novelty import METHOD, TENSORS, Reference
 from simsearch.models.registry import arch_of, build_decoder, build_module, family_names, get_family
 
@@ -501,7 +502,13 @@ def _load_tensors(path: Path, sha256: str, build: Callable[[], nn.Module], archi
 
 def output_dim(arch: dict[str, Any]) -> int:
     """The width of a module's embeddings from its ``arch``: ``discriminant`` when it ends with that back-end
-    (``training.discriminant``), else ``dim`` (−1 when neither is a number)."""
+    (``training.discriminant``), the flattened feature map's with ``readout`` ``features``, else ``dim`` (−1 when
+    it cannot be read from ``arch``)."""
+    if not arch.get("discriminant") and arch.get("readout") == "features":
+        try:
+            return output_width(arch)
+        except (KeyError, TypeError, ValueError):
+            return -1
     value = arch.get("discriminant") or arch.get("dim", -1)
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else -1
 

@@ -252,24 +252,25 @@ def calibrate_threshold(
 
 
 #: ``train_fold(fold, train_rows, held_rows, max_epochs, observe)`` trains the model of one fold on
-#: ``train_rows`` for at most ``max_epochs`` epochs and calls ``observe(z, z_train, y_train)`` after every epoch
-#: with the embeddings (held rows × d) of ``held_rows`` by the weights of that epoch (and, for the discriminant
-#: back-end, its labelled training rows' embeddings and labels, else None); ``observe`` returns that epoch's EER on
-#: the fold's calibration pairs (None when they cannot give one), for early stopping and progress.
-#: What a fold's trainer calls after each epoch: its held-out rows' embeddings, and its training rows' embeddings
-#: with their labels (for the discriminant back-end; None: none fitted); returns the EER to stop on.
-Observer = Callable[[np.ndarray, np.ndarray | None, np.ndarray | None], float | None]
+#: ``train_rows`` for at most ``max_epochs`` epochs and calls ``observe(z, z_train, y_train, features)`` after
+#: every epoch with the embeddings (held rows × d) of ``held_rows`` by the weights of that epoch (and, for the
+#: discriminant back-end, its labelled training rows' embeddings and labels, else None; for the ``features``
+#: readout, the held rows' flattened feature maps, else None); ``observe`` returns that epoch's EER on the fold's
+#: calibration pairs (None when they cannot give one), for early stopping and progress.
+Observer = Callable[..., float | None]
 FoldTrainer = Callable[[int, np.ndarray, np.ndarray, int, Observer], None]
-#: The two ways a fold model's pairs are scored: its embeddings as they are, and through the discriminant back-end
-#: fitted on the fold's own training identities (``training.discriminant``).
-PLAIN, DISCRIMINANT = "plain", "discriminant"
+#: The ways a fold model's pairs are scored: its embeddings as they are, through the discriminant back-end fitted
+#: on the fold's own training identities (``training.discriminant``), and by the feature map under the head (the
+#: ``features`` readout of ``models.autoencoder.ConvEncoder``).
+PLAIN, DISCRIMINANT, FEATURES = "plain", "discriminant", "features"
+VARIANTS = (PLAIN, DISCRIMINANT, FEATURES)
 
 
 @dataclass
 class FoldScores:
     """One fold: the rows it held out, its calibration pairs (row numbers), and their distances at every epoch
-    (``distances``), and through the discriminant back-end fitted on the fold's training rows (``discriminant``;
-    the plain distances again where none could be fitted)."""
+    (``distances``), through the discriminant back-end fitted on the fold's training rows (``discriminant``) and by
+    the feature map (``features``); the plain distances again where a way was not scored."""
 
     held: np.ndarray
     identities: int
@@ -278,22 +279,25 @@ class FoldScores:
     kind: np.ndarray
     distances: list[np.ndarray] = field(default_factory=list)
     discriminant: list[np.ndarray] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)
 
     def scored(self, variant: str) -> list[np.ndarray]:
-        """The distances of every epoch, scored as ``variant`` says (``PLAIN`` or ``DISCRIMINANT``)."""
-        return self.discriminant if variant == DISCRIMINANT else self.distances
+        """The distances of every epoch, scored as ``variant`` says (one of ``VARIANTS``)."""
+        return {DISCRIMINANT: self.discriminant, FEATURES: self.features}.get(variant, self.distances)
 
     def saved(self) -> list[np.ndarray]:
-        """What a checkpoint keeps of each epoch: one (2, pairs) array (plain, discriminant), or the plain
-        distances alone where no back-end was fitted (they are the same array)."""
-        return [d if e is d else np.stack([d, e]) for d, e in zip(self.distances, self.discriminant, strict=True)]
+        """What a checkpoint keeps of each epoch: one (3, pairs) array (plain, discriminant, features), or the
+        plain distances alone where no other way was scored (they are then the same array)."""
+        ways = zip(self.distances, self.discriminant, self.features, strict=True)
+        return [d if e is d and f is d else np.stack([d, e, f]) for d, e, f in ways]
 
     def restore(self, saved: Sequence[np.ndarray]) -> None:
-        """Take back what ``saved`` gave (or, from a checkpoint written before the back-end existed, each epoch's
-        plain distances alone: scored the same both ways)."""
+        """Take back what ``saved`` gave (or, from a checkpoint of an older version, each epoch's plain distances
+        alone, or plain and discriminant: a way it did not score is the plain distances again)."""
         saved = [np.asarray(s) for s in saved]
         self.distances[:] = [s if s.ndim == 1 else s[0] for s in saved]
         self.discriminant[:] = [s if s.ndim == 1 else s[1] for s in saved]
+        self.features[:] = [s if s.ndim == 1 else s[2] if len(s) > 2 else s[0] for s in saved]
 
     @property
     def patient(self) -> bool:
@@ -314,8 +318,11 @@ class CrossFit:
         seed: int = 0,
         metric: str = "l2",
         max_genuine: int = 20_000,
+        variants: Sequence[str] = VARIANTS,
     ) -> None:
         self.y, self.plan, self.seed, self.metric = y, plan, seed, metric
+        #: The ways of scoring the final model may take (``choose``), and that a fold's early stopping reads.
+        self.variants = tuple(variants)
         labelled = np.flatnonzero(y >= 0)
         self.group = np.full(len(y), -1, np.int64)
         self.group[labelled] = plan.groups[y[labelled]]
@@ -341,8 +348,9 @@ class CrossFit:
 
     def _observer(self, fold: FoldScores) -> Observer:
         """What a fold's trainer calls after each epoch (``Observer``): keeps the distances of the fold's pairs,
-        plain and through the discriminant back-end fitted on the training rows given, and returns the lower
-        of their EERs (the fold model is as good as the better way of scoring it)."""
+        plain, through the discriminant back-end fitted on the training rows given, and by the feature maps
+        given, and returns the lowest EER of the ways the final model may take (``variants``; the fold model is
+        as good as the best of them)."""
         row = {int(r): n for n, r in enumerate(fold.held)}
         a = np.array([row[int(r)] for r in fold.i], np.int64)
         b = np.array([row[int(r)] for r in fold.j], np.int64)
@@ -350,7 +358,10 @@ class CrossFit:
         usable = bool(same.any() and not same.all())
 
         def observe(
-            z: np.ndarray, z_train: np.ndarray | None = None, y_train: np.ndarray | None = None
+            z: np.ndarray,
+            z_train: np.ndarray | None = None,
+            y_train: np.ndarray | None = None,
+            features: np.ndarray | None = None,
         ) -> float | None:
             d = vectors.distances(z[a], z[b], self.metric).astype(np.float32)
             axes = (
@@ -363,12 +374,15 @@ class CrossFit:
                 e = vectors.distances(p[a], p[b], self.metric).astype(np.float32)
             else:
                 e = d
+            f = d if features is None else vectors.distances(features[a], features[b], self.metric).astype(np.float32)
             fold.distances.append(d)
             fold.discriminant.append(e)
+            fold.features.append(f)
             if not usable:
                 return None
-            eer = metrics.equal_error_rate(d, same)[0]
-            return eer if e is d else min(eer, metrics.equal_error_rate(e, same)[0])
+            ways = {PLAIN: d, DISCRIMINANT: e, FEATURES: f}
+            chosen = {id(ways[v]): ways[v] for v in self.variants}.values()
+            return min(metrics.equal_error_rate(x, same)[0] for x in chosen)
 
         return observe
 
@@ -411,10 +425,10 @@ class CrossFit:
         return min(len(np.unique(self.y[r][self.y[r] >= 0])) - 1 for r in map(self.train_rows, range(len(self.folds))))
 
     def choose(self) -> tuple[str, int]:
-        """How the final model scores pairs and how long it trains: the variant (``PLAIN`` or ``DISCRIMINANT``)
-        and epoch of the lowest smoothed pooled EER (``best_epoch``); plain when they tie."""
+        """How the final model scores pairs and how long it trains: the variant (one of ``variants``) and epoch of
+        the lowest smoothed pooled EER (``best_epoch``); the earlier in ``variants`` when they tie."""
         best: tuple[float, str, int] | None = None
-        for variant in (PLAIN, DISCRIMINANT):
+        for variant in self.variants:
             epoch = self.best_epoch(variant)
             score = self.smoothed(variant)
             value = float(score[epoch - 1]) if len(score) and not np.isnan(score[epoch - 1]) else math.inf

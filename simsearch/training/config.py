@@ -12,6 +12,7 @@ from simsearch.io import (
     MAX_SIDE,
     RESIZE_MODES,
 )
+from simsearch.models.autoencoder import READOUTS
 from simsearch.models.registry import REGISTRY, Family, family_names
 from simsearch.training.augment import CLASS_AUGMENTS, MIRROR_MODES
 from simsearch.training.losses import LOSSES
@@ -24,6 +25,8 @@ NEURAL = tuple(family.name for family in REGISTRY.values() if family.trained)
 T = TypeVar("T")
 
 
+#: ``--readout``: auto (the feature map for cross-fitted identities, else the head), or one of ``READOUTS``.
+READOUT_MODES = ("auto", *READOUTS)
 #: ``--discriminant``: chosen on the unseen identities of the cross-fitted folds, or never.
 DISCRIMINANT_MODES = ("auto", "no")
 
@@ -64,6 +67,11 @@ class TrainConfig:
     #: Siamese, cross-fitted: ``auto`` scores the folds through the discriminant back-end too and keeps it when
     #: that is better on the unseen identities (``training.discriminant``); ``no`` (the default) never fits it.
     discriminant: str = "no"
+    #: Siamese: what the model searches with, the head's ``dim`` numbers (``head``) or the flattened last feature
+    #: map, the head then trained as a projection head (``features``; ``models.autoencoder.ConvEncoder``); ``auto``:
+    #: the feature map when training is cross-fitted over identities (verification will meet new ones) and not
+    #: ``discriminant`` auto (fitted on the head's embeddings), else the head.
+    readout: str = "auto"
     seed: int = 0
     device: str = "auto"
 
@@ -111,6 +119,17 @@ class TrainConfig:
             raise UsageError(
                 f"{option('discriminant')} is a back-end of the Siamese family: use it with "
                 f"{option('family', 'siamese')}"
+            )
+        if self.readout not in READOUT_MODES:
+            raise UsageError(f"{option('readout')} must be one of {', '.join(READOUT_MODES)}, not {self.readout!r}")
+        if self.readout == "features" and self.family_record.objective != "siamese":
+            raise UsageError(
+                f"{option('readout', self.readout)} is for the Siamese family: use it with {option('family', 'siamese')}"
+            )
+        if self.readout == "features" and self.discriminant != "no":
+            raise UsageError(
+                f"{option('readout', self.readout)} and {option('discriminant', self.discriminant)} do not go together",
+                remedy=f"the discriminant back-end is fitted on the head's embeddings: drop {option('discriminant')}",
             )
         if self.class_augment not in ("auto", *CLASS_AUGMENTS):
             raise UsageError(

@@ -34,6 +34,7 @@ from simsearch.progress import Progress, no_progress
 from simsearch.training.augment import add_transformed_classes, class_symmetries
 from simsearch.training.calibrate import (
     DISCRIMINANT,
+    FEATURES,
     METHOD_CROSS_FITTED,
     METHOD_IDENTITIES,
     PLAIN,
@@ -125,6 +126,8 @@ def build_objective(
     config = settled(config)
     family, objective = config.family_record, objective_for(config)
     options: dict[str, Any] = {"normalize": True} if objective.normalize else {}
+    if config.readout == "features":  # auto starts with the head; the cross-fitted folds may choose the features
+        options["readout"] = config.readout
     encoder = family.encoder_class(channels=spec.channels, size=spec.size, dim=config.dim, **options)
     decoder = family.decoder_for(encoder)
     labels = torch.from_numpy(y).to(images.device)
@@ -237,11 +240,14 @@ def train_cross_fitted(
     the final model has no validation split and trains for the epoch the pooled fold curve chose, on the same
     learning-rate schedule (``fit``'s ``epochs``). With ``checkpoint``, each fold and the final model are stages
     of it: a finished fold's distances are kept there, an unfinished stage resumes."""
-    cross = CrossFit(y, plan, seed=config.seed)
     k_total = plan.folds
     # With --discriminant auto (Siamese only) the folds are also scored through a discriminant back-end; the final
     # model keeps it when that scores the unseen identities better (``CrossFit.choose``).
     with_back_end = config.family_record.objective == "siamese" and config.discriminant == "auto"
+    # With --readout auto (Siamese, no --discriminant auto) they are also scored by the feature map under the head,
+    # which the final model then reads out, its curve choosing the epochs (the head's is kept beside it).
+    with_features = config.family_record.objective == "siamese" and config.readout == "auto" and not with_back_end
+    cross = CrossFit(y, plan, seed=config.seed, variants=(FEATURES,) if with_features else (PLAIN, DISCRIMINANT))
     share = (k_total - 1) / k_total
     fold_seconds: list[float] = []
 
@@ -264,7 +270,11 @@ def train_cross_fitted(
 
         def score() -> float | None:
             z_train = objective.embed_rows(labelled).cpu().numpy() if with_back_end else None
-            return observe(objective.embed_rows(held_rows).cpu().numpy(), z_train, y[labelled])
+            features = None
+            if with_features and isinstance(objective.encoder, ConvEncoder):
+                with objective.encoder.reading("features"):
+                    features = objective.embed_rows(held_rows).cpu().numpy()
+            return observe(objective.embed_rows(held_rows).cpu().numpy(), z_train, y[labelled], features)
 
         task = f"fold {k + 1}/{k_total}: {objective.task(config)}"
 
@@ -308,6 +318,8 @@ def train_cross_fitted(
             module.set_discriminant(torch.from_numpy(axes).to(next(module.parameters()).device))
         else:
             axes = None
+    if variant == FEATURES and isinstance(objective.encoder, ConvEncoder):
+        objective.encoder.readout = "features"  # the final model searches with what scored the folds best
     encoder = encoder_of(objective, config, spec, history)
     encoder.training = provenance(config, len(images), classes, split, history, device)
     note_resumed(encoder, checkpoint)
@@ -328,6 +340,8 @@ def train_cross_fitted(
         "pooled_eer": curve,
         "pooled_eer_plain": cross.curve(PLAIN),
         "pooled_eer_discriminant": cross.curve(DISCRIMINANT),
+        "pooled_eer_features": cross.curve(FEATURES),
+        "readout": getattr(objective.encoder, "readout", "head"),
         "discriminant": None
         if axes is None
         else {"axes": int(axes.shape[1]), "labels": len(np.unique(y[labelled_rows]))},
@@ -338,7 +352,10 @@ def train_cross_fitted(
     encoder.training["seconds"] = round(time.monotonic() - started, 2)
     encoder.training["best_validation"] = curve[min(epoch, trained) - 1] if curve else None
     # Calibrated at the epoch the final model reached (the chosen one unless the time limit cut it short).
-    encoder.threshold = cross.record(min(epoch, trained), trained, DISCRIMINANT if axes is not None else PLAIN)
+    used = DISCRIMINANT if axes is not None else FEATURES if variant == FEATURES else PLAIN
+    encoder.threshold = cross.record(min(epoch, trained), trained, used)
+    if encoder.threshold is not None:
+        encoder.threshold["calibration"]["readout"] = encoder.training["cross_fit"]["readout"]
     return encoder
 
 

@@ -153,11 +153,14 @@ def test_a_checkpoint_keeps_both_ways_of_scoring_a_fold() -> None:
     cross.run(Folds(z, y, True), max_epochs=2)
     fold = cross.folds[0]
     saved = fold.saved()
-    assert all(s.shape == (2, len(fold.kind)) for s in saved)
+    assert all(s.shape == (3, len(fold.kind)) for s in saved)  # plain, discriminant, features (= plain here)
     plain, through = list(fold.distances), list(fold.discriminant)
     fold.restore([np.zeros_like(s) for s in saved])
     fold.restore(saved)
     assert all(np.array_equal(a, b) for a, b in zip(fold.distances + fold.discriminant, plain + through, strict=True))
+    fold.restore([s[:2] for s in saved])  # a checkpoint written before the features readout: scored as plain
+    assert all(np.array_equal(a, b) for a, b in zip(fold.discriminant, through, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(fold.features, plain, strict=True))
     fold.restore(plain)  # a checkpoint written before the back-end: plain distances alone, scored alike both ways
     assert all(np.array_equal(a, b) for a, b in zip(fold.distances, plain, strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(fold.discriminant, plain, strict=True))
@@ -199,7 +202,7 @@ def test_a_siamese_model_keeps_the_back_end_its_cross_fitting_chose(
 def test_by_default_no_discriminant_is_fitted(tmp_path: Path, fast_train: TrainConfig) -> None:
     write_signatures(tmp_path / "sigs", writers=4, per_label=4)
     assert TrainConfig().discriminant == "no"
-    encoder = train_on_folder(tmp_path / "sigs", replace(fast_train, family="siamese", epochs=2))
+    encoder = train_on_folder(tmp_path / "sigs", replace(fast_train, family="siamese", epochs=2, readout="head"))
     cross_fit = encoder.training["cross_fit"]
     assert encoder.dim == fast_train.dim and cross_fit["discriminant"] is None
     assert cross_fit["pooled_eer_plain"] == cross_fit["pooled_eer_discriminant"] == cross_fit["pooled_eer"]

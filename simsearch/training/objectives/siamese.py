@@ -113,7 +113,9 @@ class Siamese(Objective):
         return super().batches() if self.loss_name == "ntxent" else self.balanced_batches(self.similar_labels)
 
     def embed_for_loss(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(x)
+        # With readout "features" the loss trains the head, and search reads the feature map it sits on.
+        head = getattr(self.encoder, "head_embedding", None)
+        z = head(x) if callable(head) and getattr(self.encoder, "readout", "head") != "head" else self.encoder(x)
         return z if self.projector is None else F.normalize(self.projector(z), dim=1)
 
     def loss(self, rows: np.ndarray) -> torch.Tensor:
