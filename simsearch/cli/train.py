@@ -95,8 +95,8 @@ def train(
         help="Siamese: what the model searches and verifies with: head, the --dim numbers of its last layer; "
         "features, the feature map under that layer, flattened (thousands of numbers; the layer is then trained "
         "as a projection head and set aside); auto (the default): features when training is cross-fitted over "
-        "identities (people, writers, characters: verification meets new ones), which verified unseen faces "
-        "better, else head.",
+        "identities (verification meets new ones) in images that are not ink on paper, such as faces, which it "
+        "verified better; else head (signatures and characters verified worse by the feature map).",
     ),
     patience: int = typer.Option(
         12, "--patience", min=1, help="Stop after this many epochs without a better validation score."
@@ -209,7 +209,7 @@ def train(
         if discriminant == "auto":
             out.print(_describe_discriminant(encoder.training.get("cross_fit")))
         if encoder.family == "siamese" and readout == "auto" and discriminant != "auto":
-            out.print(_describe_readout(encoder.training.get("cross_fit"), encoder.dim))
+            out.print(_describe_readout(encoder.training.get("cross_fit"), encoder.dim, encoder.preprocess.invert))
         out.print(f"Saved {fingerprint[:12]} to {target}. Use it with: simsearch index {images} --model {target}")
 
 
@@ -234,12 +234,17 @@ def _describe_discriminant(cross_fit: dict | None) -> str:
     )
 
 
-def _describe_readout(cross_fit: dict | None, dim: int) -> str:
+def _describe_readout(cross_fit: dict | None, dim: int, ink: bool) -> str:
     """What ``--readout auto`` decided, and the cross-fitted folds' pooled EER of unseen identities both ways."""
     if not cross_fit:
         return (
             "Readout: head: the feature map is read out when training is cross-fitted over identities, and this one "
             "was not (it needs 4 identity groups or more)."
+        )
+    if ink:
+        return (
+            "Readout: head: the feature map is read out for images that are not ink on paper; on ink (signatures, "
+            "characters) it verified worse."
         )
     epoch = cross_fit["chosen_epoch"]
     head, features = cross_fit["pooled_eer_plain"][epoch - 1], cross_fit["pooled_eer_features"][epoch - 1]

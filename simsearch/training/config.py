@@ -25,7 +25,7 @@ NEURAL = tuple(family.name for family in REGISTRY.values() if family.trained)
 T = TypeVar("T")
 
 
-#: ``--readout``: auto (the feature map for cross-fitted identities, else the head), or one of ``READOUTS``.
+#: ``--readout``: auto (the feature map for cross-fitted identities in photos, else the head), or ``READOUTS``.
 READOUT_MODES = ("auto", *READOUTS)
 #: ``--discriminant``: chosen on the unseen identities of the cross-fitted folds, or never.
 DISCRIMINANT_MODES = ("auto", "no")
@@ -69,8 +69,8 @@ class TrainConfig:
     discriminant: str = "no"
     #: Siamese: what the model searches with, the head's ``dim`` numbers (``head``) or the flattened last feature
     #: map, the head then trained as a projection head (``features``; ``models.autoencoder.ConvEncoder``); ``auto``:
-    #: the feature map when training is cross-fitted over identities (verification will meet new ones) and not
-    #: ``discriminant`` auto (fitted on the head's embeddings), else the head.
+    #: the feature map when training is cross-fitted over identities (verification will meet new ones) on images
+    #: that are not ink on paper, and not ``discriminant`` auto (fitted on the head's embeddings); else the head.
     readout: str = "auto"
     seed: int = 0
     device: str = "auto"

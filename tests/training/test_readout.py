@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from simsearch import metrics
 from simsearch.models.autoencoder import ConvEncoder, output_width
@@ -209,3 +210,23 @@ def test_train_says_what_readout_auto_decided(tmp_path: Path) -> None:
     result = invoke("train", tmp_path / "sigs", "--out", tmp_path / "md", *flags, "--discriminant", "auto")
     assert result.exit_code == 0 and "Readout:" not in result.output  # the back-end is fitted on the head's
     assert json.loads((tmp_path / "md" / "encoder.json").read_text())["training"]["cross_fit"]["readout"] == "head"
+
+
+def test_ink_on_paper_keeps_the_head(tmp_path: Path) -> None:
+    # Signatures and characters (ink on a light background) verified worse by the feature map: they keep the head.
+    write_signatures(tmp_path / "sigs", writers=4, per_label=4)
+    for path in (tmp_path / "sigs").rglob("*.png"):
+        Image.fromarray(255 - np.asarray(Image.open(path))).save(path)  # dark strokes on light paper
+    flags = ["--family", "siamese", "--epochs", "2", "--dim", "8", "--batch-size", "8", "--device", "cpu"]
+    result = invoke("train", tmp_path / "sigs", "--out", tmp_path / "m", *flags)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "m" / "encoder.json").read_text())
+    assert saved["preprocess"]["invert"] is True and saved["dim"] == 8
+    cross_fit = saved["training"]["cross_fit"]
+    assert cross_fit["readout"] == "head" and cross_fit["pooled_eer_features"] == cross_fit["pooled_eer_plain"]
+    assert "Readout: head: the feature map is read out for images that are not ink on paper" in " ".join(
+        result.output.split()
+    )
+    result = invoke("train", tmp_path / "sigs", "--out", tmp_path / "mf", *flags, "--readout", "features")
+    assert result.exit_code == 0, result.output  # asked for, the map is read out on ink too
+    assert json.loads((tmp_path / "mf" / "encoder.json").read_text())["dim"] > 8
