@@ -116,11 +116,6 @@ class ConvEncoder(nn.Module):
             arch["readout"] = self.readout
         return arch
 
-    @property
-    def out_dim(self) -> int:
-        """The width of what ``forward`` gives: ``output_width(self.arch)``."""
-        return output_width(self.arch)
-
     def set_discriminant(self, axes: torch.Tensor) -> None:
         """End the encoder with a fixed linear map to ``axes.shape[1]`` dimensions and a normalisation: the
         discriminant back-end (``training.discriminant``), stored with the weights."""

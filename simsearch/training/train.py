@@ -126,7 +126,7 @@ def build_objective(
     config = settled(config)
     family, objective = config.family_record, objective_for(config)
     options: dict[str, Any] = {"normalize": True} if objective.normalize else {}
-    if config.readout == "features":  # auto starts with the head; the cross-fitted folds may choose the features
+    if config.readout == "features":  # auto builds the head; train_cross_fitted switches to the map for photos
         options["readout"] = config.readout
     encoder = family.encoder_class(channels=spec.channels, size=spec.size, dim=config.dim, **options)
     decoder = family.decoder_for(encoder)
@@ -246,7 +246,7 @@ def train_cross_fitted(
     with_back_end = config.family_record.objective == "siamese" and config.discriminant == "auto"
     # With --readout auto (Siamese, no --discriminant auto), on images that are not ink on paper, they are also
     # scored by the feature map under the head, which the final model then reads out, its curve choosing the
-    # epochs (the head's is kept beside it). Faces: EER 0.100 → 0.058; Omniglot's unseen alphabets 0.099 → 0.111
+    # epochs (the head's is kept beside it). Faces: EER 0.100 → 0.059; Omniglot's unseen alphabets 0.099 → 0.111
     # and signatures' FAR promise broken (bench/results/verification-exploration.md): ink keeps the head.
     with_features = (
         config.family_record.objective == "siamese"
@@ -359,7 +359,7 @@ def train_cross_fitted(
     encoder.training["seconds"] = round(time.monotonic() - started, 2)
     encoder.training["best_validation"] = curve[min(epoch, trained) - 1] if curve else None
     # Calibrated at the epoch the final model reached (the chosen one unless the time limit cut it short).
-    used = DISCRIMINANT if axes is not None else FEATURES if variant == FEATURES else PLAIN
+    used = PLAIN if variant == DISCRIMINANT and axes is None else variant  # no back-end could be fitted: plain
     encoder.threshold = cross.record(min(epoch, trained), trained, used)
     if encoder.threshold is not None:
         encoder.threshold["calibration"]["readout"] = encoder.training["cross_fit"]["readout"]

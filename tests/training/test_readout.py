@@ -34,7 +34,7 @@ def test_the_features_readout_is_the_flattened_feature_map_on_the_unit_sphere() 
     x = torch.randn(3, 1, 28, 20)
     z = module(x)
     # 28×20 → 14×10 → 7×5 with 6 channels: 210 numbers, the map under the head, scaled to unit length.
-    assert z.shape == (3, 6 * 7 * 5) and module.out_dim == 210 == output_width(module.arch)
+    assert z.shape == (3, 6 * 7 * 5) and output_width(module.arch) == 210
     flat = module.features(x).flatten(1)
     assert torch.allclose(z, flat / flat.norm(dim=1, keepdim=True), atol=1e-6)
     # The head still gives its dim numbers, which the loss trains on.
@@ -42,7 +42,9 @@ def test_the_features_readout_is_the_flattened_feature_map_on_the_unit_sphere() 
     assert head.shape == (3, 8) and torch.allclose(head.norm(dim=1), torch.ones(3), atol=1e-6)
     assert torch.allclose(head, F.normalize(module.head(flat), dim=1), atol=1e-6)
     plain = ConvEncoder(1, (28, 20), dim=8, widths=(4, 6), normalize=True)
-    assert "readout" not in plain.arch and plain.out_dim == 8  # models made before keep their arch and fingerprint
+    assert (
+        "readout" not in plain.arch and output_width(plain.arch) == 8
+    )  # models made before keep their arch and fingerprint
     assert module.arch["readout"] == "features"
     assert output_dim(module.arch) == 210 and output_dim({**module.arch, "size": "x"}) == -1
     with pytest.raises(ValueError, match="unknown readout 'middle'"):
@@ -55,7 +57,7 @@ def test_a_features_model_trains_its_head_saves_loads_and_verifies(tmp_path: Pat
     encoder = train_on_folder(tmp_path / "sigs", config)
     module = encoder.module
     assert isinstance(module, ConvEncoder) and module.readout == "features"
-    assert encoder.dim == module.out_dim > fast_train.dim
+    assert encoder.dim == output_width(module.arch) > fast_train.dim
     assert encoder.threshold is not None  # calibrated on the features, as they are searched
     encoder.save(tmp_path / "m")
     loaded = Encoder.load(tmp_path / "m")
@@ -154,7 +156,7 @@ def test_a_cross_fitted_siamese_model_reads_out_the_feature_map_by_default(
     assert TrainConfig().readout == "auto"
     encoder = train_on_folder(tmp_path / "sigs", replace(fast_train, family="siamese", epochs=3))
     module = encoder.module
-    assert isinstance(module, ConvEncoder) and module.readout == "features" and encoder.dim == module.out_dim
+    assert isinstance(module, ConvEncoder) and module.readout == "features" and encoder.dim == output_width(module.arch)
     cross_fit = encoder.training["cross_fit"]
     assert cross_fit["readout"] == "features" and cross_fit["pooled_eer"] == cross_fit["pooled_eer_features"]
     assert len(cross_fit["pooled_eer_features"]) == len(cross_fit["pooled_eer_plain"]) == 3
